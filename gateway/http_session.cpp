@@ -1,0 +1,79 @@
+#include "http_session.hpp"
+
+#include "http.hpp"
+#include "node_server.hpp"
+#include "rest_api.hpp"
+
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+
+namespace ppgate {
+
+namespace {
+
+// Keeps the node's connection count right however the session ends.
+struct connection_count {
+  node_server& server;
+  explicit connection_count(node_server& s) : server(s) { server.connection_opened(); }
+  ~connection_count() { server.connection_closed(); }
+};
+
+http::status status_for_read_error(const boost::system::error_code& ec) {
+  if (ec == http::error::body_limit) return http::status::payload_too_large;
+  if (ec == http::error::header_limit) return http::status::request_header_fields_too_large;
+  return http::status::bad_request;
+}
+
+}  // namespace
+
+net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& server) {
+  connection_count counted(server);
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  const auto& opts = server.options();
+
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
+    parser.body_limit(opts.max_body_bytes);
+
+    // The whole request must arrive within the idle timeout: slow senders are cut off.
+    stream.expires_after(opts.idle_timeout);
+    auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_nothrow_awaitable);
+    if (!ec && parser.get()[http::field::expect] == "100-continue") {
+      // curl waits a second for this before sending a large body.
+      http::response<http::empty_body> proceed{http::status::continue_, parser.get().version()};
+      std::tie(ec, n) = co_await http::async_write(stream, proceed, use_nothrow_awaitable);
+    }
+    if (!ec && !parser.is_done())
+      std::tie(ec, n) = co_await http::async_read(stream, buffer, parser, use_nothrow_awaitable);
+    if (ec == http::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout ||
+        ec == net::error::connection_reset || ec == net::error::operation_aborted)
+      break;
+    if (ec) {
+      // The request is malformed or too large: answer, then close, since the stream position
+      // is unknown.
+      auto res = make_error(status_for_read_error(ec), "bad request: " + ec.message(), 11);
+      res.keep_alive(false);
+      stream.expires_after(opts.idle_timeout);
+      co_await http::async_write(stream, res, use_nothrow_awaitable);
+      break;
+    }
+
+    server.touch();
+    http_request req = parser.release();
+    stream.expires_never();  // ?wait=S long-polls are bounded by S instead
+    http_response res = co_await server.api().handle(req);
+    res.keep_alive(req.keep_alive() && res.keep_alive());
+    res.prepare_payload();
+    stream.expires_after(opts.idle_timeout);
+    auto [write_ec, written] = co_await http::async_write(stream, res, use_nothrow_awaitable);
+    if (write_ec || !res.keep_alive()) break;
+  }
+  boost::system::error_code ignored;
+  stream.socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
+}
+
+}  // namespace ppgate

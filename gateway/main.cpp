@@ -1,0 +1,47 @@
+// ppgate: the node executable. Parses the command line and runs a node_server until it stops.
+#include "log.hpp"
+#include "node_server.hpp"
+#include "options.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+int main(int argc, char** argv) {
+  using namespace ppgate;
+  parsed_command cmd;
+  try {
+    cmd = parse_command_line(argc, argv);
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "ppgate: %s\n", e.what());
+    return 2;
+  }
+  if (cmd.what == command::help) {
+    std::cout << help_text();
+    return 0;
+  }
+  if (cmd.what == command::version) {
+    std::cout << "ppgate " << PPGATE_VERSION << "\n";
+    return 0;
+  }
+
+  std::signal(SIGPIPE, SIG_IGN);  // a closed peer is an error code on write, not a death
+  log::parse_level(cmd.serve.log_level, log::threshold());
+  try {
+    const std::string worker = locate_worker_binary(cmd.serve.worker_binary);
+    net::io_context io(1);
+    node_server server(io, cmd.serve, worker);
+    server.start();
+    io.run();
+    server.stop();
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "ppgate: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ppgate: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,167 @@
+#include "node_server.hpp"
+
+#include "http_session.hpp"
+#include "log.hpp"
+#include "rest_api.hpp"
+#include "stats_format.hpp"
+
+#include <boost/asio/write.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <unistd.h>
+
+namespace ppgate {
+
+namespace {
+
+void log_if_failed(std::exception_ptr e, const char* what) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    log::error(what, ": ", ex.what());
+  }
+}
+
+}  // namespace
+
+node_server::node_server(net::io_context& io, serve_options opts, std::string worker_binary)
+    : io_(io),
+      opts_(std::move(opts)),
+      scheduler_(io.get_executor(), scheduler::options{opts_.keep_finished}),
+      pool_(io.get_executor(), scheduler_,
+            worker_options{std::move(worker_binary), opts_.restart_workers}),
+      api_(std::make_unique<rest_api>(*this)),
+      acceptor_(io),
+      stop_signals_(io, SIGINT, SIGTERM),
+      stats_signal_(io, SIGUSR1) {}
+
+node_server::~node_server() = default;
+
+void node_server::start() {
+  const net::ip::tcp::endpoint endpoint(net::ip::make_address(opts_.listen_host), opts_.listen_port);
+  acceptor_.open(endpoint.protocol());
+  acceptor_.set_option(net::socket_base::reuse_address(true));
+  acceptor_.bind(endpoint);
+  acceptor_.listen(net::socket_base::max_listen_connections);
+  port_ = acceptor_.local_endpoint().port();
+
+  if (!opts_.pid_file.empty()) {
+    std::ofstream pid(opts_.pid_file);
+    if (!pid) throw usage_error("--pid-file: cannot write '" + opts_.pid_file + "'");
+    pid << ::getpid() << "\n";
+  }
+
+  resize_pool(opts_.workers);
+  wait_for_signals();
+  net::co_spawn(io_, accept_loop(), [](std::exception_ptr e) { log_if_failed(e, "listener"); });
+  if (opts_.idle_exit)
+    net::co_spawn(io_, idle_watch(), [](std::exception_ptr e) { log_if_failed(e, "idle watch"); });
+
+  // Tests and scripts read the real port from this first line when they ask for port 0.
+  const bool v6 = endpoint.address().is_v6();
+  std::printf("ppgate listening on http://%s%s%s:%u\n", v6 ? "[" : "", opts_.listen_host.c_str(),
+              v6 ? "]" : "", static_cast<unsigned>(port_));
+  std::fflush(stdout);
+  log::info("serving with ", pool_.size(), " workers", opts_.secret.empty() ? "" : ", bearer token required");
+}
+
+void node_server::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  log::info("stopping");
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  stop_signals_.cancel(ec);
+  stats_signal_.cancel(ec);
+  pool_.shutdown();
+  if (!opts_.pid_file.empty()) ::unlink(opts_.pid_file.c_str());
+  io_.stop();
+}
+
+void node_server::resize_pool(std::optional<std::size_t> workers) {
+  pool_.resize(workers ? *workers : local_pool::usable_cpus());
+}
+
+std::string node_server::stats_table() {
+  return format_stats_table(scheduler_.stats(), pool_.size());
+}
+
+void node_server::wait_for_signals() {
+  stop_signals_.async_wait([this](boost::system::error_code ec, int sig) {
+    if (ec) return;
+    log::info("received signal ", sig);
+    stop();
+  });
+  wait_for_stats_signal();
+}
+
+void node_server::wait_for_stats_signal() {
+  stats_signal_.async_wait([this](boost::system::error_code ec, int) {
+    if (ec) return;
+    // As ppserver does on SIGUSR1: print the statistics table to standard output.
+    const std::string table = stats_table();
+    std::fwrite(table.data(), 1, table.size(), stdout);
+    std::fflush(stdout);
+    wait_for_stats_signal();
+  });
+}
+
+net::awaitable<void> node_server::accept_loop() {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor_.async_accept(use_nothrow_awaitable);
+    if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
+    if (ec) {
+      // Out of file descriptors and the like: back off instead of spinning.
+      log::warn("accept: ", ec.message());
+      net::steady_timer pause(io_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(use_nothrow_awaitable);
+      continue;
+    }
+    if (connections_ >= opts_.max_connections) {
+      // Answer right away and close; a fresh socket's send buffer takes this without blocking.
+      static const std::string busy =
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+          "Content-Length: 58\r\n\r\n{\"error\":{\"message\":\"too many connections; retry later\"}}";
+      boost::system::error_code ignored;
+      socket.non_blocking(true, ignored);
+      socket.write_some(net::buffer(busy), ignored);
+      socket.close(ignored);
+      continue;
+    }
+    boost::system::error_code ignored;
+    socket.set_option(net::ip::tcp::no_delay(true), ignored);
+    net::co_spawn(io_, run_http_session(std::move(socket), *this),
+                  [](std::exception_ptr e) { log_if_failed(e, "http session"); });
+  }
+}
+
+net::awaitable<void> node_server::idle_watch() {
+  net::steady_timer tick(io_);
+  for (;;) {
+    tick.expires_after(std::chrono::milliseconds(250));
+    auto [ec] = co_await tick.async_wait(use_nothrow_awaitable);
+    if (ec || stopped_) co_return;
+    const bool busy = connections_ > 0 || scheduler_.queue_depth() > 0 || scheduler_.running() > 0;
+    if (busy) {
+      touch();
+    } else if (steady_clock::now() - last_activity_ >= *opts_.idle_exit) {
+      log::info("idle for ", opts_.idle_exit->count(), " s; exiting (--idle-exit)");
+      stop();
+      co_return;
+    }
+  }
+}
+
+void node_server::connection_opened() {
+  ++connections_;
+  touch();
+}
+
+void node_server::connection_closed() {
+  --connections_;
+  touch();
+}
+
+}  // namespace ppgate

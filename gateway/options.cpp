@@ -1,0 +1,221 @@
+#include "options.hpp"
+
+#include <boost/asio/ip/address.hpp>
+
+#include <charconv>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string_view>
+#include <unistd.h>
+
+#ifndef PPGATE_VERSION
+#define PPGATE_VERSION "0.0.0"
+#endif
+
+namespace ppgate {
+
+namespace {
+
+template <class Int>
+Int parse_int(std::string_view flag, std::string_view text, Int min, Int max) {
+  Int value{};
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || p != text.data() + text.size() || value < min || value > max)
+    throw usage_error(std::string(flag) + " expects a whole number from " + std::to_string(min) +
+                      " to " + std::to_string(max) + ", not '" + std::string(text) + "'");
+  return value;
+}
+
+std::string read_secret_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw usage_error("--secret-file: cannot read '" + path + "'");
+  std::stringstream s;
+  s << in.rdbuf();
+  std::string secret = s.str();
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r' || secret.back() == ' '))
+    secret.pop_back();
+  if (secret.empty()) throw usage_error("--secret-file: '" + path + "' is empty");
+  return secret;
+}
+
+// "HOST:PORT", "[V6]:PORT", ":PORT" or "PORT".
+void parse_listen(std::string_view text, serve_options& o) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      throw usage_error("--listen expects HOST:PORT, such as 127.0.0.1:8080 or [::1]:8080");
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else if (const auto colon = text.rfind(':'); colon != std::string_view::npos) {
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  } else {
+    port = text;
+  }
+  if (host.empty() || host == "localhost") host = "127.0.0.1";
+  boost::system::error_code ec;
+  boost::asio::ip::make_address(std::string(host), ec);
+  if (ec) throw usage_error("--listen: '" + std::string(host) + "' is not an IP address");
+  o.listen_host = std::string(host);
+  o.listen_port = parse_int<std::uint16_t>("--listen port", port, 0, 65535);
+}
+
+}  // namespace
+
+std::string help_text() {
+  return R"(ppgate )" PPGATE_VERSION R"( - Parallel Python jobs over HTTP
+
+usage:
+  ppgate serve [options]     run a node: workers, REST API and stats page
+  ppgate --help              this text
+  ppgate --version           the version
+
+serve options:
+  --listen HOST:PORT     address of the HTTP API (default 127.0.0.1:8080; port 0 picks a free
+                         port, printed on the first line of standard output)
+  --workers N|auto       local worker processes (default auto: one per usable CPU; 0 to 1024)
+  --secret-file PATH     read the secret from PATH; clients then send
+                         'Authorization: Bearer <secret>' with every request
+  --secret-env NAME      read the secret from environment variable NAME
+                         (PPGATE_SECRET is read when neither option is given)
+  --insecure             allow a non-loopback --listen address without a secret
+                         (anyone who can connect can run code on this machine)
+  --restart              start a fresh worker process after every job (pp's restart=True)
+  --pid-file PATH        write the process id to PATH; removed at exit
+  --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
+  --max-body BYTES       largest request body accepted (default 67108864)
+  --max-header BYTES     largest request header accepted (default 16384)
+  --max-connections N    simultaneous HTTP connections (default 512); more get 503
+  --idle-timeout SECONDS close a connection idle or sending slower than this (default 60)
+  --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
+  --worker-binary PATH   the ppgate-worker executable (default: found next to ppgate)
+  --log-level LEVEL      debug, info, warn or error (default info)
+
+signals: SIGINT and SIGTERM stop the node and its workers; SIGUSR1 prints pp's statistics table.
+The REST API is described in docs/rest.md.
+)";
+}
+
+parsed_command parse_command_line(int argc, const char* const* argv) {
+  parsed_command out;
+  if (argc < 2) throw usage_error("missing command; try 'ppgate serve' or 'ppgate --help'");
+  const std::string_view cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") return out;
+  if (cmd == "--version" || cmd == "-V") {
+    out.what = command::version;
+    return out;
+  }
+  if (cmd != "serve") throw usage_error("unknown command '" + std::string(cmd) + "'; try 'ppgate --help'");
+  out.what = command::serve;
+  serve_options& o = out.serve;
+  std::string secret_file, secret_env;
+  for (int i = 2; i < argc; ++i) {
+    std::string_view flag = argv[i];
+    std::string_view value;
+    bool has_inline_value = false;
+    if (const auto eq = flag.find('='); flag.starts_with("--") && eq != std::string_view::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_inline_value = true;
+    }
+    auto take_value = [&]() -> std::string_view {
+      if (has_inline_value) return value;
+      if (i + 1 >= argc) throw usage_error(std::string(flag) + " needs a value");
+      return argv[++i];
+    };
+    auto no_value = [&]() {
+      if (has_inline_value) throw usage_error(std::string(flag) + " takes no value");
+    };
+    if (flag == "--help" || flag == "-h") {
+      out.what = command::help;
+      return out;
+    } else if (flag == "--listen") {
+      parse_listen(take_value(), o);
+    } else if (flag == "--workers") {
+      const auto v = take_value();
+      if (v == "auto") o.workers.reset();
+      else o.workers = parse_int<std::size_t>(flag, v, 0, 1024);
+    } else if (flag == "--secret-file") {
+      secret_file = take_value();
+    } else if (flag == "--secret-env") {
+      secret_env = take_value();
+    } else if (flag == "--secret" || flag == "--token") {
+      throw usage_error(std::string(flag) + " is not accepted: a secret on the command line is visible "
+                        "to every user of this machine; use --secret-file or --secret-env");
+    } else if (flag == "--insecure") {
+      no_value();
+      o.insecure = true;
+    } else if (flag == "--restart") {
+      no_value();
+      o.restart_workers = true;
+    } else if (flag == "--pid-file") {
+      o.pid_file = take_value();
+    } else if (flag == "--idle-exit") {
+      o.idle_exit = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400 * 365));
+    } else if (flag == "--max-body") {
+      o.max_body_bytes = parse_int<std::size_t>(flag, take_value(), 1024, std::size_t(1) << 32);
+    } else if (flag == "--max-header") {
+      o.max_header_bytes = parse_int<std::size_t>(flag, take_value(), 1024, 1024 * 1024);
+    } else if (flag == "--max-connections") {
+      o.max_connections = parse_int<std::size_t>(flag, take_value(), 1, 100000);
+    } else if (flag == "--idle-timeout") {
+      o.idle_timeout = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400));
+    } else if (flag == "--keep-finished") {
+      o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
+    } else if (flag == "--worker-binary") {
+      o.worker_binary = take_value();
+    } else if (flag == "--log-level") {
+      o.log_level = take_value();
+      if (o.log_level != "debug" && o.log_level != "info" && o.log_level != "warn" &&
+          o.log_level != "error")
+        throw usage_error("--log-level expects debug, info, warn or error");
+    } else {
+      throw usage_error("unknown option '" + std::string(flag) + "'; try 'ppgate serve --help'");
+    }
+  }
+
+  if (!secret_file.empty() && !secret_env.empty())
+    throw usage_error("give either --secret-file or --secret-env, not both");
+  if (!secret_file.empty()) {
+    o.secret = read_secret_file(secret_file);
+  } else {
+    const std::string name = secret_env.empty() ? "PPGATE_SECRET" : secret_env;
+    const char* v = std::getenv(name.c_str());
+    if (v != nullptr && *v != '\0') o.secret = v;
+    else if (!secret_env.empty()) throw usage_error("--secret-env: " + name + " is not set");
+  }
+  if (!o.secret.empty() && o.secret.size() < 8)
+    throw usage_error("the secret must be at least 8 characters long");
+  const bool loopback = boost::asio::ip::make_address(o.listen_host).is_loopback();
+  if (!loopback && o.secret.empty() && !o.insecure)
+    throw usage_error("--listen " + o.listen_host +
+                      " is not a loopback address: give a secret (--secret-file or --secret-env) "
+                      "or, to run without one, --insecure");
+  return out;
+}
+
+std::string locate_worker_binary(const std::string& configured) {
+  namespace fs = std::filesystem;
+  auto executable = [](const fs::path& p) { return ::access(p.c_str(), X_OK) == 0; };
+  if (!configured.empty()) {
+    if (!executable(configured)) throw usage_error("--worker-binary: '" + configured + "' is not executable");
+    return configured;
+  }
+  if (const char* env = std::getenv("PPGATE_WORKER"); env != nullptr && *env != '\0') {
+    if (!executable(env)) throw usage_error(std::string("PPGATE_WORKER: '") + env + "' is not executable");
+    return env;
+  }
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const fs::path& candidate : {self.parent_path() / "ppgate-worker",
+                                      self.parent_path().parent_path() / "worker" / "ppgate-worker"})
+      if (executable(candidate)) return candidate;
+  }
+  throw usage_error("cannot find ppgate-worker next to ppgate; give --worker-binary or PPGATE_WORKER");
+}
+
+}  // namespace ppgate

@@ -1,0 +1,50 @@
+// Command line of `ppgate`: parsing, validation and --help. No Beast here.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ppgate {
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct serve_options {
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 8080;
+  std::optional<std::size_t> workers;  // empty: one per usable CPU
+  std::string secret;                  // bearer token; empty: none
+  bool insecure = false;
+  bool restart_workers = false;
+  std::string worker_binary;
+  std::string pid_file;
+  std::optional<std::chrono::seconds> idle_exit;
+  std::size_t max_body_bytes = 64u * 1024 * 1024;
+  std::size_t max_header_bytes = 16 * 1024;
+  std::size_t max_connections = 512;
+  std::chrono::seconds idle_timeout{60};
+  std::size_t keep_finished = 100000;
+  std::string log_level = "info";
+};
+
+enum class command { serve, help, version };
+
+struct parsed_command {
+  command what = command::help;
+  serve_options serve;
+};
+
+// Throws usage_error with a message for the user; `environment` lookups go through getenv.
+parsed_command parse_command_line(int argc, const char* const* argv);
+
+std::string help_text();
+
+// Finds ppgate-worker: --worker-binary, $PPGATE_WORKER, next to this executable, the build tree.
+std::string locate_worker_binary(const std::string& configured);
+
+}  // namespace ppgate

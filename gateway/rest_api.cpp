@@ -1,0 +1,380 @@
+#include "rest_api.hpp"
+
+#include "job_request.hpp"
+#include "json_writer.hpp"
+#include "log.hpp"
+#include "node_server.hpp"
+#include "stats_format.hpp"
+
+#include <boost/asio/this_coro.hpp>
+#include <openssl/crypto.h>
+#include <simdjson.h>
+
+#include <charconv>
+
+namespace ppgate {
+
+std::string_view web_page_html();  // generated from web/index.html
+
+http_response make_response(http::status status, std::string body, unsigned version,
+                            std::string_view content_type) {
+  http_response res{status, version};
+  res.set(http::field::server, "ppgate");
+  res.set(http::field::content_type, content_type);
+  res.set(http::field::cache_control, "no-store");
+  res.body() = std::move(body);
+  return res;
+}
+
+http_response make_error(http::status status, std::string_view message, unsigned version) {
+  return make_response(status, json_error_body(message), version);
+}
+
+namespace {
+
+constexpr double max_wait_seconds = 3600;
+
+struct target_parts {
+  std::string_view path;
+  std::string_view query;
+};
+
+target_parts split_target(std::string_view target) {
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return {target, {}};
+  return {target.substr(0, q), target.substr(q + 1)};
+}
+
+std::optional<std::string_view> query_param(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    const auto eq = pair.find('=');
+    if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? "" : pair.substr(eq + 1);
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+// ?wait=S: seconds as a number from 0 to 3600. Throws request_error otherwise.
+std::optional<double> parse_wait(std::string_view query) {
+  const auto text = query_param(query, "wait");
+  if (!text) return std::nullopt;
+  double seconds = -1;
+  auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), seconds);
+  if (ec != std::errc() || p != text->data() + text->size() || !(seconds >= 0) ||
+      seconds > max_wait_seconds)
+    throw request_error("query parameter 'wait' must be a number of seconds from 0 to 3600");
+  return seconds;
+}
+
+bool parse_job_id(std::string_view text, std::uint64_t& id) {
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+  return ec == std::errc() && p == text.data() + text.size() && !text.empty();
+}
+
+// Host header without the port: "localhost:8080" -> "localhost", "[::1]:80" -> "::1".
+std::string_view host_name(std::string_view host) {
+  if (host.starts_with('[')) {
+    const auto close = host.find(']');
+    return close == std::string_view::npos ? host : host.substr(1, close - 1);
+  }
+  return host.substr(0, host.rfind(':'));
+}
+
+bool is_loopback_name(std::string_view name) {
+  if (name == "localhost" || name == "::1") return true;
+  boost::system::error_code ec;
+  const auto address = net::ip::make_address(std::string(name), ec);
+  return !ec && address.is_loopback();
+}
+
+bool wants_text(const http_request& req) {
+  const auto accept = req[http::field::accept];
+  return accept.find("text/plain") != std::string_view::npos &&
+         accept.find("application/json") == std::string_view::npos;
+}
+
+std::string job_list_json(const std::vector<std::string>& items) {
+  std::string out = "{\"jobs\":[";
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += items[i];
+  }
+  out += "]}";
+  return out;
+}
+
+}  // namespace
+
+rest_api::rest_api(node_server& server) : server_(server) {}
+
+std::optional<http_response> rest_api::check_access(const http_request& req,
+                                                    std::string_view path) const {
+  const auto& opts = server_.options();
+  const auto host = req[http::field::host];
+  if (opts.secret.empty() && !opts.insecure && !is_loopback_name(host_name(host))) {
+    // Without a secret the node trusts loopback only; a foreign Host header means a browser
+    // was pointed here through DNS rebinding.
+    return make_error(http::status::forbidden, "this node accepts only loopback host names", req.version());
+  }
+  const bool changes_state = req.method() != http::verb::get && req.method() != http::verb::head;
+  if (changes_state) {
+    // Browsers send Origin on cross-site requests; only same-origin pages may change state.
+    const auto origin = req[http::field::origin];
+    const auto fetch_site = req["Sec-Fetch-Site"];
+    const bool cross_site = fetch_site == "cross-site" || fetch_site == "same-site";
+    const bool foreign_origin = !origin.empty() && origin != "http://" + std::string(host) &&
+                                origin != "https://" + std::string(host);
+    if (cross_site || foreign_origin)
+      return make_error(http::status::forbidden, "cross-origin requests may not change state", req.version());
+  }
+  if (opts.secret.empty() || path == "/healthz" || path == "/") return std::nullopt;
+  const auto auth = req[http::field::authorization];
+  constexpr std::string_view scheme = "Bearer ";
+  const bool ok = auth.size() == scheme.size() + opts.secret.size() && auth.starts_with(scheme) &&
+                  CRYPTO_memcmp(auth.data() + scheme.size(), opts.secret.data(), opts.secret.size()) == 0;
+  if (ok) return std::nullopt;
+  auto res = make_error(http::status::unauthorized,
+                        auth.empty() ? "this node requires 'Authorization: Bearer <token>'"
+                                     : "invalid bearer token",
+                        req.version());
+  res.set(http::field::www_authenticate, "Bearer");
+  return res;
+}
+
+net::awaitable<http_response> rest_api::handle(http_request& req) {
+  const auto [path, query] = split_target(req.target());
+  if (auto denied = check_access(req, path)) co_return std::move(*denied);
+
+  const auto method = req.method();
+  auto not_allowed = [&](std::string_view allow) {
+    auto res = make_error(http::status::method_not_allowed,
+                          std::string(req.method_string()) + " is not allowed on " + std::string(path),
+                          req.version());
+    res.set(http::field::allow, allow);
+    return res;
+  };
+
+  try {
+    if (path == "/v1/jobs") {
+      if (method != http::verb::post) co_return not_allowed("POST");
+      co_return co_await submit_jobs(req, parse_wait(query));
+    }
+    if (path.starts_with("/v1/jobs/")) {
+      std::uint64_t id = 0;
+      const auto id_text = path.substr(9);
+      if (!parse_job_id(id_text, id))
+        co_return make_error(http::status::not_found, "no job '" + std::string(id_text) + "'", req.version());
+      if (method == http::verb::get) co_return co_await get_job(req, id, parse_wait(query));
+      if (method == http::verb::delete_) co_return cancel_job(req, id);
+      co_return not_allowed("GET, DELETE");
+    }
+    if (path == "/v1/stats") {
+      if (method != http::verb::get) co_return not_allowed("GET");
+      co_return stats(req);
+    }
+    if (path == "/v1/nodes") {
+      if (method != http::verb::get) co_return not_allowed("GET");
+      co_return nodes(req);
+    }
+    if (path == "/v1/workers") {
+      if (method == http::verb::put) co_return resize_workers(req);
+      if (method == http::verb::get)
+        co_return make_response(http::status::ok,
+                                "{\"count\":" + std::to_string(server_.pool().size()) + "}", req.version());
+      co_return not_allowed("GET, PUT");
+    }
+    if (path == "/healthz") {
+      if (method != http::verb::get) co_return not_allowed("GET");
+      co_return make_response(http::status::ok,
+                              "{\"status\":\"ok\",\"workers\":" + std::to_string(server_.pool().size()) + "}",
+                              req.version());
+    }
+    if (path == "/" || path == "/index.html") {
+      if (method != http::verb::get) co_return not_allowed("GET");
+      co_return make_response(http::status::ok, std::string(web_page_html()), req.version(),
+                              "text/html; charset=utf-8");
+    }
+    co_return make_error(http::status::not_found, "no route " + std::string(path), req.version());
+  } catch (const request_error& e) {
+    co_return make_error(http::status::bad_request, e.what(), req.version());
+  }
+}
+
+net::awaitable<http_response> rest_api::submit_jobs(http_request& req, std::optional<double> wait) {
+  auto& sched = server_.jobs();
+  job_submission submission = parse_job_submission(
+      req.body(), [&sched](function_def def) { return sched.intern(std::move(def)); });
+
+  std::vector<std::uint64_t> ids;
+  ids.reserve(submission.jobs.size());
+  for (auto& spec : submission.jobs) ids.push_back(sched.submit(std::move(spec)).id);
+  if (wait) co_await wait_for_jobs(ids, *wait);
+
+  bool all_finished = true;
+  std::vector<std::string> bodies;
+  bodies.reserve(ids.size());
+  for (const auto id : ids) {
+    const job* j = sched.find(id);
+    if (j == nullptr) {
+      bodies.push_back("{\"id\":" + std::to_string(id) + ",\"status\":\"expired\"}");
+      continue;
+    }
+    all_finished = all_finished && is_terminal(j->state);
+    bodies.push_back(job_json(*j));
+  }
+  // 200 when the answer holds the results; 202 when the jobs are still on their way.
+  const auto status = all_finished && wait ? http::status::ok : http::status::accepted;
+  if (!submission.batch) {
+    auto res = make_response(status, std::move(bodies.front()), req.version());
+    res.set(http::field::location, "/v1/jobs/" + std::to_string(ids.front()));
+    co_return res;
+  }
+  co_return make_response(status, job_list_json(bodies), req.version());
+}
+
+net::awaitable<http_response> rest_api::get_job(const http_request& req, std::uint64_t id,
+                                                std::optional<double> wait) {
+  if (wait) {
+    const std::vector<std::uint64_t> ids{id};
+    co_await wait_for_jobs(ids, *wait);
+  }
+  const job* j = server_.jobs().find(id);
+  if (j == nullptr)
+    co_return make_error(http::status::not_found, "no job " + std::to_string(id), req.version());
+  co_return make_response(http::status::ok, job_json(*j), req.version());
+}
+
+http_response rest_api::cancel_job(const http_request& req, std::uint64_t id) {
+  auto& sched = server_.jobs();
+  switch (sched.cancel(id)) {
+    case scheduler::cancel_result::not_found:
+      return make_error(http::status::not_found, "no job " + std::to_string(id), req.version());
+    case scheduler::cancel_result::already_finished: {
+      const job* j = sched.find(id);
+      return make_error(http::status::conflict,
+                        "job " + std::to_string(id) + " has already ended (" +
+                            std::string(to_string(j->state)) + ")",
+                        req.version());
+    }
+    case scheduler::cancel_result::cancelled:
+      break;
+  }
+  return make_response(http::status::ok, job_json(*sched.find(id)), req.version());
+}
+
+http_response rest_api::stats(const http_request& req) {
+  const auto snapshot = server_.jobs().stats();
+  if (wants_text(req))
+    return make_response(http::status::ok, format_stats_table(snapshot, server_.pool().size()),
+                         req.version(), "text/plain; charset=utf-8");
+  return make_response(http::status::ok, format_stats_json(snapshot, server_.pool().size()), req.version());
+}
+
+http_response rest_api::nodes(const http_request& req) {
+  auto& pool = server_.pool();
+  const auto workers = pool.workers();
+  std::size_t busy = 0;
+  std::string list;
+  for (const auto& w : workers) {
+    if (!list.empty()) list += ',';
+    list += "{\"pid\":" + std::to_string(w.pid) + ",\"state\":\"" + w.state + "\",\"job\":";
+    list += w.job ? std::to_string(w.job) : "null";
+    list += ",\"jobs_run\":" + std::to_string(w.jobs_run) + "}";
+    busy += w.state == "busy";
+  }
+  std::string body = "{\"nodes\":[{\"name\":";
+  append_json_string(body, pool.name());
+  body += ",\"kind\":\"local\",\"slots\":" + std::to_string(workers.size()) +
+          ",\"busy\":" + std::to_string(busy) + ",\"workers\":[" + list + "]}]}";
+  return make_response(http::status::ok, std::move(body), req.version());
+}
+
+http_response rest_api::resize_workers(http_request& req) {
+  // {"count": N} or {"count": "auto"}
+  std::string& body = req.body();
+  const std::size_t length = body.size();
+  body.reserve(length + simdjson::SIMDJSON_PADDING);
+  simdjson::ondemand::parser parser;
+  simdjson::ondemand::document doc;
+  simdjson::ondemand::object obj;
+  std::optional<std::size_t> count;
+  bool have_count = false;
+  if (parser.iterate(body.data(), length, body.capacity()).get(doc) || doc.get_object().get(obj))
+    throw request_error("the body must be a JSON object such as {\"count\": 4}");
+  for (auto field : obj) {
+    std::string_view key;
+    simdjson::ondemand::value v;
+    if (field.unescaped_key().get(key) || field.value().get(v))
+      throw request_error("invalid JSON in the body");
+    if (key != "count") throw request_error("unknown field '" + std::string(key) + "'");
+    std::string_view text;
+    std::int64_t n = 0;
+    if (v.get_string().get(text) == simdjson::SUCCESS && text == "auto") {
+      count.reset();
+    } else if (v.get_int64().get(n) == simdjson::SUCCESS && n >= 0 && n <= 1024) {
+      count = static_cast<std::size_t>(n);
+    } else {
+      throw request_error("field 'count' must be an integer from 0 to 1024 or \"auto\"");
+    }
+    have_count = true;
+  }
+  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) throw request_error("invalid JSON: trailing content after the body");
+  if (!have_count) throw request_error("field 'count' is required");
+  server_.resize_pool(count);
+  log::info("worker pool resized to ", server_.pool().size());
+  return make_response(http::status::ok, "{\"count\":" + std::to_string(server_.pool().size()) + "}",
+                       req.version());
+}
+
+net::awaitable<void> rest_api::wait_for_jobs(const std::vector<std::uint64_t>& ids, double wait) {
+  auto& sched = server_.jobs();
+  const auto deadline =
+      steady_clock::now() + std::chrono::duration_cast<steady_clock::duration>(std::chrono::duration<double>(wait));
+  auto wake = std::make_shared<net::steady_timer>(co_await net::this_coro::executor);
+  std::size_t next = 0;  // jobs before this index have ended
+  while (steady_clock::now() < deadline) {
+    while (next < ids.size()) {
+      const job* j = sched.find(ids[next]);
+      if (j != nullptr && !is_terminal(j->state)) break;
+      ++next;
+    }
+    if (next == ids.size()) co_return;
+    // The scheduler cancels `wake` when this job ends; otherwise it fires at the deadline.
+    sched.notify_on_end(*sched.find(ids[next]), wake);
+    wake->expires_at(deadline);
+    co_await wake->async_wait(use_nothrow_awaitable);
+  }
+}
+
+std::string rest_api::job_json(const job& j) const {
+  std::string out = "{\"id\":" + std::to_string(j.id) + ",\"status\":\"";
+  out += to_string(j.state);
+  out += "\",\"function\":";
+  append_json_string(out, j.spec.function->entry);
+  out += ",\"group\":";
+  append_json_string(out, j.spec.group);
+  out += ",\"codec\":\"";
+  out += to_string(j.spec.codec);
+  out += "\",\"attempts\":" + std::to_string(j.attempts);
+  if (!j.node.empty()) {
+    out += ",\"node\":";
+    append_json_string(out, j.node);
+  }
+  if (j.attempts > 0) {
+    out += ",\"queue_seconds\":";
+    append_json_number(out, std::chrono::duration<double>(j.started - j.submitted).count());
+  }
+  if (is_terminal(j.state)) {
+    out += ",\"run_seconds\":";
+    append_json_number(out, j.run_seconds);
+    out += ',';
+    out += j.outcome;
+  }
+  out += '}';
+  return out;
+}
+
+}  // namespace ppgate

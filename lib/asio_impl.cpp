@@ -1,0 +1,3 @@
+// Compiles Asio's implementation once for the whole project
+// (BOOST_ASIO_SEPARATE_COMPILATION is defined for every target).
+#include <boost/asio/impl/src.hpp>

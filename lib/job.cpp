@@ -1,0 +1,67 @@
+#include "job.hpp"
+
+#include "json_writer.hpp"
+
+#include <openssl/evp.h>
+
+#include <stdexcept>
+
+namespace ppgate {
+
+std::string_view to_string(job_state s) {
+  switch (s) {
+    case job_state::queued: return "queued";
+    case job_state::running: return "running";
+    case job_state::done: return "done";
+    case job_state::failed: return "failed";
+    case job_state::cancelled: return "cancelled";
+    case job_state::lost: return "lost";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(arg_codec c) { return c == arg_codec::json ? "json" : "pickle"; }
+
+std::string function_hash(std::string_view entry, const std::vector<std::string>& modules,
+                          std::string_view source) {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  if (ctx == nullptr) throw std::bad_alloc();
+  auto update = [ctx](std::string_view part) {
+    // A NUL separator keeps ("ab","c") and ("a","bc") apart; none of the parts contain NUL
+    // in a way that matters, since the length is folded in too.
+    const std::uint64_t n = part.size();
+    EVP_DigestUpdate(ctx, &n, sizeof n);
+    EVP_DigestUpdate(ctx, part.data(), part.size());
+  };
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  update(entry);
+  for (const auto& m : modules) update(m);
+  update("\x01");
+  update(source);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, digest, &len);
+  EVP_MD_CTX_free(ctx);
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  // 128 bits are plenty to name a function; the full digest would only lengthen every message.
+  for (unsigned i = 0; i < 16 && i < len; ++i) {
+    out.push_back(hex[digest[i] >> 4]);
+    out.push_back(hex[digest[i] & 0xf]);
+  }
+  return out;
+}
+
+std::string error_outcome(std::string_view type, std::string_view message,
+                          std::string_view traceback) {
+  std::string out = "\"error\":{\"type\":";
+  append_json_string(out, type);
+  out += ",\"message\":";
+  append_json_string(out, message);
+  out += ",\"traceback\":";
+  append_json_string(out, traceback);
+  out += "},\"stdout\":\"\",\"stderr\":\"\"";
+  return out;
+}
+
+}  // namespace ppgate

@@ -1,0 +1,75 @@
+// Jobs, the functions they run, and their life cycle:
+//   queued -> running -> done | failed | cancelled | lost   (running -> queued again on a retry)
+// Every accepted job reaches exactly one terminal state.
+#pragma once
+
+#include "net.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ppgate {
+
+using steady_clock = std::chrono::steady_clock;
+
+enum class job_state : std::uint8_t { queued, running, done, failed, cancelled, lost };
+
+std::string_view to_string(job_state s);
+inline bool is_terminal(job_state s) { return s >= job_state::done; }
+
+enum class arg_codec : std::uint8_t { json, pickle };
+std::string_view to_string(arg_codec c);
+
+// A function as it travels to workers. Jobs share one immutable function_def per hash, so the
+// source of a function submitted a million times is stored once.
+struct function_def {
+  std::string hash;                  // hex digest of entry, modules and source
+  std::string source;                // function plus dependency sources; empty for a reference
+  std::string entry;                 // name to call, or "module:qualname" when source is empty
+  std::vector<std::string> modules;  // "math", or full "import x as y" / "from x import y"
+};
+
+// Computes the identity of a function: SHA-256 over entry, modules and source.
+std::string function_hash(std::string_view entry, const std::vector<std::string>& modules,
+                          std::string_view source);
+
+// What a submitter asked for.
+struct job_spec {
+  std::shared_ptr<const function_def> function;
+  arg_codec codec = arg_codec::json;
+  std::string args;    // json: the raw JSON array; pickle: base64 of a pickled tuple
+  std::string kwargs;  // json: the raw JSON object, or empty; pickle: base64 of a pickled dict, or empty
+  std::string group = "default";
+  std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
+  int retries = 0;  // extra attempts after a worker dies mid-job
+};
+
+class slot;
+
+struct job {
+  std::uint64_t id = 0;
+  job_spec spec;
+  job_state state = job_state::queued;
+  int attempts = 0;
+  steady_clock::time_point submitted{}, started{}, finished{};
+  double run_seconds = 0;  // measured by the worker around the call itself
+  std::string node;        // where the last attempt ran
+  // Once terminal: JSON object members without braces, either
+  //   "result":...,"stdout":"...","stderr":"..."  or  "error":{...},"stdout":"...","stderr":"..."
+  std::string outcome;
+
+  // Internal to the scheduler: the slot running it, and long-polls to wake when it ends.
+  slot* running_on = nullptr;
+  std::vector<std::weak_ptr<net::steady_timer>> waiters;
+};
+
+// The members of a failed job's outcome, for errors raised by ppgate itself rather than the job.
+std::string error_outcome(std::string_view type, std::string_view message,
+                          std::string_view traceback = {});
+
+}  // namespace ppgate

@@ -1,0 +1,205 @@
+#include "job_request.hpp"
+
+#include <simdjson.h>
+
+#include <cmath>
+
+namespace ppgate {
+
+namespace od = simdjson::ondemand;
+
+namespace {
+
+constexpr double max_timeout_seconds = 30.0 * 24 * 3600;
+constexpr std::int64_t max_retries = 100;
+constexpr std::size_t max_group_length = 256;
+constexpr std::size_t max_name_length = 512;
+
+[[noreturn]] void fail(const std::string& message) { throw request_error(message); }
+
+void check(simdjson::error_code ec, std::string_view field, std::string_view expected) {
+  if (ec == simdjson::SUCCESS) return;
+  if (ec == simdjson::INCORRECT_TYPE || ec == simdjson::NUMBER_ERROR ||
+      ec == simdjson::NUMBER_OUT_OF_RANGE)
+    fail("field '" + std::string(field) + "' must be " + std::string(expected));
+  fail("invalid JSON in field '" + std::string(field) + "': " + simdjson::error_message(ec));
+}
+
+std::string_view get_string(od::value& v, std::string_view field) {
+  std::string_view s;
+  check(v.get_string().get(s), field, "a string");
+  return s;
+}
+
+std::vector<std::string> get_string_array(od::value& v, std::string_view field) {
+  od::array arr;
+  check(v.get_array().get(arr), field, "an array of strings");
+  std::vector<std::string> out;
+  for (auto element : arr) {
+    od::value item;
+    check(element.get(item), field, "an array of strings");
+    std::string_view s;
+    check(item.get_string().get(s), field, "an array of strings");
+    out.emplace_back(s);
+  }
+  return out;
+}
+
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || static_cast<unsigned char>(c) >= 0x80;
+}
+
+// "name", "Class.method" or, for an importable reference, "package.module:qualname".
+void check_entry_name(std::string_view name, bool reference) {
+  if (name.empty()) fail("field 'function' must not be empty");
+  if (name.size() > max_name_length) fail("field 'function' is too long");
+  const auto colon = name.find(':');
+  if (reference && colon == std::string_view::npos)
+    fail("without 'source', field 'function' must be an importable reference such as "
+         "\"math:sqrt\"");
+  if (!reference && colon != std::string_view::npos)
+    fail("field 'function' names a function defined in 'source' and cannot contain ':'");
+  for (char c : name)
+    if (!is_name_char(c) && c != ':')
+      fail("field 'function' is not a Python name: \"" + std::string(name) + "\"");
+}
+
+job_spec parse_one(od::object obj, const function_interner& intern) {
+  job_spec spec;
+  function_def def;
+  bool have_function = false, have_source = false;
+  bool args_is_string = false, kwargs_is_string = false;
+  bool have_args = false, have_kwargs = false;
+  std::vector<std::string> depfuncs;
+
+  for (auto field : obj) {
+    std::string_view key;
+    check(field.unescaped_key().get(key), "(key)", "a string");
+    od::value v;
+    check(field.value().get(v), key, "a value");
+    if (key == "source") {
+      def.source = get_string(v, key);
+      have_source = true;
+    } else if (key == "function") {
+      def.entry = get_string(v, key);
+      have_function = true;
+    } else if (key == "depfuncs") {
+      depfuncs = get_string_array(v, key);
+    } else if (key == "modules") {
+      def.modules = get_string_array(v, key);
+      for (const auto& m : def.modules)
+        if (m.empty() || m.find('\n') != std::string::npos)
+          fail("field 'modules' holds a module name or one import statement per entry");
+    } else if (key == "args" || key == "kwargs") {
+      const bool is_args = key == "args";
+      od::json_type type;
+      check(v.type().get(type), key, "an array, an object or a string");
+      std::string_view raw;
+      bool is_string = false;
+      if (type == od::json_type::string) {
+        raw = get_string(v, key);
+        is_string = true;
+      } else if (is_args && type == od::json_type::array) {
+        od::array arr;
+        check(v.get_array().get(arr), key, "an array");
+        check(arr.raw_json().get(raw), key, "an array");
+      } else if (!is_args && type == od::json_type::object) {
+        od::object o;
+        check(v.get_object().get(o), key, "an object");
+        check(o.raw_json().get(raw), key, "an object");
+      } else {
+        fail(is_args ? "field 'args' must be an array (or a base64 string with codec \"pickle\")"
+                     : "field 'kwargs' must be an object (or a base64 string with codec \"pickle\")");
+      }
+      (is_args ? spec.args : spec.kwargs) = std::string(raw);
+      (is_args ? args_is_string : kwargs_is_string) = is_string;
+      (is_args ? have_args : have_kwargs) = true;
+    } else if (key == "codec") {
+      const auto codec = get_string(v, key);
+      if (codec == "json") spec.codec = arg_codec::json;
+      else if (codec == "pickle") spec.codec = arg_codec::pickle;
+      else fail("field 'codec' must be \"json\" or \"pickle\"");
+    } else if (key == "group") {
+      spec.group = get_string(v, key);
+      if (spec.group.empty() || spec.group.size() > max_group_length)
+        fail("field 'group' must be a non-empty string of at most 256 bytes");
+    } else if (key == "timeout") {
+      double seconds = 0;
+      check(v.get_double().get(seconds), key, "a number of seconds");
+      if (!(seconds > 0) || seconds > max_timeout_seconds)
+        fail("field 'timeout' must be a number of seconds above 0 and at most 2592000");
+      spec.timeout = std::chrono::milliseconds(std::max<std::int64_t>(1, std::llround(seconds * 1000)));
+    } else if (key == "retries") {
+      std::int64_t n = 0;
+      check(v.get_int64().get(n), key, "an integer");
+      if (n < 0 || n > max_retries) fail("field 'retries' must be an integer from 0 to 100");
+      spec.retries = static_cast<int>(n);
+    } else {
+      fail("unknown field '" + std::string(key) + "'");
+    }
+  }
+
+  if (!have_function) fail("field 'function' is required");
+  check_entry_name(def.entry, !have_source);
+  if (!have_source && !depfuncs.empty()) fail("field 'depfuncs' needs 'source'");
+  for (const auto& dep : depfuncs) {
+    def.source += "\n";
+    def.source += dep;
+  }
+  if (spec.codec == arg_codec::json) {
+    if (have_args && args_is_string) fail("field 'args' must be an array with codec \"json\"");
+    if (have_kwargs && kwargs_is_string) fail("field 'kwargs' must be an object with codec \"json\"");
+  } else {
+    if (have_args && !args_is_string)
+      fail("field 'args' must be a base64 string of a pickled tuple with codec \"pickle\"");
+    if (have_kwargs && !kwargs_is_string)
+      fail("field 'kwargs' must be a base64 string of a pickled dict with codec \"pickle\"");
+  }
+  def.hash = function_hash(def.entry, def.modules, def.source);
+  spec.function = intern(std::move(def));
+  return spec;
+}
+
+}  // namespace
+
+job_submission parse_job_submission(std::string& body, const function_interner& intern) {
+  thread_local od::parser parser;
+  const std::size_t length = body.size();
+  body.reserve(length + simdjson::SIMDJSON_PADDING);
+  od::document doc;
+  auto ec = parser.iterate(body.data(), length, body.capacity()).get(doc);
+  if (ec) fail(std::string("invalid JSON: ") + simdjson::error_message(ec));
+
+  job_submission out;
+  od::json_type type;
+  if ((ec = doc.type().get(type))) fail(std::string("invalid JSON: ") + simdjson::error_message(ec));
+  if (type == od::json_type::array) {
+    out.batch = true;
+    od::array arr;
+    check(doc.get_array().get(arr), "(body)", "an array of job objects");
+    std::size_t index = 0;
+    for (auto element : arr) {
+      od::object obj;
+      if (element.get_object().get(obj))
+        fail("batch element " + std::to_string(index) + " must be a job object");
+      try {
+        out.jobs.push_back(parse_one(obj, intern));
+      } catch (const request_error& e) {
+        fail("batch element " + std::to_string(index) + ": " + e.what());
+      }
+      ++index;
+    }
+    if (out.jobs.empty()) fail("a batch must hold at least one job");
+  } else if (type == od::json_type::object) {
+    od::object obj;
+    check(doc.get_object().get(obj), "(body)", "a job object");
+    out.jobs.push_back(parse_one(obj, intern));
+  } else {
+    fail("the body must be a job object or an array of job objects");
+  }
+  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) fail("invalid JSON: trailing content after the body");
+  return out;
+}
+
+}  // namespace ppgate

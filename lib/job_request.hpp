@@ -1,0 +1,30 @@
+// Parsing of POST /v1/jobs bodies (simdjson On-Demand) into job_specs.
+// Field reference: docs/rest.md. Distinct objects: safe. Shared objects: unsafe.
+#pragma once
+
+#include "job.hpp"
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ppgate {
+
+// Bad input from a client: the message is meant for that client (HTTP 400).
+struct request_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct job_submission {
+  std::vector<job_spec> jobs;
+  bool batch = false;  // the body was an array
+};
+
+using function_interner = std::function<std::shared_ptr<const function_def>(function_def)>;
+
+// `body` gets simdjson's padding appended to its capacity (not its contents).
+// Throws request_error with a message that names the offending field.
+job_submission parse_job_submission(std::string& body, const function_interner& intern);
+
+}  // namespace ppgate

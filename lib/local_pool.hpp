@@ -1,0 +1,44 @@
+// The local node: a pool of worker_links, one per slot, resizable at run time both ways.
+// Distinct objects: safe. Shared objects: unsafe.
+#pragma once
+
+#include "scheduler.hpp"
+#include "worker_link.hpp"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ppgate {
+
+class local_pool : public node {
+ public:
+  local_pool(net::any_io_executor ex, scheduler& sched, worker_options opts);
+  ~local_pool() override;
+
+  const std::string& name() const override { return name_; }
+
+  // Grows by starting workers; shrinks by retiring idle workers first, then busy ones after their
+  // current job.
+  void resize(std::size_t count);
+  std::size_t size() const { return links_.size(); }
+  std::vector<worker_info> workers() const;
+
+  // Kills and reaps every worker process, retiring ones included. Synchronous.
+  void shutdown();
+
+  void on_link_ended(worker_link& link);  // called by a link whose supervision has ended
+
+  // The number of CPUs this process may run on (sched_getaffinity), at least 1.
+  static std::size_t usable_cpus();
+
+ private:
+  net::any_io_executor ex_;
+  scheduler& sched_;
+  worker_options opts_;
+  std::string name_ = "local";
+  std::vector<std::shared_ptr<worker_link>> links_;     // serving slots
+  std::vector<std::shared_ptr<worker_link>> retiring_;  // leaving; kept until reaped
+};
+
+}  // namespace ppgate

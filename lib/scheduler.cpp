@@ -1,0 +1,166 @@
+#include "scheduler.hpp"
+
+#include <algorithm>
+
+namespace ppgate {
+
+scheduler::scheduler(net::any_io_executor ex, options opts) : ex_(std::move(ex)), opts_(opts) {}
+
+std::shared_ptr<const function_def> scheduler::intern(function_def def) {
+  auto& known = functions_[def.hash];
+  if (auto existing = known.lock()) return existing;
+  auto fresh = std::make_shared<const function_def>(std::move(def));
+  known = fresh;
+  // Forget functions no job refers to any more, now and then, so the table tracks live ones.
+  if (functions_.size() > 4096) std::erase_if(functions_, [](auto& kv) { return kv.second.expired(); });
+  return fresh;
+}
+
+job& scheduler::submit(job_spec spec) {
+  auto owned = std::make_unique<job>();
+  job& j = *owned;
+  j.id = next_id_++;
+  j.spec = std::move(spec);
+  j.submitted = steady_clock::now();
+  jobs_.emplace(j.id, std::move(owned));
+  ++counters_.submitted;
+  ++counters_.queued;
+  queue_.push_back(j.id);
+  if (!idle_.empty()) {
+    slot* s = idle_.front();
+    idle_.pop_front();
+    job* next = pop_next_queued();
+    if (next != nullptr) dispatch(*s, *next);
+  }
+  return j;
+}
+
+job* scheduler::find(std::uint64_t id) {
+  auto it = jobs_.find(id);
+  return it == jobs_.end() ? nullptr : it->second.get();
+}
+
+job* scheduler::pop_next_queued() {
+  while (!queue_.empty()) {
+    const auto id = queue_.front();
+    queue_.pop_front();
+    job* j = find(id);
+    if (j != nullptr && j->state == job_state::queued) return j;
+  }
+  return nullptr;
+}
+
+void scheduler::dispatch(slot& s, job& j) {
+  --counters_.queued;
+  ++counters_.running;
+  j.state = job_state::running;
+  j.running_on = &s;
+  j.started = steady_clock::now();
+  j.node = s.owner().name();
+  ++j.attempts;
+  s.start(j);
+}
+
+void scheduler::slot_ready(slot& s) {
+  if (job* j = pop_next_queued()) {
+    dispatch(s, *j);
+    return;
+  }
+  if (std::find(idle_.begin(), idle_.end(), &s) == idle_.end()) idle_.push_back(&s);
+}
+
+void scheduler::slot_gone(slot& s) { std::erase(idle_, &s); }
+
+scheduler::cancel_result scheduler::cancel(std::uint64_t id) {
+  job* j = find(id);
+  if (j == nullptr) return cancel_result::not_found;
+  if (is_terminal(j->state)) return cancel_result::already_finished;
+  if (j->state == job_state::running) {
+    // The slot forgets the job and stops its worker; it will not report this job again.
+    j->running_on->abort();
+  }
+  finish(*j, job_state::cancelled, error_outcome("Cancelled", "the job was cancelled by request"), 0);
+  return cancel_result::cancelled;
+}
+
+void scheduler::finish(job& j, job_state end, std::string outcome, double run_seconds) {
+  if (j.state == job_state::running) {
+    --counters_.running;
+    if (end == job_state::done || end == job_state::failed) {
+      auto& n = counters_for(j.node);
+      ++n.njobs;
+      n.job_time += run_seconds;
+    }
+  } else if (j.state == job_state::queued) {
+    --counters_.queued;  // its id stays in queue_ and is skipped when popped
+  }
+  j.state = end;
+  j.running_on = nullptr;
+  j.outcome = std::move(outcome);
+  j.run_seconds = run_seconds;
+  j.finished = steady_clock::now();
+  switch (end) {
+    case job_state::done: ++counters_.done; break;
+    case job_state::failed: ++counters_.failed; break;
+    case job_state::cancelled: ++counters_.cancelled; break;
+    case job_state::lost: ++counters_.lost; break;
+    default: break;
+  }
+  for (auto& w : j.waiters)
+    if (auto timer = w.lock()) timer->cancel();
+  j.waiters.clear();
+  if (on_job_end) on_job_end(j);
+  remember_finished(j);
+}
+
+void scheduler::interrupted(job& j, std::string_view why) {
+  if (j.attempts <= j.spec.retries) {
+    // Retries go to the front: the job was already at the head of the line once.
+    --counters_.running;
+    ++counters_.queued;
+    ++counters_.retried;
+    j.state = job_state::queued;
+    j.running_on = nullptr;
+    queue_.push_front(j.id);
+    if (!idle_.empty()) {
+      slot* s = idle_.front();
+      idle_.pop_front();
+      if (job* next = pop_next_queued()) dispatch(*s, *next);
+    }
+    return;
+  }
+  std::string message(why);
+  message += " (attempt " + std::to_string(j.attempts) + " of " +
+             std::to_string(j.spec.retries + 1) + ")";
+  finish(j, job_state::failed, error_outcome("WorkerDied", message), 0);
+}
+
+void scheduler::notify_on_end(job& j, const std::shared_ptr<net::steady_timer>& waiter) {
+  std::erase_if(j.waiters, [](auto& w) { return w.expired(); });
+  j.waiters.push_back(waiter);
+}
+
+void scheduler::remember_finished(job& j) {
+  finished_order_.push_back(j.id);
+  while (finished_order_.size() > opts_.keep_finished) {
+    jobs_.erase(finished_order_.front());
+    finished_order_.pop_front();
+  }
+}
+
+node_counters& scheduler::counters_for(const std::string& node_name) {
+  for (auto& n : counters_.nodes)
+    if (n.name == node_name) return n;
+  counters_.nodes.push_back(node_counters{node_name});
+  return counters_.nodes.back();
+}
+
+void scheduler::register_node(const node& n) { counters_for(n.name()); }
+
+scheduler_stats scheduler::stats() const {
+  scheduler_stats s = counters_;
+  s.elapsed_seconds = std::chrono::duration<double>(steady_clock::now() - created_).count();
+  return s;
+}
+
+}  // namespace ppgate

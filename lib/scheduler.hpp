@@ -1,0 +1,111 @@
+// The scheduler: a FIFO of jobs and the nodes whose slots run them.
+//
+// It sees only nodes with slots; the local worker pool is one node and each peer will be another.
+// A free slot pulls the next job (slot_ready), so faster slots take more work: pp's dynamic load
+// balancing. Slots report back with finish() or interrupted().
+//
+// Runs on one io_context thread. Distinct objects: safe. Shared objects: unsafe.
+#pragma once
+
+#include "job.hpp"
+#include "net.hpp"
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ppgate {
+
+class node {
+ public:
+  virtual ~node() = default;
+  virtual const std::string& name() const = 0;
+};
+
+// One place a job can run. The scheduler calls start() on a slot that has said it is ready, and
+// abort() to take back a running job (cancel); the slot reports the end of a started job exactly
+// once through scheduler::finish or scheduler::interrupted, unless it was aborted.
+class slot {
+ public:
+  virtual ~slot() = default;
+  virtual node& owner() = 0;
+  virtual void start(job& j) = 0;
+  virtual void abort() = 0;
+};
+
+struct node_counters {
+  std::string name;
+  std::uint64_t njobs = 0;   // jobs that ran to completion (done or failed by the job itself)
+  double job_time = 0;       // sum of their run times, seconds
+};
+
+struct scheduler_stats {
+  double elapsed_seconds = 0;
+  std::uint64_t submitted = 0, queued = 0, running = 0, done = 0, failed = 0, cancelled = 0,
+                lost = 0, retried = 0, worker_restarts = 0;
+  std::vector<node_counters> nodes;
+};
+
+class scheduler {
+ public:
+  struct options {
+    // Finished jobs kept for GET /v1/jobs/{id}; the oldest are forgotten beyond this.
+    std::size_t keep_finished = 100000;
+  };
+
+  scheduler(net::any_io_executor ex, options opts);
+  scheduler(const scheduler&) = delete;
+  scheduler& operator=(const scheduler&) = delete;
+
+  // Returns the shared definition for `def`, reusing one already known with the same hash.
+  std::shared_ptr<const function_def> intern(function_def def);
+
+  job& submit(job_spec spec);
+  job* find(std::uint64_t id);
+
+  enum class cancel_result { cancelled, already_finished, not_found };
+  cancel_result cancel(std::uint64_t id);
+
+  // Wakes `waiter` (by cancelling it) when `j` reaches a terminal state.
+  void notify_on_end(job& j, const std::shared_ptr<net::steady_timer>& waiter);
+
+  // --- called by slots ---
+  void slot_ready(slot& s);  // s is idle: it gets the next job now, or when one arrives
+  void slot_gone(slot& s);   // s takes no more jobs (stopping or restarting)
+  void finish(job& j, job_state end, std::string outcome, double run_seconds);
+  void interrupted(job& j, std::string_view why);  // the slot lost j: retry or fail it
+  void count_worker_restart() { ++counters_.worker_restarts; }
+
+  void register_node(const node& n);
+  scheduler_stats stats() const;
+  std::size_t queue_depth() const { return counters_.queued; }
+  std::size_t running() const { return counters_.running; }
+  std::size_t idle_slots() const { return idle_.size(); }
+
+  // Called for every job that reaches a terminal state (event streams, metrics).
+  std::function<void(const job&)> on_job_end;
+
+ private:
+  void dispatch(slot& s, job& j);
+  job* pop_next_queued();
+  void remember_finished(job& j);
+  node_counters& counters_for(const std::string& node_name);
+
+  net::any_io_executor ex_;
+  options opts_;
+  steady_clock::time_point created_ = steady_clock::now();
+  std::uint64_t next_id_ = 1;
+  std::unordered_map<std::uint64_t, std::unique_ptr<job>> jobs_;
+  // Ids in submission order; cancelled entries are skipped when popped, not searched for.
+  std::deque<std::uint64_t> queue_;
+  std::deque<std::uint64_t> finished_order_;
+  std::deque<slot*> idle_;
+  std::unordered_map<std::string, std::weak_ptr<const function_def>> functions_;
+  scheduler_stats counters_;
+};
+
+}  // namespace ppgate

@@ -1,0 +1,238 @@
+#include "worker_link.hpp"
+
+#include "json_writer.hpp"
+#include "local_pool.hpp"
+#include "log.hpp"
+
+#include <boost/asio/detached.hpp>
+#include <boost/asio/write.hpp>
+
+#include <charconv>
+
+namespace ppgate {
+
+std::string build_run_message(const job& j, bool include_source) {
+  const function_def& f = *j.spec.function;
+  std::string m;
+  m.reserve(96 + j.spec.args.size() + (include_source ? f.source.size() : 0));
+  m += "{\"id\":";
+  m += std::to_string(j.id);
+  m += ",\"fn\":\"";
+  m += f.hash;
+  m += '"';
+  if (include_source) {
+    m += ",\"entry\":";
+    append_json_string(m, f.entry);
+    m += ",\"source\":";
+    append_json_string(m, f.source);
+    m += ",\"modules\":[";
+    for (std::size_t i = 0; i < f.modules.size(); ++i) {
+      if (i > 0) m += ',';
+      append_json_string(m, f.modules[i]);
+    }
+    m += ']';
+  }
+  m += ",\"codec\":\"";
+  m += to_string(j.spec.codec);
+  m += "\",\"args\":";
+  if (j.spec.codec == arg_codec::json) {
+    m += j.spec.args.empty() ? std::string_view("[]") : std::string_view(j.spec.args);
+    if (!j.spec.kwargs.empty()) {
+      m += ",\"kwargs\":";
+      m += j.spec.kwargs;
+    }
+  } else {
+    append_json_string(m, j.spec.args);
+    if (!j.spec.kwargs.empty()) {
+      m += ",\"kwargs\":";
+      append_json_string(m, j.spec.kwargs);
+    }
+  }
+  m += '}';
+  return m;
+}
+
+worker_link::worker_link(net::any_io_executor ex, scheduler& sched, local_pool& pool,
+                         const worker_options& opts)
+    : ex_(ex), sched_(sched), pool_(pool), opts_(opts), deadline_(ex) {}
+
+node& worker_link::owner() { return pool_; }
+
+void worker_link::launch() {
+  net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
+                [](std::exception_ptr e) {
+                  if (e) {
+                    try {
+                      std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                      log::error("worker supervisor ended: ", ex.what());
+                    }
+                  }
+                });
+}
+
+net::awaitable<void> worker_link::supervise() {
+  auto self = shared_from_this();  // a retired link lives until its process is reaped
+  int consecutive_spawn_failures = 0;
+  while (!retiring_) {
+    std::string spawn_error;
+    try {
+      proc_ = std::make_unique<worker_process>(ex_, opts_.binary);
+      consecutive_spawn_failures = 0;
+    } catch (const std::exception& e) {
+      spawn_error = e.what();
+    }
+    if (!proc_) {
+      // A worker binary that cannot start is an operator problem; keep retrying, slowly.
+      log::error("cannot start worker: ", spawn_error);
+      const auto backoff = std::chrono::milliseconds(100 << std::min(++consecutive_spawn_failures, 5));
+      net::steady_timer t(ex_, backoff);
+      co_await t.async_wait(use_nothrow_awaitable);
+      continue;
+    }
+    ++generation_;
+    known_functions_.clear();
+    reader_ = frame_reader();
+    log::debug("worker ", proc_->pid(), " started");
+
+    co_await serve();
+
+    const std::string why = co_await proc_->wait_exit();
+    log::debug("worker ", proc_->pid(), " ", why);
+    if (idle_) {
+      idle_ = false;
+      sched_.slot_gone(*this);
+    }
+    if (job* j = current_) {
+      current_ = nullptr;
+      deadline_.cancel();
+      log::warn("worker ", proc_->pid(), " ", why, " while running job ", j->id);
+      sched_.interrupted(*j, "the worker running this job " + why);
+    }
+    proc_.reset();
+    if (!retiring_) sched_.count_worker_restart();
+  }
+  pool_.on_link_ended(*this);
+}
+
+net::awaitable<void> worker_link::serve() {
+  become_idle();
+  char buf[64 * 1024];
+  auto& sock = proc_->socket();
+  for (;;) {
+    auto [ec, n] = co_await sock.async_read_some(net::buffer(buf), use_nothrow_awaitable);
+    if (ec) co_return;  // EOF: the process exited or was killed
+    try {
+      reader_.feed(buf, n);
+      std::string_view frame;
+      while (reader_.next(frame)) on_reply(frame);
+    } catch (const std::exception& e) {
+      log::error("worker ", proc_->pid(), " sent a bad frame: ", e.what());
+      proc_->kill();
+      co_return;
+    }
+  }
+}
+
+void worker_link::become_idle() {
+  if (retiring_) {
+    proc_->kill();
+    return;
+  }
+  idle_ = true;
+  sched_.slot_ready(*this);  // may call start() right away
+}
+
+void worker_link::start(job& j) {
+  idle_ = false;
+  current_ = &j;
+  const bool include_source = known_functions_.insert(j.spec.function->hash).second;
+  outbox_.clear();
+  append_frame(outbox_, build_run_message(j, include_source));
+  net::async_write(proc_->socket(), net::buffer(outbox_),
+                   [self = shared_from_this(), gen = generation_](boost::system::error_code ec, std::size_t) {
+                     if (ec && gen == self->generation_ && self->proc_) self->proc_->kill();
+                   });
+  if (j.spec.timeout) {
+    deadline_.expires_after(*j.spec.timeout);
+    deadline_.async_wait([self = shared_from_this(), id = j.id](boost::system::error_code ec) {
+      if (!ec) self->on_timeout(id);
+    });
+  }
+}
+
+void worker_link::on_reply(std::string_view frame) {
+  // "<id> <ok|error> <seconds>\n<outcome members>"
+  const auto newline = frame.find('\n');
+  const std::string_view head = frame.substr(0, newline);
+  const std::string_view outcome = newline == std::string_view::npos ? std::string_view{} : frame.substr(newline + 1);
+  std::uint64_t id = 0;
+  double seconds = 0;
+  auto [p, ec] = std::from_chars(head.data(), head.data() + head.size(), id);
+  const bool ok = head.substr(static_cast<std::size_t>(p - head.data())).starts_with(" ok ");
+  const auto last_space = head.rfind(' ');
+  if (last_space != std::string_view::npos)
+    std::from_chars(head.data() + last_space + 1, head.data() + head.size(), seconds);
+  if (current_ == nullptr || current_->id != id) return;  // a reply for a job taken back (cancel)
+
+  job& j = *current_;
+  current_ = nullptr;
+  deadline_.cancel();
+  ++jobs_run_;
+  sched_.finish(j, ok ? job_state::done : job_state::failed, std::string(outcome), seconds);
+  if (opts_.restart_after_each_job) {
+    proc_->kill();  // serve() sees EOF; supervise() starts a fresh process
+    return;
+  }
+  become_idle();
+}
+
+void worker_link::on_timeout(std::uint64_t job_id) {
+  if (current_ == nullptr || current_->id != job_id) return;
+  job& j = *current_;
+  current_ = nullptr;
+  proc_->kill();
+  const double ran = std::chrono::duration<double>(steady_clock::now() - j.started).count();
+  const double limit = std::chrono::duration<double>(*j.spec.timeout).count();
+  sched_.finish(j, job_state::failed,
+                error_outcome("TimeoutError", "the job ran longer than its timeout of " +
+                                                  python_float_repr(limit) +
+                                                  " s; its worker was stopped and replaced"),
+                ran);
+}
+
+void worker_link::abort() {
+  current_ = nullptr;
+  deadline_.cancel();
+  if (proc_) proc_->kill();
+}
+
+void worker_link::retire() {
+  retiring_ = true;
+  if (idle_) {
+    idle_ = false;
+    sched_.slot_gone(*this);
+  }
+  if (current_ == nullptr && proc_) proc_->kill();
+}
+
+void worker_link::stop_now() {
+  retiring_ = true;
+  if (idle_) {
+    idle_ = false;
+    sched_.slot_gone(*this);
+  }
+  deadline_.cancel();
+  if (proc_) proc_->kill_and_reap();
+}
+
+worker_info worker_link::info() const {
+  worker_info w;
+  w.pid = proc_ ? proc_->pid() : 0;
+  w.job = current_ ? current_->id : 0;
+  w.jobs_run = jobs_run_;
+  w.state = retiring_ ? "stopping" : current_ ? "busy" : idle_ ? "idle" : "starting";
+  return w;
+}
+
+}  // namespace ppgate

@@ -1,0 +1,175 @@
+"""The Python half of ppgate-worker: runs one job per message.
+
+ppgate-worker (C++) reads a frame from its gateway, calls handle(payload) and writes the bytes it
+returns as the reply frame. A message is JSON:
+
+    {"id": 7, "fn": "<hash>", "entry": "sq", "source": "def sq(x): ...", "modules": ["math"],
+     "codec": "json", "args": [7], "kwargs": {}}
+
+"entry", "source" and "modules" come only the first time this process sees a function hash;
+later jobs carry the hash alone. The reply is one header line, then JSON object members:
+
+    7 ok 0.0000123
+    "result":49,"stdout":"","stderr":""
+
+or "7 error <seconds>" followed by "error":{"type","message","traceback"} and the captured output.
+"""
+
+import base64
+import builtins
+import importlib
+import io
+import json
+import linecache
+import pickle
+import sys
+import time
+import traceback
+import types
+
+_RUNTIME_FILE = "<ppgate-worker>"
+
+_functions = {}  # function hash -> _Function (compiled once per process)
+_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_quote = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class ResultEncodingError(Exception):
+    """The job's result could not be encoded in the requested codec."""
+
+
+class _Function:
+    __slots__ = ("entry", "code", "imports", "error")
+
+    def __init__(self, msg):
+        self.entry = msg.get("entry", "")
+        self.code = None
+        self.imports = None
+        self.error = None  # a compile error is replayed for every job of this function
+        try:
+            statements = [_import_statement(m) for m in msg.get("modules", ())]
+            self.imports = compile("\n".join(statements), "<ppgate modules>", "exec")
+            source = msg.get("source", "")
+            if source:
+                filename = "<ppgate job %s>" % msg["fn"][:12]
+                # Tracebacks show the job's own source lines.
+                linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+                self.code = compile(source, filename, "exec")
+        except BaseException as exc:  # noqa: BLE001 - reported to the submitter
+            self.error = exc
+
+
+def _import_statement(module):
+    module = module.strip()
+    if module.startswith(("import ", "from ")):
+        return module
+    return "import " + module
+
+
+def _resolve(function, namespace):
+    if function.code is None:
+        module_name, _, qualname = function.entry.partition(":")
+        target = importlib.import_module(module_name)
+        parts = qualname.split(".")
+    else:
+        first, *parts = function.entry.split(".")
+        if first not in namespace:
+            raise NameError("the source defines no %r" % first)
+        target = namespace[first]
+    for part in parts:
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError("%r is not callable" % function.entry)
+    return target
+
+
+def _format_error(exc):
+    tb = exc.__traceback__
+    # Drop the runtime's own frames: the submitter wants to see where their code failed.
+    while tb is not None and tb.tb_frame.f_code.co_filename == _RUNTIME_FILE:
+        tb = tb.tb_next
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__", _RUNTIME_MODULE):
+        name = kind.__module__ + "." + name
+    text = "".join(traceback.format_exception(kind, exc, tb))
+    return '"error":{"type":%s,"message":%s,"traceback":%s}' % (
+        _quote(name), _quote(str(exc)), _quote(text))
+
+
+_RUNTIME_MODULE = __name__
+
+
+def _run(msg):
+    fn_hash = msg["fn"]
+    function = _functions.get(fn_hash)
+    if function is None:
+        if "entry" not in msg:
+            raise RuntimeError("this worker has not been sent function %s" % fn_hash)
+        function = _functions[fn_hash] = _Function(msg)
+    if function.error is not None:
+        raise function.error.with_traceback(None)
+
+    # Each job gets a fresh __main__: jobs of different functions never see each other's
+    # definitions, and pickled instances of classes defined in the source resolve to them.
+    main = types.ModuleType("__main__")
+    namespace = main.__dict__
+    namespace["__builtins__"] = builtins
+    saved_main = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(function.imports, namespace)
+        if function.code is not None:
+            exec(function.code, namespace)
+        target = _resolve(function, namespace)
+        pickled = msg.get("codec") == "pickle"
+        if pickled:
+            args = pickle.loads(base64.b64decode(msg.get("args") or _EMPTY_TUPLE, validate=True))
+            kwargs = msg.get("kwargs")
+            kwargs = pickle.loads(base64.b64decode(kwargs, validate=True)) if kwargs else {}
+        else:
+            args = msg.get("args", ())
+            kwargs = msg.get("kwargs") or {}
+        started = time.perf_counter()
+        try:
+            result = target(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - started
+        try:
+            if pickled:
+                encoded = '"' + base64.b64encode(pickle.dumps(result, pickle.HIGHEST_PROTOCOL)).decode("ascii") + '"'
+            else:
+                encoded = _dumps(result)
+        except Exception as exc:  # noqa: BLE001
+            raise ResultEncodingError(
+                "the job's result (a %s) cannot be encoded as %s: %s"
+                % (type(result).__name__, msg.get("codec", "json"), exc)) from None
+        return elapsed, encoded
+    finally:
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
+
+
+_EMPTY_TUPLE = base64.b64encode(pickle.dumps(()))
+
+
+def handle(payload):
+    """Runs the job in `payload` (bytes) and returns the reply (bytes). Never raises."""
+    started = time.perf_counter()
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout, sys.stderr
+    job_id = 0
+    try:
+        msg = json.loads(payload)
+        job_id = int(msg.get("id", 0))
+        sys.stdout, sys.stderr = out, err
+        elapsed, encoded = _run(msg)
+        status, body = "ok", '"result":' + encoded
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are job errors too
+        elapsed = time.perf_counter() - started
+        status, body = "error", _format_error(exc)
+    finally:
+        sys.stdout, sys.stderr = saved
+    reply = "%d %s %r\n%s,\"stdout\":%s,\"stderr\":%s" % (
+        job_id, status, elapsed, body, _quote(out.getvalue()), _quote(err.getvalue()))
+    return reply.encode("utf-8", "surrogatepass")
