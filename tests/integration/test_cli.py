@@ -1,0 +1,126 @@
+"""ppgate's command line, limits and authentication, each with its own node."""
+
+import os
+import socket
+import tempfile
+import time
+import unittest
+
+from harness import Node, run_ppgate
+
+SQ = "def sq(x):\n    return x*x\n"
+
+
+class TestCommandLine(unittest.TestCase):
+    def test_help_documents_every_flag(self):
+        r = run_ppgate("--help")
+        self.assertEqual(r.returncode, 0)
+        for flag in ("--listen", "--workers", "--secret-file", "--secret-env", "--insecure", "--restart",
+                     "--pid-file", "--idle-exit", "--max-body", "--max-header", "--max-connections",
+                     "--idle-timeout", "--keep-finished", "--worker-binary", "--log-level"):
+            self.assertIn(flag, r.stdout)
+
+    def test_bad_flags_get_a_clear_error(self):
+        cases = [
+            (["serve", "--bogus"], "unknown option '--bogus'"),
+            (["serve", "--workers", "many"], "--workers expects a whole number"),
+            (["serve", "--listen", "nowhere:80"], "not an IP address"),
+            (["serve", "--listen", "127.0.0.1:99999"], "--listen port"),
+            (["serve", "--secret", "abc"], "use --secret-file or --secret-env"),
+            (["serve", "--log-level", "loud"], "--log-level"),
+            (["serve", "--listen", "0.0.0.0:0"], "not a loopback address"),
+            (["frobnicate"], "unknown command"),
+            ([], "missing command"),
+        ]
+        for args, fragment in cases:
+            r = run_ppgate(*args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(fragment, r.stderr, args)
+
+    def test_a_port_in_use_is_reported(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            r = run_ppgate("serve", "--listen", "127.0.0.1:%d" % s.getsockname()[1], "--workers", "0")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("in use", r.stderr)
+
+    def test_pid_file_is_written_and_removed(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "ppgate.pid")
+            node = Node("--pid-file", path, workers=0)
+            node.start()
+            with open(path) as f:
+                self.assertEqual(int(f.read()), node.proc.pid)
+            self.assertEqual(node.stop(), 0)
+            self.assertFalse(os.path.exists(path))
+
+    def test_idle_exit_stops_an_unused_node(self):
+        node = Node("--idle-exit", "1", workers=1)
+        node.start()
+        try:
+            self.assertEqual(node.proc.wait(20), 0)
+        finally:
+            node.kill()
+
+
+class TestAuthentication(unittest.TestCase):
+    def test_with_a_secret_every_request_needs_the_bearer_token(self):
+        with tempfile.NamedTemporaryFile("w") as f:
+            f.write("correct horse battery\n")
+            f.flush()
+            with Node("--secret-file", f.name, workers=1) as node:
+                status, data, res = node.request("GET", "/v1/stats")
+                self.assertEqual(status, 401)
+                self.assertEqual(res.getheader("WWW-Authenticate"), "Bearer")
+                status, data, _ = node.request("GET", "/v1/stats", headers={"Authorization": "Bearer wrong"})
+                self.assertEqual(status, 401)
+                self.assertEqual(node.request("GET", "/healthz")[0], 200)
+                node.token = "correct horse battery"
+                self.assertEqual(node.run(SQ, "sq", [3])["result"], 9)
+
+    def test_the_secret_can_come_from_the_environment(self):
+        with Node(env={"PPGATE_SECRET": "from-the-environment"}, workers=1) as node:
+            self.assertEqual(node.request("GET", "/v1/nodes")[0], 401)
+            node.token = "from-the-environment"
+            self.assertEqual(node.request("GET", "/v1/nodes")[0], 200)
+
+
+class TestLimits(unittest.TestCase):
+    def test_an_oversized_body_is_413_and_the_node_keeps_serving(self):
+        with Node("--max-body", "2048", workers=1) as node:
+            status, data, _ = node.request("POST", "/v1/jobs", "x" * 10000)
+            self.assertEqual(status, 413)
+            self.assertIn("message", data["error"])
+            self.assertEqual(node.run(SQ, "sq", [2])["result"], 4)
+
+    def test_an_oversized_header_is_431(self):
+        with Node("--max-header", "2048", workers=0) as node:
+            status, data, _ = node.request("GET", "/healthz", headers={"X-Big": "y" * 5000})
+            self.assertEqual(status, 431)
+
+    def test_a_slow_client_is_cut_off_after_the_idle_timeout(self):
+        with Node("--idle-timeout", "1", workers=0) as node:
+            with socket.create_connection(("127.0.0.1", node.port), timeout=20) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes
+                started = time.monotonic()
+                self.assertEqual(s.recv(100), b"")  # closed by the node
+                self.assertLess(time.monotonic() - started, 15)
+            self.assertEqual(node.request("GET", "/healthz")[0], 200)
+
+    def test_connections_over_the_limit_get_503(self):
+        with Node("--max-connections", "2", workers=0) as node:
+            held = [socket.create_connection(("127.0.0.1", node.port), timeout=10) for _ in range(2)]
+            try:
+                time.sleep(0.2)  # let the node accept both before the third arrives
+                with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 503"))
+            finally:
+                for s in held:
+                    s.close()
+            node.wait_until(lambda: node.request("GET", "/healthz")[0] == 200, what="a free connection slot")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,77 @@
+#include "job_request.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace ppgate;
+
+namespace {
+
+job_submission parse(std::string body) {
+  return parse_job_submission(body, [](function_def d) {
+    return std::make_shared<const function_def>(std::move(d));
+  });
+}
+
+std::string error_of(std::string body) {
+  try {
+    parse(std::move(body));
+  } catch (const request_error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST_CASE("a job object is parsed with every field") {
+  auto s = parse(R"({"source":"def f(x, y=1):\n    return x+y\n","function":"f","args":[1, {"a": [2]}],
+                     "kwargs":{"y":3},"modules":["math","from os import path"],"group":"g1",
+                     "timeout":1.5,"retries":2,"depfuncs":["def g():\n    pass\n"]})");
+  REQUIRE(s.jobs.size() == 1);
+  CHECK_FALSE(s.batch);
+  const auto& j = s.jobs[0];
+  CHECK(j.function->entry == "f");
+  CHECK(j.function->source.find("def g()") != std::string::npos);
+  CHECK(j.function->modules == std::vector<std::string>{"math", "from os import path"});
+  CHECK(j.args == R"([1, {"a": [2]}])");
+  CHECK(j.kwargs == R"({"y":3})");
+  CHECK(j.group == "g1");
+  CHECK(j.timeout == std::chrono::milliseconds(1500));
+  CHECK(j.retries == 2);
+  CHECK(j.function->hash.size() == 32);
+}
+
+TEST_CASE("the same function in two jobs has the same hash, a different one does not") {
+  auto s = parse(R"([{"source":"def f(): pass","function":"f"},{"source":"def f(): pass","function":"f"},
+                     {"source":"def f(): return 1","function":"f"},{"source":"def f(): pass","function":"f","modules":["os"]}])");
+  REQUIRE(s.jobs.size() == 4);
+  CHECK(s.batch);
+  CHECK(s.jobs[0].function->hash == s.jobs[1].function->hash);
+  CHECK(s.jobs[0].function->hash != s.jobs[2].function->hash);
+  CHECK(s.jobs[0].function->hash != s.jobs[3].function->hash);
+}
+
+TEST_CASE("bad submissions are refused with a message naming the problem") {
+  CHECK(error_of("{") .find("invalid JSON") == 0);
+  CHECK(error_of("42") == "the body must be a job object or an array of job objects");
+  CHECK(error_of("[]") == "a batch must hold at least one job");
+  CHECK(error_of(R"({"source":"x"})") == "field 'function' is required");
+  CHECK(error_of(R"({"function":"f","bogus":1,"source":""})") == "unknown field 'bogus'");
+  CHECK(error_of(R"({"function":5})") == "field 'function' must be a string");
+  CHECK(error_of(R"({"function":"f"})").find("importable reference") != std::string::npos);
+  CHECK(error_of(R"({"function":"f","source":"x","args":{"a":1}})").find("field 'args' must be an array") == 0);
+  CHECK(error_of(R"({"function":"f","source":"x","timeout":-1})").find("field 'timeout'") == 0);
+  CHECK(error_of(R"({"function":"f","source":"x","retries":1000})").find("field 'retries'") == 0);
+  CHECK(error_of(R"({"function":"f","source":"x","codec":"yaml"})").find("field 'codec'") == 0);
+  CHECK(error_of(R"({"function":"f","source":"x","codec":"pickle","args":[1]})").find("base64") != std::string::npos);
+  CHECK(error_of(R"({"function":"f;rm","source":"x"})").find("not a Python name") != std::string::npos);
+  CHECK(error_of(R"({"function":"f","source":"x"} {})") == "invalid JSON: trailing content after the body");
+  CHECK(error_of(R"([{"function":"f","source":"x"}, 3])") == "batch element 1 must be a job object");
+  CHECK(error_of(R"({"function":"f","source":"x","modules":[1]})") == "field 'modules' must be an array of strings");
+}
+
+TEST_CASE("an importable reference needs no source") {
+  auto s = parse(R"({"function":"math:sqrt","args":[4]})");
+  CHECK(s.jobs[0].function->entry == "math:sqrt");
+  CHECK(s.jobs[0].function->source.empty());
+}

@@ -1,0 +1,49 @@
+#include "json_writer.hpp"
+#include "stats_format.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace ppgate;
+
+TEST_CASE("strings are escaped into valid JSON, invalid UTF-8 included") {
+  std::string out;
+  append_json_string(out, std::string("a\"b\\c\n\x01 \xc3\xa9 \xff", 12));
+  CHECK(out == "\"a\\\"b\\\\c\\n\\u0001 \xc3\xa9 \xef\xbf\xbd\"");
+}
+
+TEST_CASE("floats print as Python's repr does") {
+  CHECK(python_float_repr(2.0) == "2.0");
+  CHECK(python_float_repr(0.1) == "0.1");
+  CHECK(python_float_repr(1.0229220390319824) == "1.0229220390319824");
+  CHECK(python_float_repr(100000.0) == "100000.0");
+  CHECK(python_float_repr(1e16) == "1e+16");
+  CHECK(python_float_repr(0.0001) == "0.0001");
+  CHECK(python_float_repr(0.00001) == "1e-05");
+  CHECK(python_float_repr(-12.5) == "-12.5");
+  CHECK(python_float_repr(123456789012.25) == "123456789012.25");
+}
+
+TEST_CASE("non-finite numbers become null in JSON") {
+  std::string out;
+  append_json_number(out, 1.0 / 0.0);
+  CHECK(out == "null");
+}
+
+TEST_CASE("the stats table has pp's print_stats layout") {
+  scheduler_stats s;
+  s.elapsed_seconds = 1.5;
+  s.queued = 1;
+  s.running = 2;
+  s.nodes.push_back({"local", 3, 0.75});
+  s.nodes.push_back({"idle-node", 0, 0});
+  s.nodes.push_back({"10.0.0.2:60000", 1, 0.25});
+  const std::string expected =
+      "Job execution statistics:\n"
+      " job count | % of all jobs | job time sum | time per job | job server\n"
+      "         3 |         75.00 |       0.7500 |     0.250000 | local\n"
+      "         1 |         25.00 |       0.2500 |     0.250000 | 10.0.0.2:60000\n"
+      "Time elapsed since server creation 1.5\n"
+      "3 active tasks, 4 cores\n"
+      "\n";
+  CHECK(format_stats_table(s, 4) == expected);
+}

@@ -1,0 +1,183 @@
+// The scheduler alone, with recording slots standing in for workers.
+#include "scheduler.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <catch2/catch.hpp>
+
+using namespace ppgate;
+
+namespace {
+
+struct test_node : node {
+  std::string n;
+  explicit test_node(std::string name) : n(std::move(name)) {}
+  const std::string& name() const override { return n; }
+};
+
+struct recording_slot : slot {
+  test_node& home;
+  std::vector<std::uint64_t> started;
+  job* current = nullptr;
+  int aborts = 0;
+  explicit recording_slot(test_node& h) : home(h) {}
+  node& owner() override { return home; }
+  void start(job& j) override {
+    started.push_back(j.id);
+    current = &j;
+  }
+  void abort() override {
+    ++aborts;
+    current = nullptr;
+  }
+};
+
+job_spec make_spec(const std::string& group = "default") {
+  job_spec s;
+  auto f = std::make_shared<function_def>();
+  f->entry = "f";
+  f->source = "def f(): pass";
+  f->hash = function_hash(f->entry, f->modules, f->source);
+  s.function = f;
+  s.group = group;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("jobs run in submission order on the slot that asks first") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), {});
+  test_node home("local");
+  recording_slot a(home), b(home);
+  const auto j1 = sched.submit(make_spec()).id;
+  const auto j2 = sched.submit(make_spec("other")).id;
+  const auto j3 = sched.submit(make_spec()).id;
+  CHECK(sched.queue_depth() == 3);
+  sched.slot_ready(b);
+  sched.slot_ready(a);
+  CHECK(b.started == std::vector<std::uint64_t>{j1});
+  CHECK(a.started == std::vector<std::uint64_t>{j2});
+  sched.finish(*b.current, job_state::done, "\"result\":1", 0.5);
+  sched.slot_ready(b);
+  CHECK(b.started == std::vector<std::uint64_t>{j1, j3});
+  CHECK(sched.find(j1)->state == job_state::done);
+  CHECK(sched.find(j1)->node == "local");
+}
+
+TEST_CASE("an idle slot receives a job as soon as it is submitted") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), {});
+  test_node home("local");
+  recording_slot a(home);
+  sched.slot_ready(a);
+  CHECK(sched.idle_slots() == 1);
+  auto& j = sched.submit(make_spec());
+  CHECK(j.state == job_state::running);
+  CHECK(a.started == std::vector<std::uint64_t>{j.id});
+  CHECK(sched.idle_slots() == 0);
+}
+
+TEST_CASE("a cancelled queued job is dropped and never started") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), {});
+  test_node home("local");
+  recording_slot a(home);
+  const auto j1 = sched.submit(make_spec()).id;
+  const auto j2 = sched.submit(make_spec()).id;
+  CHECK(sched.cancel(j1) == scheduler::cancel_result::cancelled);
+  CHECK(sched.cancel(j1) == scheduler::cancel_result::already_finished);
+  CHECK(sched.cancel(999) == scheduler::cancel_result::not_found);
+  sched.slot_ready(a);
+  CHECK(a.started == std::vector<std::uint64_t>{j2});
+  CHECK(sched.find(j1)->state == job_state::cancelled);
+  CHECK(sched.stats().cancelled == 1);
+  CHECK(sched.queue_depth() == 0);
+}
+
+TEST_CASE("cancelling a running job takes it back from its slot") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), {});
+  test_node home("local");
+  recording_slot a(home);
+  sched.slot_ready(a);
+  const auto id = sched.submit(make_spec()).id;
+  CHECK(sched.cancel(id) == scheduler::cancel_result::cancelled);
+  CHECK(a.aborts == 1);
+  CHECK(sched.running() == 0);
+  CHECK(sched.find(id)->state == job_state::cancelled);
+}
+
+TEST_CASE("an interrupted job is retried first while its budget lasts, then failed") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), {});
+  test_node home("local");
+  recording_slot a(home);
+  auto spec = make_spec();
+  spec.retries = 1;
+  const auto id = sched.submit(std::move(spec)).id;
+  const auto other = sched.submit(make_spec()).id;
+  sched.slot_ready(a);
+  sched.interrupted(*sched.find(id), "the worker died");
+  CHECK(sched.find(id)->state == job_state::queued);
+  sched.slot_ready(a);
+  CHECK(a.started == std::vector<std::uint64_t>{id, id});
+  sched.interrupted(*sched.find(id), "the worker died");
+  const job& j = *sched.find(id);
+  CHECK(j.state == job_state::failed);
+  CHECK(j.outcome.find("WorkerDied") != std::string::npos);
+  CHECK(j.outcome.find("attempt 2 of 2") != std::string::npos);
+  sched.slot_ready(a);
+  CHECK(a.started.back() == other);
+}
+
+TEST_CASE("finished jobs beyond the retention limit are forgotten, oldest first") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), scheduler::options{2});
+  test_node home("local");
+  recording_slot a(home);
+  std::vector<std::uint64_t> ids;
+  for (int i = 0; i < 3; ++i) {
+    ids.push_back(sched.submit(make_spec()).id);
+    sched.slot_ready(a);
+    sched.finish(*a.current, job_state::done, "\"result\":null", 0);
+  }
+  CHECK(sched.find(ids[0]) == nullptr);
+  CHECK(sched.find(ids[1]) != nullptr);
+  CHECK(sched.find(ids[2]) != nullptr);
+}
+
+TEST_CASE("a waiter is woken when its job ends") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), {});
+  test_node home("local");
+  recording_slot a(home);
+  sched.slot_ready(a);
+  auto& j = sched.submit(make_spec());
+  auto timer = std::make_shared<net::steady_timer>(io, std::chrono::hours(1));
+  bool woken = false;
+  timer->async_wait([&](boost::system::error_code ec) { woken = ec == net::error::operation_aborted; });
+  sched.notify_on_end(j, timer);
+  sched.finish(j, job_state::done, "\"result\":1", 0);
+  io.run_for(std::chrono::seconds(5));
+  CHECK(woken);
+}
+
+TEST_CASE("per-node statistics count jobs and their time") {
+  net::io_context io;
+  scheduler sched(io.get_executor(), {});
+  test_node home("local");
+  sched.register_node(home);
+  recording_slot a(home);
+  for (int i = 0; i < 4; ++i) {
+    sched.submit(make_spec());
+    sched.slot_ready(a);
+    sched.finish(*a.current, i == 3 ? job_state::failed : job_state::done, "", 0.25);
+  }
+  const auto s = sched.stats();
+  REQUIRE(s.nodes.size() == 1);
+  CHECK(s.nodes[0].njobs == 4);
+  CHECK(s.nodes[0].job_time == Approx(1.0));
+  CHECK(s.done == 3);
+  CHECK(s.failed == 1);
+  CHECK(s.submitted == 4);
+}
