@@ -5,6 +5,8 @@ set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 
+bash tools/install-deps.sh || exit 1
+
 [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" >/dev/null || exit 1
 ninja -C "$BUILD" || exit 1
 

@@ -4,6 +4,7 @@ Every wait here has a bound: a node that does not come up, answer or stop in tim
 test instead of hanging it.
 """
 
+import atexit
 import http.client
 import json
 import os
@@ -25,6 +26,14 @@ def ppgate_binary():
 
 
 START_TIMEOUT = 20.0
+_live_nodes = set()
+
+
+@atexit.register
+def _kill_leftover_nodes():
+    # A test that dies between start() and stop() must not leave a node (and its workers) behind.
+    for node in list(_live_nodes):
+        node.kill()
 REQUEST_TIMEOUT = 60.0
 
 
@@ -58,6 +67,7 @@ class Node:
             self.kill()
             raise RuntimeError("ppgate did not start: %r %r" % (line, self.log_text()))
         self.port = int(line.rsplit(":", 1)[1])
+        _live_nodes.add(self)
 
     def log_text(self):
         self.log.seek(0)
@@ -101,6 +111,7 @@ class Node:
         self.close_files()
 
     def close_files(self):
+        _live_nodes.discard(self)
         self.proc.stdout.close()
         self.log.close()
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages ppgate builds and tests with; does nothing when they are there.
+set -eu
+packages=(g++ meson ninja-build pkg-config python3 python3-dev libboost1.81-dev libsimdjson-dev
+          libssl-dev catch2 curl ca-certificates)
+if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${packages[@]}"
