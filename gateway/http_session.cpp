@@ -13,13 +13,6 @@ namespace ppgate {
 
 namespace {
 
-// Keeps the node's connection count right however the session ends.
-struct connection_count {
-  node_server& server;
-  explicit connection_count(node_server& s) : server(s) { server.connection_opened(); }
-  ~connection_count() { server.connection_closed(); }
-};
-
 http::status status_for_read_error(const boost::system::error_code& ec) {
   if (ec == http::error::body_limit) return http::status::payload_too_large;
   if (ec == http::error::header_limit) return http::status::request_header_fields_too_large;
@@ -29,7 +22,7 @@ http::status status_for_read_error(const boost::system::error_code& ec) {
 }  // namespace
 
 net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& server) {
-  connection_count counted(server);
+  const connection_tracker::scoped counted(server.connections());
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   const auto& opts = server.options();

@@ -119,7 +119,7 @@ net::awaitable<void> node_server::accept_loop() {
       co_await pause.async_wait(use_nothrow_awaitable);
       continue;
     }
-    if (connections_ >= opts_.max_connections) {
+    if (connections_->open >= opts_.max_connections) {
       // Answer right away and close; a fresh socket's send buffer takes this without blocking.
       static const std::string busy =
           "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
@@ -143,25 +143,15 @@ net::awaitable<void> node_server::idle_watch() {
     tick.expires_after(std::chrono::milliseconds(250));
     auto [ec] = co_await tick.async_wait(use_nothrow_awaitable);
     if (ec || stopped_) co_return;
-    const bool busy = connections_ > 0 || scheduler_.queue_depth() > 0 || scheduler_.running() > 0;
+    const bool busy = connections_->open > 0 || scheduler_.queue_depth() > 0 || scheduler_.running() > 0;
     if (busy) {
       touch();
-    } else if (steady_clock::now() - last_activity_ >= *opts_.idle_exit) {
+    } else if (steady_clock::now() - connections_->last_activity >= *opts_.idle_exit) {
       log::info("idle for ", opts_.idle_exit->count(), " s; exiting (--idle-exit)");
       stop();
       co_return;
     }
   }
-}
-
-void node_server::connection_opened() {
-  ++connections_;
-  touch();
-}
-
-void node_server::connection_closed() {
-  --connections_;
-  touch();
 }
 
 }  // namespace ppgate

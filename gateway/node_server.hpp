@@ -18,6 +18,31 @@ namespace ppgate {
 
 class rest_api;
 
+// Open HTTP connections and the last sign of activity, for --max-connections and --idle-exit.
+// Shared with each session's coroutine: a session frame destroyed with the io_context, after the
+// node_server, still holds its count safely.
+struct connection_tracker {
+  std::size_t open = 0;
+  steady_clock::time_point last_activity = steady_clock::now();
+
+  class scoped {  // one open connection
+   public:
+    explicit scoped(std::shared_ptr<connection_tracker> t) : t_(std::move(t)) {
+      ++t_->open;
+      t_->last_activity = steady_clock::now();
+    }
+    ~scoped() {
+      --t_->open;
+      t_->last_activity = steady_clock::now();
+    }
+    scoped(const scoped&) = delete;
+    scoped& operator=(const scoped&) = delete;
+
+   private:
+    std::shared_ptr<connection_tracker> t_;
+  };
+};
+
 class node_server {
  public:
   node_server(net::io_context& io, serve_options opts, std::string worker_binary);
@@ -37,10 +62,8 @@ class node_server {
   std::string stats_table();
   void resize_pool(std::optional<std::size_t> workers);  // empty: one per usable CPU
 
-  // HTTP connection accounting, for --max-connections and --idle-exit.
-  void connection_opened();
-  void connection_closed();
-  void touch() { last_activity_ = steady_clock::now(); }
+  const std::shared_ptr<connection_tracker>& connections() const { return connections_; }
+  void touch() { connections_->last_activity = steady_clock::now(); }
 
  private:
   net::awaitable<void> accept_loop();
@@ -57,8 +80,7 @@ class node_server {
   net::signal_set stop_signals_;
   net::signal_set stats_signal_;
   std::uint16_t port_ = 0;
-  std::size_t connections_ = 0;
-  steady_clock::time_point last_activity_ = steady_clock::now();
+  std::shared_ptr<connection_tracker> connections_ = std::make_shared<connection_tracker>();
   bool stopped_ = false;
 };
 

@@ -282,7 +282,8 @@ http_response rest_api::nodes(const http_request& req) {
     if (!list.empty()) list += ',';
     list += "{\"pid\":" + std::to_string(w.pid) + ",\"state\":\"" + w.state + "\",\"job\":";
     list += w.job ? std::to_string(w.job) : "null";
-    list += ",\"jobs_run\":" + std::to_string(w.jobs_run) + "}";
+    list += ",\"jobs_run\":" + std::to_string(w.jobs_run) +
+            ",\"sources_sent\":" + std::to_string(w.sources_sent) + "}";
     busy += w.state == "busy";
   }
   std::string body = "{\"nodes\":[{\"name\":";

@@ -147,6 +147,7 @@ void worker_link::start(job& j) {
   idle_ = false;
   current_ = &j;
   const bool include_source = known_functions_.insert(j.spec.function->hash).second;
+  sources_sent_ += include_source;
   outbox_.clear();
   append_frame(outbox_, build_run_message(j, include_source));
   net::async_write(proc_->socket(), net::buffer(outbox_),
@@ -231,6 +232,7 @@ worker_info worker_link::info() const {
   w.pid = proc_ ? proc_->pid() : 0;
   w.job = current_ ? current_->id : 0;
   w.jobs_run = jobs_run_;
+  w.sources_sent = sources_sent_;
   w.state = retiring_ ? "stopping" : current_ ? "busy" : idle_ ? "idle" : "starting";
   return w;
 }

@@ -26,6 +26,7 @@ struct worker_info {
   std::string state;           // starting, idle, busy, stopping
   std::uint64_t job = 0;       // running job id, or 0
   std::uint64_t jobs_run = 0;  // completed on this slot, over all its processes
+  std::uint64_t sources_sent = 0;  // function sources sent; a repeated function sends none
 };
 
 class worker_link : public slot, public std::enable_shared_from_this<worker_link> {
@@ -63,6 +64,7 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   bool idle_ = false;
   bool retiring_ = false;
   std::uint64_t jobs_run_ = 0;
+  std::uint64_t sources_sent_ = 0;
 };
 
 // Builds the run message a worker receives for `j` (exposed for tests).

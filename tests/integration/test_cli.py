@@ -112,7 +112,10 @@ class TestLimits(unittest.TestCase):
         with Node("--max-connections", "2", workers=0) as node:
             held = [socket.create_connection(("127.0.0.1", node.port), timeout=10) for _ in range(2)]
             try:
-                time.sleep(0.2)  # let the node accept both before the third arrives
+                # An answer on each held connection proves the node has accepted it.
+                for s in held:
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 200"))
                 with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
                     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 503"))
