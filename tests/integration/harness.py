@@ -173,7 +173,7 @@ def pid_alive(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
             return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
+    except OSError:  # gone between the two looks
         return False
 
 
