@@ -29,7 +29,7 @@ void log_if_failed(std::exception_ptr e, const char* what) {
 node_server::node_server(net::io_context& io, serve_options opts, std::string worker_binary)
     : io_(io),
       opts_(std::move(opts)),
-      scheduler_(io.get_executor(), scheduler::options{opts_.keep_finished}),
+      scheduler_(scheduler::options{opts_.keep_finished}),
       pool_(io.get_executor(), scheduler_,
             worker_options{std::move(worker_binary), opts_.restart_workers}),
       api_(std::make_unique<rest_api>(*this)),

@@ -4,7 +4,7 @@
 
 namespace ppgate {
 
-scheduler::scheduler(net::any_io_executor ex, options opts) : ex_(std::move(ex)), opts_(opts) {}
+scheduler::scheduler(options opts) : opts_(opts) {}
 
 std::shared_ptr<const function_def> scheduler::intern(function_def def) {
   auto& known = functions_[def.hash];

@@ -57,7 +57,7 @@ class scheduler {
     std::size_t keep_finished = 100000;
   };
 
-  scheduler(net::any_io_executor ex, options opts);
+  explicit scheduler(options opts);
   scheduler(const scheduler&) = delete;
   scheduler& operator=(const scheduler&) = delete;
 
@@ -95,7 +95,6 @@ class scheduler {
   void remember_finished(job& j);
   node_counters& counters_for(const std::string& node_name);
 
-  net::any_io_executor ex_;
   options opts_;
   steady_clock::time_point created_ = steady_clock::now();
   std::uint64_t next_id_ = 1;

@@ -25,7 +25,7 @@ bool run_until(net::io_context& io, const std::function<bool()>& done,
 
 struct fixture {
   net::io_context io;
-  scheduler sched{io.get_executor(), {}};
+  scheduler sched{scheduler::options{}};
   std::unique_ptr<local_pool> pool;
 
   explicit fixture(std::size_t workers, bool restart = false) {

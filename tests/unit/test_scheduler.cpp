@@ -45,8 +45,7 @@ job_spec make_spec(const std::string& group = "default") {
 }  // namespace
 
 TEST_CASE("jobs run in submission order on the slot that asks first") {
-  net::io_context io;
-  scheduler sched(io.get_executor(), {});
+  scheduler sched({});
   test_node home("local");
   recording_slot a(home), b(home);
   const auto j1 = sched.submit(make_spec()).id;
@@ -65,8 +64,7 @@ TEST_CASE("jobs run in submission order on the slot that asks first") {
 }
 
 TEST_CASE("an idle slot receives a job as soon as it is submitted") {
-  net::io_context io;
-  scheduler sched(io.get_executor(), {});
+  scheduler sched({});
   test_node home("local");
   recording_slot a(home);
   sched.slot_ready(a);
@@ -78,8 +76,7 @@ TEST_CASE("an idle slot receives a job as soon as it is submitted") {
 }
 
 TEST_CASE("a cancelled queued job is dropped and never started") {
-  net::io_context io;
-  scheduler sched(io.get_executor(), {});
+  scheduler sched({});
   test_node home("local");
   recording_slot a(home);
   const auto j1 = sched.submit(make_spec()).id;
@@ -95,8 +92,7 @@ TEST_CASE("a cancelled queued job is dropped and never started") {
 }
 
 TEST_CASE("cancelling a running job takes it back from its slot") {
-  net::io_context io;
-  scheduler sched(io.get_executor(), {});
+  scheduler sched({});
   test_node home("local");
   recording_slot a(home);
   sched.slot_ready(a);
@@ -108,8 +104,7 @@ TEST_CASE("cancelling a running job takes it back from its slot") {
 }
 
 TEST_CASE("an interrupted job is retried first while its budget lasts, then failed") {
-  net::io_context io;
-  scheduler sched(io.get_executor(), {});
+  scheduler sched({});
   test_node home("local");
   recording_slot a(home);
   auto spec = make_spec();
@@ -131,8 +126,7 @@ TEST_CASE("an interrupted job is retried first while its budget lasts, then fail
 }
 
 TEST_CASE("finished jobs beyond the retention limit are forgotten, oldest first") {
-  net::io_context io;
-  scheduler sched(io.get_executor(), scheduler::options{2});
+  scheduler sched(scheduler::options{2});
   test_node home("local");
   recording_slot a(home);
   std::vector<std::uint64_t> ids;
@@ -148,7 +142,7 @@ TEST_CASE("finished jobs beyond the retention limit are forgotten, oldest first"
 
 TEST_CASE("a waiter is woken when its job ends") {
   net::io_context io;
-  scheduler sched(io.get_executor(), {});
+  scheduler sched({});
   test_node home("local");
   recording_slot a(home);
   sched.slot_ready(a);
@@ -163,8 +157,7 @@ TEST_CASE("a waiter is woken when its job ends") {
 }
 
 TEST_CASE("per-node statistics count jobs and their time") {
-  net::io_context io;
-  scheduler sched(io.get_executor(), {});
+  scheduler sched({});
   test_node home("local");
   sched.register_node(home);
   recording_slot a(home);
