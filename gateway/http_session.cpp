@@ -1,6 +1,7 @@
 #include "http_session.hpp"
 
 #include "http.hpp"
+#include "job_session.hpp"
 #include "node_server.hpp"
 #include "rest_api.hpp"
 
@@ -8,6 +9,7 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
 
 namespace ppgate {
 
@@ -58,6 +60,18 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
     server.touch();
     http_request req = parser.release();
     stream.expires_never();  // ?wait=S long-polls are bounded by S instead
+    if (beast::websocket::is_upgrade(req) && req.target() == "/v1/session") {
+      if (auto denied = server.api().check_access(req, "/v1/session")) {
+        denied->keep_alive(false);
+        denied->prepare_payload();
+        stream.expires_after(opts.idle_timeout);
+        co_await http::async_write(stream, *denied, use_nothrow_awaitable);
+        break;
+      }
+      // The connection becomes a WebSocket; the session owns it from here on.
+      co_await std::make_shared<job_session>(server)->run(std::move(stream), std::move(req));
+      co_return;
+    }
     http_response res = co_await server.api().handle(req);
     res.keep_alive(req.keep_alive() && res.keep_alive());
     res.prepare_payload();

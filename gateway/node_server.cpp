@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace ppgate {
@@ -35,7 +36,8 @@ node_server::node_server(net::io_context& io, serve_options opts, std::string wo
       api_(std::make_unique<rest_api>(*this)),
       acceptor_(io),
       stop_signals_(io, SIGINT, SIGTERM),
-      stats_signal_(io, SIGUSR1) {}
+      stats_signal_(io, SIGUSR1),
+      parent_watch_(io) {}
 
 node_server::~node_server() = default;
 
@@ -53,6 +55,7 @@ void node_server::start() {
     pid << ::getpid() << "\n";
   }
 
+  watch_parent();
   resize_pool(opts_.workers);
   wait_for_signals();
   net::co_spawn(io_, accept_loop(), [](std::exception_ptr e) { log_if_failed(e, "listener"); });
@@ -75,6 +78,7 @@ void node_server::stop() {
   acceptor_.close(ec);
   stop_signals_.cancel(ec);
   stats_signal_.cancel(ec);
+  parent_watch_.close(ec);
   pool_.shutdown();
   if (!opts_.pid_file.empty()) ::unlink(opts_.pid_file.c_str());
   io_.stop();
@@ -86,6 +90,19 @@ void node_server::resize_pool(std::optional<std::size_t> workers) {
 
 std::string node_server::stats_table() {
   return format_stats_table(scheduler_.stats(), pool_.size());
+}
+
+void node_server::watch_parent() {
+  if (opts_.parent_pid == 0) return;
+  // A pidfd turns readable when its process exits; this works for any process, not only a parent.
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(opts_.parent_pid), 0));
+  if (fd < 0) throw usage_error("--parent-pid: no process " + std::to_string(opts_.parent_pid));
+  parent_watch_.assign(fd);
+  parent_watch_.async_wait(net::posix::descriptor_base::wait_read, [this](boost::system::error_code ec) {
+    if (ec) return;
+    log::info("process ", opts_.parent_pid, " exited; stopping (--parent-pid)");
+    stop();
+  });
 }
 
 void node_server::wait_for_signals() {

@@ -10,6 +10,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 
 #include <memory>
@@ -70,6 +71,7 @@ class node_server {
   net::awaitable<void> idle_watch();
   void wait_for_signals();
   void wait_for_stats_signal();
+  void watch_parent();
 
   net::io_context& io_;
   serve_options opts_;
@@ -79,6 +81,7 @@ class node_server {
   net::ip::tcp::acceptor acceptor_;
   net::signal_set stop_signals_;
   net::signal_set stats_signal_;
+  net::posix::stream_descriptor parent_watch_;  // pidfd of --parent-pid
   std::uint16_t port_ = 0;
   std::shared_ptr<connection_tracker> connections_ = std::make_shared<connection_tracker>();
   bool stopped_ = false;

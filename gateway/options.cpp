@@ -93,6 +93,7 @@ serve options:
   --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
   --worker-binary PATH   the ppgate-worker executable (default: found next to ppgate)
   --log-level LEVEL      debug, info, warn or error (default info)
+  --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
 
 signals: SIGINT and SIGTERM stop the node and its workers; SIGUSR1 prints pp's statistics table.
 The REST API is described in docs/rest.md.
@@ -167,6 +168,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
     } else if (flag == "--worker-binary") {
       o.worker_binary = take_value();
+    } else if (flag == "--parent-pid") {
+      o.parent_pid = parse_int<long>(flag, take_value(), 1, 1L << 30);
     } else if (flag == "--log-level") {
       o.log_level = take_value();
       if (o.log_level != "debug" && o.log_level != "info" && o.log_level != "warn" &&

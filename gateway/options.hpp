@@ -30,6 +30,7 @@ struct serve_options {
   std::chrono::seconds idle_timeout{60};
   std::size_t keep_finished = 100000;
   std::string log_level = "info";
+  long parent_pid = 0;  // stop when this process exits (0: no such watch)
 };
 
 enum class command { serve, help, version };

@@ -1,5 +1,6 @@
 #include "rest_api.hpp"
 
+#include "job_json.hpp"
 #include "job_request.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
@@ -7,6 +8,7 @@
 #include "stats_format.hpp"
 
 #include <boost/asio/this_coro.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
 #include <openssl/crypto.h>
 #include <simdjson.h>
 
@@ -119,7 +121,9 @@ std::optional<http_response> rest_api::check_access(const http_request& req,
     // was pointed here through DNS rebinding.
     return make_error(http::status::forbidden, "this node accepts only loopback host names", req.version());
   }
-  const bool changes_state = req.method() != http::verb::get && req.method() != http::verb::head;
+  // A WebSocket handshake is a GET, but a session submits jobs: it is held to the same rule.
+  const bool changes_state = (req.method() != http::verb::get && req.method() != http::verb::head) ||
+                             beast::websocket::is_upgrade(req);
   if (changes_state) {
     // Browsers send Origin on cross-site requests; only same-origin pages may change state.
     const auto origin = req[http::field::origin];
@@ -223,7 +227,7 @@ net::awaitable<http_response> rest_api::submit_jobs(http_request& req, std::opti
       continue;
     }
     all_finished = all_finished && is_terminal(j->state);
-    bodies.push_back(job_json(*j));
+    bodies.push_back(format_job_json(*j));
   }
   // 200 when the answer holds the results; 202 when the jobs are still on their way.
   const auto status = all_finished && wait ? http::status::ok : http::status::accepted;
@@ -244,7 +248,7 @@ net::awaitable<http_response> rest_api::get_job(const http_request& req, std::ui
   const job* j = server_.jobs().find(id);
   if (j == nullptr)
     co_return make_error(http::status::not_found, "no job " + std::to_string(id), req.version());
-  co_return make_response(http::status::ok, job_json(*j), req.version());
+  co_return make_response(http::status::ok, format_job_json(*j), req.version());
 }
 
 http_response rest_api::cancel_job(const http_request& req, std::uint64_t id) {
@@ -262,7 +266,7 @@ http_response rest_api::cancel_job(const http_request& req, std::uint64_t id) {
     case scheduler::cancel_result::cancelled:
       break;
   }
-  return make_response(http::status::ok, job_json(*sched.find(id)), req.version());
+  return make_response(http::status::ok, format_job_json(*sched.find(id)), req.version());
 }
 
 http_response rest_api::stats(const http_request& req) {
@@ -348,34 +352,6 @@ net::awaitable<void> rest_api::wait_for_jobs(const std::vector<std::uint64_t>& i
     wake->expires_at(deadline);
     co_await wake->async_wait(use_nothrow_awaitable);
   }
-}
-
-std::string rest_api::job_json(const job& j) const {
-  std::string out = "{\"id\":" + std::to_string(j.id) + ",\"status\":\"";
-  out += to_string(j.state);
-  out += "\",\"function\":";
-  append_json_string(out, j.spec.function->entry);
-  out += ",\"group\":";
-  append_json_string(out, j.spec.group);
-  out += ",\"codec\":\"";
-  out += to_string(j.spec.codec);
-  out += "\",\"attempts\":" + std::to_string(j.attempts);
-  if (!j.node.empty()) {
-    out += ",\"node\":";
-    append_json_string(out, j.node);
-  }
-  if (j.attempts > 0) {
-    out += ",\"queue_seconds\":";
-    append_json_number(out, std::chrono::duration<double>(j.started - j.submitted).count());
-  }
-  if (is_terminal(j.state)) {
-    out += ",\"run_seconds\":";
-    append_json_number(out, j.run_seconds);
-    out += ',';
-    out += j.outcome;
-  }
-  out += '}';
-  return out;
 }
 
 }  // namespace ppgate

@@ -22,8 +22,10 @@ class rest_api {
   // Never throws for bad input: every client mistake becomes a JSON error response.
   net::awaitable<http_response> handle(http_request& req);
 
- private:
+  // The refusal for a request that may not reach `path` (token, host, origin), if any.
   std::optional<http_response> check_access(const http_request& req, std::string_view path) const;
+
+ private:
   net::awaitable<http_response> submit_jobs(http_request& req, std::optional<double> wait);
   net::awaitable<http_response> get_job(const http_request& req, std::uint64_t id, std::optional<double> wait);
   http_response cancel_job(const http_request& req, std::uint64_t id);
@@ -33,8 +35,6 @@ class rest_api {
 
   // Returns when every job in `ids` has ended, or after `wait` seconds, whichever comes first.
   net::awaitable<void> wait_for_jobs(const std::vector<std::uint64_t>& ids, double wait);
-
-  std::string job_json(const job& j) const;
 
   node_server& server_;
 };

@@ -44,12 +44,21 @@ struct job_spec {
   arg_codec codec = arg_codec::json;
   std::string args;    // json: the raw JSON array; pickle: base64 of a pickled tuple
   std::string kwargs;  // json: the raw JSON object, or empty; pickle: base64 of a pickled dict, or empty
+  std::string globals;  // like kwargs: names set in the job's namespace before its source runs
   std::string group = "default";
   std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
   int retries = 0;  // extra attempts after a worker dies mid-job
 };
 
 class slot;
+struct job;
+
+// Told when a job reaches a terminal state; a session that submitted jobs is one.
+class job_observer {
+ public:
+  virtual ~job_observer() = default;
+  virtual void job_ended(const job& j) = 0;
+};
 
 struct job {
   std::uint64_t id = 0;
@@ -66,6 +75,7 @@ struct job {
   // Internal to the scheduler: the slot running it, and long-polls to wake when it ends.
   slot* running_on = nullptr;
   std::vector<std::weak_ptr<net::steady_timer>> waiters;
+  std::weak_ptr<job_observer> observer;
 };
 
 // The members of a failed job's outcome, for errors raised by ppgate itself rather than the job.

@@ -3,6 +3,7 @@
 #include <simdjson.h>
 
 #include <cmath>
+#include <optional>
 
 namespace ppgate {
 
@@ -65,12 +66,13 @@ void check_entry_name(std::string_view name, bool reference) {
       fail("field 'function' is not a Python name: \"" + std::string(name) + "\"");
 }
 
-job_spec parse_one(od::object obj, const function_interner& intern) {
+job_spec parse_one(od::object obj, const function_interner& intern, session_functions* functions) {
   job_spec spec;
   function_def def;
   bool have_function = false, have_source = false;
-  bool args_is_string = false, kwargs_is_string = false;
-  bool have_args = false, have_kwargs = false;
+  bool args_is_string = false, kwargs_is_string = false, globals_is_string = false;
+  bool have_args = false, have_kwargs = false, have_globals = false;
+  std::optional<std::int64_t> fn_id;
   std::vector<std::string> depfuncs;
 
   for (auto field : obj) {
@@ -91,7 +93,12 @@ job_spec parse_one(od::object obj, const function_interner& intern) {
       for (const auto& m : def.modules)
         if (m.empty() || m.find('\n') != std::string::npos)
           fail("field 'modules' holds a module name or one import statement per entry");
-    } else if (key == "args" || key == "kwargs") {
+    } else if (key == "fn_id") {
+      std::int64_t id = 0;
+      check(v.get_int64().get(id), key, "an integer");
+      if (functions == nullptr) fail("field 'fn_id' is accepted on a session (/v1/session) only");
+      fn_id = id;
+    } else if (key == "args" || key == "kwargs" || key == "globals") {
       const bool is_args = key == "args";
       od::json_type type;
       check(v.type().get(type), key, "an array, an object or a string");
@@ -110,11 +117,22 @@ job_spec parse_one(od::object obj, const function_interner& intern) {
         check(o.raw_json().get(raw), key, "an object");
       } else {
         fail(is_args ? "field 'args' must be an array (or a base64 string with codec \"pickle\")"
-                     : "field 'kwargs' must be an object (or a base64 string with codec \"pickle\")");
+                     : "field '" + std::string(key) +
+                           "' must be an object (or a base64 string with codec \"pickle\")");
       }
-      (is_args ? spec.args : spec.kwargs) = std::string(raw);
-      (is_args ? args_is_string : kwargs_is_string) = is_string;
-      (is_args ? have_args : have_kwargs) = true;
+      if (is_args) {
+        spec.args = std::string(raw);
+        args_is_string = is_string;
+        have_args = true;
+      } else if (key == "kwargs") {
+        spec.kwargs = std::string(raw);
+        kwargs_is_string = is_string;
+        have_kwargs = true;
+      } else {
+        spec.globals = std::string(raw);
+        globals_is_string = is_string;
+        have_globals = true;
+      }
     } else if (key == "codec") {
       const auto codec = get_string(v, key);
       if (codec == "json") spec.codec = arg_codec::json;
@@ -140,6 +158,28 @@ job_spec parse_one(od::object obj, const function_interner& intern) {
     }
   }
 
+  if (spec.codec == arg_codec::json) {
+    if (have_args && args_is_string) fail("field 'args' must be an array with codec \"json\"");
+    if (have_kwargs && kwargs_is_string) fail("field 'kwargs' must be an object with codec \"json\"");
+    if (have_globals && globals_is_string) fail("field 'globals' must be an object with codec \"json\"");
+  } else {
+    if (have_args && !args_is_string)
+      fail("field 'args' must be a base64 string of a pickled tuple with codec \"pickle\"");
+    if (have_kwargs && !kwargs_is_string)
+      fail("field 'kwargs' must be a base64 string of a pickled dict with codec \"pickle\"");
+    if (have_globals && !globals_is_string)
+      fail("field 'globals' must be a base64 string of a pickled dict with codec \"pickle\"");
+  }
+
+  if (!have_function && fn_id) {
+    // A reference to a function this session defined earlier.
+    if (have_source || !depfuncs.empty() || !def.modules.empty())
+      fail("a job that references 'fn_id' without 'function' carries no source, depfuncs or modules");
+    auto known = functions->find(*fn_id);
+    if (known == functions->end()) fail("unknown fn_id " + std::to_string(*fn_id));
+    spec.function = known->second;
+    return spec;
+  }
   if (!have_function) fail("field 'function' is required");
   check_entry_name(def.entry, !have_source);
   if (!have_source && !depfuncs.empty()) fail("field 'depfuncs' needs 'source'");
@@ -147,23 +187,16 @@ job_spec parse_one(od::object obj, const function_interner& intern) {
     def.source += "\n";
     def.source += dep;
   }
-  if (spec.codec == arg_codec::json) {
-    if (have_args && args_is_string) fail("field 'args' must be an array with codec \"json\"");
-    if (have_kwargs && kwargs_is_string) fail("field 'kwargs' must be an object with codec \"json\"");
-  } else {
-    if (have_args && !args_is_string)
-      fail("field 'args' must be a base64 string of a pickled tuple with codec \"pickle\"");
-    if (have_kwargs && !kwargs_is_string)
-      fail("field 'kwargs' must be a base64 string of a pickled dict with codec \"pickle\"");
-  }
   def.hash = function_hash(def.entry, def.modules, def.source);
   spec.function = intern(std::move(def));
+  if (fn_id) (*functions)[*fn_id] = spec.function;
   return spec;
 }
 
 }  // namespace
 
-job_submission parse_job_submission(std::string& body, const function_interner& intern) {
+job_submission parse_job_submission(std::string& body, const function_interner& intern,
+                                    session_functions* functions) {
   thread_local od::parser parser;
   const std::size_t length = body.size();
   body.reserve(length + simdjson::SIMDJSON_PADDING);
@@ -184,7 +217,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
       if (element.get_object().get(obj))
         fail("batch element " + std::to_string(index) + " must be a job object");
       try {
-        out.jobs.push_back(parse_one(obj, intern));
+        out.jobs.push_back(parse_one(obj, intern, functions));
       } catch (const request_error& e) {
         fail("batch element " + std::to_string(index) + ": " + e.what());
       }
@@ -194,7 +227,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
   } else if (type == od::json_type::object) {
     od::object obj;
     check(doc.get_object().get(obj), "(body)", "a job object");
-    out.jobs.push_back(parse_one(obj, intern));
+    out.jobs.push_back(parse_one(obj, intern, functions));
   } else {
     fail("the body must be a job object or an array of job objects");
   }

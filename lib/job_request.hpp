@@ -7,6 +7,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace ppgate {
@@ -23,8 +24,14 @@ struct job_submission {
 
 using function_interner = std::function<std::shared_ptr<const function_def>(function_def)>;
 
+// Functions a session client has defined, by the "fn_id" it gave them, so that later jobs of the
+// same function carry only the id (sessions: docs/rest.md). Per connection.
+using session_functions = std::unordered_map<std::int64_t, std::shared_ptr<const function_def>>;
+
 // `body` gets simdjson's padding appended to its capacity (not its contents).
 // Throws request_error with a message that names the offending field.
-job_submission parse_job_submission(std::string& body, const function_interner& intern);
+// With `functions` (a session), jobs may define and reference functions by "fn_id".
+job_submission parse_job_submission(std::string& body, const function_interner& intern,
+                                    session_functions* functions = nullptr);
 
 }  // namespace ppgate

@@ -17,6 +17,7 @@ class local_pool : public node {
   ~local_pool() override;
 
   const std::string& name() const override { return name_; }
+  std::size_t slot_count() const override { return links_.size(); }
 
   // Grows by starting workers; shrinks by retiring idle workers first, then busy ones after their
   // current job.

@@ -109,7 +109,7 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
   for (auto& w : j.waiters)
     if (auto timer = w.lock()) timer->cancel();
   j.waiters.clear();
-  if (on_job_end) on_job_end(j);
+  if (auto o = j.observer.lock()) o->job_ended(j);
   remember_finished(j);
 }
 
@@ -155,11 +155,17 @@ node_counters& scheduler::counters_for(const std::string& node_name) {
   return counters_.nodes.back();
 }
 
-void scheduler::register_node(const node& n) { counters_for(n.name()); }
+void scheduler::register_node(const node& n) {
+  nodes_.push_back(&n);
+  counters_for(n.name());
+}
 
 scheduler_stats scheduler::stats() const {
   scheduler_stats s = counters_;
   s.elapsed_seconds = std::chrono::duration<double>(steady_clock::now() - created_).count();
+  for (const node* n : nodes_)
+    for (auto& c : s.nodes)
+      if (c.name == n->name()) c.ncpus = n->slot_count();
   return s;
 }
 

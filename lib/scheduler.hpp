@@ -24,6 +24,7 @@ class node {
  public:
   virtual ~node() = default;
   virtual const std::string& name() const = 0;
+  virtual std::size_t slot_count() const = 0;
 };
 
 // One place a job can run. The scheduler calls start() on a slot that has said it is ready, and
@@ -39,6 +40,7 @@ class slot {
 
 struct node_counters {
   std::string name;
+  std::size_t ncpus = 0;     // the node's slots now
   std::uint64_t njobs = 0;   // jobs that ran to completion (done or failed by the job itself)
   double job_time = 0;       // sum of their run times, seconds
 };
@@ -86,9 +88,6 @@ class scheduler {
   std::size_t running() const { return counters_.running; }
   std::size_t idle_slots() const { return idle_.size(); }
 
-  // Called for every job that reaches a terminal state (event streams, metrics).
-  std::function<void(const job&)> on_job_end;
-
  private:
   void dispatch(slot& s, job& j);
   job* pop_next_queued();
@@ -99,6 +98,7 @@ class scheduler {
   steady_clock::time_point created_ = steady_clock::now();
   std::uint64_t next_id_ = 1;
   std::unordered_map<std::uint64_t, std::unique_ptr<job>> jobs_;
+  std::vector<const node*> nodes_;
   // Ids in submission order; cancelled entries are skipped when popped, not searched for.
   std::deque<std::uint64_t> queue_;
   std::deque<std::uint64_t> finished_order_;

@@ -47,7 +47,7 @@ std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus) {
     first = false;
     out += "{\"name\":";
     append_json_string(out, n.name);
-    out += ",\"njobs\":" + std::to_string(n.njobs) + ",\"time\":";
+    out += ",\"ncpus\":" + std::to_string(n.ncpus) + ",\"njobs\":" + std::to_string(n.njobs) + ",\"time\":";
     append_json_number(out, n.job_time);
     out += ",\"time_per_job\":";
     append_json_number(out, n.njobs ? n.job_time / static_cast<double>(n.njobs) : 0.0);

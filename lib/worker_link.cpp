@@ -41,11 +41,19 @@ std::string build_run_message(const job& j, bool include_source) {
       m += ",\"kwargs\":";
       m += j.spec.kwargs;
     }
+    if (!j.spec.globals.empty()) {
+      m += ",\"globals\":";
+      m += j.spec.globals;
+    }
   } else {
     append_json_string(m, j.spec.args);
     if (!j.spec.kwargs.empty()) {
       m += ",\"kwargs\":";
       append_json_string(m, j.spec.kwargs);
+    }
+    if (!j.spec.globals.empty()) {
+      m += ",\"globals\":";
+      append_json_string(m, j.spec.globals);
     }
   }
   m += '}';

@@ -4,7 +4,7 @@ ppgate-worker (C++) reads a frame from its gateway, calls handle(payload) and wr
 returns as the reply frame. A message is JSON:
 
     {"id": 7, "fn": "<hash>", "entry": "sq", "source": "def sq(x): ...", "modules": ["math"],
-     "codec": "json", "args": [7], "kwargs": {}}
+     "codec": "json", "args": [7], "kwargs": {}, "globals": {}}
 
 "entry", "source" and "modules" come only the first time this process sees a function hash;
 later jobs carry the hash alone. The reply is one header line, then JSON object members:
@@ -118,11 +118,16 @@ def _run(msg):
     saved_main = sys.modules.get("__main__")
     sys.modules["__main__"] = main
     try:
+        pickled = msg.get("codec") == "pickle"
         exec(function.imports, namespace)
         if function.code is not None:
             exec(function.code, namespace)
+        extra = msg.get("globals")
+        if extra:
+            # pp's globals=, and the captured variables of a closure. Set after the source ran, so
+            # pickled instances of classes the source defines can be loaded.
+            namespace.update(pickle.loads(base64.b64decode(extra, validate=True)) if pickled else extra)
         target = _resolve(function, namespace)
-        pickled = msg.get("codec") == "pickle"
         if pickled:
             args = pickle.loads(base64.b64decode(msg.get("args") or _EMPTY_TUPLE, validate=True))
             kwargs = msg.get("kwargs")

@@ -34,9 +34,9 @@ TEST_CASE("the stats table has pp's print_stats layout") {
   s.elapsed_seconds = 1.5;
   s.queued = 1;
   s.running = 2;
-  s.nodes.push_back({"local", 3, 0.75});
-  s.nodes.push_back({"idle-node", 0, 0});
-  s.nodes.push_back({"10.0.0.2:60000", 1, 0.25});
+  s.nodes.push_back({"local", 2, 3, 0.75});
+  s.nodes.push_back({"idle-node", 1, 0, 0});
+  s.nodes.push_back({"10.0.0.2:60000", 2, 1, 0.25});
   const std::string expected =
       "Job execution statistics:\n"
       " job count | % of all jobs | job time sum | time per job | job server\n"

@@ -12,6 +12,7 @@ struct test_node : node {
   std::string n;
   explicit test_node(std::string name) : n(std::move(name)) {}
   const std::string& name() const override { return n; }
+  std::size_t slot_count() const override { return 1; }
 };
 
 struct recording_slot : slot {
@@ -168,6 +169,7 @@ TEST_CASE("per-node statistics count jobs and their time") {
   }
   const auto s = sched.stats();
   REQUIRE(s.nodes.size() == 1);
+  CHECK(s.nodes[0].ncpus == 1);
   CHECK(s.nodes[0].njobs == 4);
   CHECK(s.nodes[0].job_time == Approx(1.0));
   CHECK(s.done == 3);

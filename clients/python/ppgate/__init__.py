@@ -1,0 +1,26 @@
+"""ppgate: Parallel Python's API on a ppgate node, plus a concurrent.futures executor.
+
+pp programs change only their import line::
+
+    import ppgate as pp
+    job_server = pp.Server()
+    job = job_server.submit(sum_primes, (100,), (isprime,), ("math",))
+    print(job())   # 1060
+
+Unlike pp, a job whose function raised makes ``job()`` raise ppgate.JobError with the remote
+type, message and traceback (pp returned None).
+"""
+
+from ._errors import (DestroyedServerError, JobCancelledError, JobError, JobLostError,
+                      JobTimeoutError, SubmitError, WorkerDiedError)
+from ._executor import Executor
+from ._node import find_ppgate
+from ._pp import Job, Server, Statistics, Template
+
+version = __version__ = "0.1.0"
+
+__all__ = [
+    "DestroyedServerError", "Executor", "Job", "JobCancelledError", "JobError", "JobLostError",
+    "JobTimeoutError", "Server", "Statistics", "SubmitError", "Template", "WorkerDiedError",
+    "find_ppgate", "version",
+]

@@ -1,0 +1,54 @@
+"""ppgate.Executor: a concurrent.futures.Executor whose calls run on a ppgate node."""
+
+import concurrent.futures
+import threading
+
+from ._pp import Job, Server
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs calls on a ppgate node; the futures work with concurrent.futures.wait/as_completed.
+
+    ``max_workers`` sizes a private node (default: one worker per CPU); with ``url=`` (and
+    ``token=``) the calls go to a running node. ``map``'s ``chunksize`` is accepted and has no
+    effect: submissions are batched on the connection anyway.
+    """
+
+    def __init__(self, max_workers=None, *, url=None, token=None):
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+            raise ValueError("max_workers must be greater than 0")
+        self._server = Server("autodetect" if max_workers is None else max_workers, url=url, token=token)
+        self._lock = threading.Lock()
+        self._futures = set()
+        self._shutdown = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = concurrent.futures.Future()
+            job = Job(self._server, future=future)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        # A future cancelled by its owner cancels the job on the node.
+        future.add_done_callback(lambda f: f.cancelled() and job.cancel())
+        self._server._send(job, fn, args, kwargs, (), (), None, "default", None, 0)
+        return future
+
+    def _forget(self, future):
+        with self._lock:
+            self._futures.discard(future)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        return super().map(fn, *iterables, timeout=timeout)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._lock:
+            self._shutdown = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for f in futures:
+                f.cancel()
+        if wait:
+            concurrent.futures.wait(futures)
+        self._server.destroy()

@@ -1,0 +1,77 @@
+"""Finding the ppgate binary and running a private node for Server() without a url."""
+
+import os
+import select
+import secrets
+import shutil
+import subprocess
+import time
+
+_START_TIMEOUT = 30.0
+
+
+def find_ppgate():
+    """The ppgate executable: $PPGATE_BINARY, then PATH, then the build tree of this checkout."""
+    env = os.environ.get("PPGATE_BINARY")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise FileNotFoundError("PPGATE_BINARY=%s is not an executable" % env)
+        return env
+    on_path = shutil.which("ppgate")
+    if on_path:
+        return on_path
+    here = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(here)))  # clients/python/ppgate -> root
+    for build in ("build", "builddir"):
+        candidate = os.path.join(checkout, build, "gateway", "ppgate")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(
+        "cannot find the ppgate executable: put it on PATH, set PPGATE_BINARY, or build this "
+        "checkout (meson setup build && ninja -C build)")
+
+
+class PrivateNode:
+    """A ppgate child on a random loopback port with a random token. It stops with stop(), and
+    on its own when this process exits, however it exits (--parent-pid)."""
+
+    def __init__(self, ncpus="autodetect", restart=False):
+        self.token = secrets.token_urlsafe(24)
+        args = [find_ppgate(), "serve", "--listen", "127.0.0.1:0",
+                "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
+                "--parent-pid", str(os.getpid()), "--log-level", "warn"]
+        if restart:
+            args.append("--restart")
+        env = dict(os.environ, PPGATE_SECRET=self.token)
+        # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)
+        line = self._first_line()
+        prefix = "ppgate listening on "
+        if not line.startswith(prefix):
+            self.stop()
+            raise RuntimeError("the private ppgate node did not start (%s)" % (line or "no output"))
+        self.url = line[len(prefix):]
+
+    def _first_line(self):
+        deadline = time.monotonic() + _START_TIMEOUT
+        fd = self.proc.stdout.fileno()
+        data = b""
+        while not data.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 256)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace").strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stdout.close()

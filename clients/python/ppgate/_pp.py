@@ -1,0 +1,412 @@
+"""Parallel Python's API (pp / ppft) on a ppgate node: Server, the job object, Template."""
+
+import atexit
+import base64
+import http.client
+import json
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+import traceback
+import types
+import urllib.parse
+import weakref
+
+from ._errors import DestroyedServerError, JobError
+from ._errors import error_from_job
+from ._functions import closure_values, describe
+from ._node import PrivateNode
+from ._session import Session
+
+_PICKLE = pickle.HIGHEST_PROTOCOL
+_EMPTY_ARGS = base64.b64encode(pickle.dumps((), _PICKLE)).decode()
+
+
+class Statistics:
+    """Per-node statistics, as pp's get_stats() returns them."""
+
+    def __init__(self, ncpus, rworker=None):
+        self.ncpus = ncpus
+        self.time = 0.0
+        self.njobs = 0
+        self.rworker = rworker
+
+    def __repr__(self):
+        return "Statistics(ncpus=%r, njobs=%r, time=%r)" % (self.ncpus, self.njobs, self.time)
+
+
+class Job:
+    """A submitted job (pp's _Task): call it for the result.
+
+    ``job()`` waits and returns the result, or raises ppgate.JobError (and its subclasses) when the
+    job failed, timed out, was cancelled or lost. ``job(raw_result=True)`` returns the pickled
+    result. The job's captured output is printed on the first retrieval, as pp does, and is kept
+    in ``stdout``/``stderr``.
+    """
+
+    def __init__(self, server, group="default", callback=None, callbackargs=(), future=None):
+        self.id = None  # the node's job id, once the node has accepted it
+        self.group = group
+        self.stdout = ""
+        self.stderr = ""
+        self.callback_error = None  # what a raising callback raised
+        self._server = server
+        self._callback = callback
+        self._callbackargs = callbackargs
+        self._future = future
+        self._done = threading.Event()
+        self._ended = False
+        self._lock = threading.Lock()
+        self._raw = None
+        self._result = None
+        self._error = None
+        self._printed = False
+        self._cancel_requested = False
+
+    @property
+    def finished(self):
+        return self._done.is_set()
+
+    def wait(self, timeout=None):
+        """Waits for the job to end; returns True if it has ended."""
+        return self._done.wait(timeout)
+
+    def __call__(self, raw_result=False, timeout=None):
+        if not self._done.wait(timeout):
+            raise TimeoutError("job %s has not finished within %s s" % (self.id, timeout))
+        if not self._printed:
+            self._printed = True
+            if self.stdout:
+                print(self.stdout, end="")
+            if self.stderr:
+                print(self.stderr, end="", file=sys.stderr)
+        if self._error is not None:
+            raise self._error
+        return self._raw if raw_result else self._result
+
+    def cancel(self):
+        """Asks the node to cancel the job: a queued job is dropped, a running one stopped."""
+        session = self._server._session
+        if session is not None and not self.finished:
+            session.cancel(self)
+
+    def __repr__(self):
+        state = "finished" if self.finished else "pending"
+        return "<ppgate.Job id=%s group=%r %s>" % (self.id, self.group, state)
+
+    # --- called by the session's reader thread ---
+
+    def _complete(self, data):
+        self.stdout = data.get("stdout", "")
+        self.stderr = data.get("stderr", "")
+        if data.get("status") == "done":
+            try:
+                raw = base64.b64decode(data["result"])
+                result = pickle.loads(raw)
+                error = None
+            except Exception as exc:  # noqa: BLE001 - becomes the job's error
+                raw = result = None
+                error = JobError(type(exc).__name__, "the result could not be unpickled here: %s" % exc,
+                                 "", self.stdout, self.stderr, self.id)
+            self._end(raw, result, error)
+        else:
+            self._end(None, None, error_from_job(data))
+
+    def _fail(self, error):
+        self._end(None, None, error)
+
+    def _end(self, raw, result, error):
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self._raw, self._result, self._error = raw, result, error
+        if self._future is not None:
+            if not self._future.done():
+                if error is None:
+                    self._future.set_result(result)
+                else:
+                    self._future.set_exception(error)
+            self._finished()
+        elif self._callback is not None and error is None:
+            self._server._run_callback(self)
+        else:
+            self._finished()
+
+    def _finished(self):
+        # As in pp, a job counts as finished only after its callback ran: wait() covers callbacks.
+        self._done.set()
+        self._server._job_ended(self)
+
+
+class Server:
+    """pp.Server on ppgate: submit Python functions as jobs to a node.
+
+    With no ``url``, starts a private node on loopback (random port and token) with ``ncpus``
+    workers, stopped by destroy(), at interpreter exit, or when this process dies. With
+    ``url=`` (and ``token=``, or $PPGATE_TOKEN), uses a running node.
+
+    ``proto`` and ``socket_timeout`` are accepted for compatibility and have no effect.
+    """
+
+    default_port = 8080
+    default_secret = None
+
+    def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False, proto=2,
+                 socket_timeout=3600, *, url=None, token=None):
+        if not isinstance(ppservers, tuple):
+            raise TypeError("ppservers argument must be a tuple")
+        _check_ncpus(ncpus)
+        if ppservers:
+            raise NotImplementedError("remote nodes (ppservers) are not supported by this ppgate "
+                                      "version yet; run jobs on the local node, or pass url= of a node")
+        self._node = None
+        self._session = None
+        self._destroyed = False
+        self._creation_time = time.time()
+        self._pending_lock = threading.Condition()
+        self._pending = {}  # group -> unfinished jobs
+        self._jobs = set()
+        self._functions = {}  # (function key) -> FunctionSpec, first_arg
+        self._callbacks = None
+        self._rest_lock = threading.Lock()
+        self._rest = None
+        if url is None:
+            self._node = PrivateNode(ncpus, restart)
+            url, token = self._node.url, self._node.token
+        else:
+            token = token if token is not None else (secret or os.environ.get("PPGATE_TOKEN"))
+        self.url = url
+        self._token = token
+        try:
+            self._session = Session(url, token)
+            if url is not None and self._node is None and ncpus != "autodetect":
+                self.set_ncpus(ncpus)
+        except BaseException:
+            self.destroy()
+            raise
+        ref = weakref.ref(self)
+        self._atexit = lambda: ref() is not None and ref().destroy()
+        atexit.register(self._atexit)
+
+    # --- pp's API ---
+
+    def submit(self, func, args=(), depfuncs=(), modules=(), callback=None, callbackargs=(),
+               group="default", globals=None, *, timeout=None, retries=0):
+        """Submits func(*args) and returns a Job. ``timeout`` (seconds of running time) and
+        ``retries`` (attempts after a worker crash) are ppgate's additions."""
+        if self._destroyed:
+            raise DestroyedServerError("Cannot submit jobs: server instance has been destroyed")
+        if not isinstance(args, tuple):
+            raise TypeError("args argument must be a tuple")
+        if not isinstance(depfuncs, tuple):
+            raise TypeError("depfuncs argument must be a tuple")
+        if not isinstance(modules, tuple):
+            raise TypeError("modules argument must be a tuple")
+        if not isinstance(callbackargs, tuple):
+            raise TypeError("callbackargs argument must be a tuple")
+        if globals is not None and not isinstance(globals, dict):
+            raise TypeError("globals argument must be a dictionary")
+        for module in modules:
+            if not isinstance(module, str):
+                raise TypeError("modules argument must be a list of strings")
+        job = Job(self, group, callback, callbackargs)
+        self._send(job, func, args, None, depfuncs, modules, globals, group, timeout, retries)
+        return job
+
+    def wait(self, group=None):
+        """Waits until every job of `group` (every job, when None) has finished."""
+        with self._pending_lock:
+            if group is None:
+                self._pending_lock.wait_for(lambda: not any(self._pending.values()))
+            else:
+                self._pending_lock.wait_for(lambda: not self._pending.get(group))
+
+    def get_ncpus(self):
+        return self._request("GET", "/v1/workers")["count"]
+
+    def set_ncpus(self, ncpus="autodetect"):
+        """Resizes the node's local worker pool, up or down ("autodetect": one per CPU)."""
+        _check_ncpus(ncpus)
+        self._request("PUT", "/v1/workers", {"count": "auto" if ncpus == "autodetect" else ncpus})
+
+    def get_active_nodes(self):
+        """{node name: number of workers}, as pp's get_active_nodes()."""
+        return {n["name"]: n["slots"] for n in self._request("GET", "/v1/nodes")["nodes"]}
+
+    def get_stats(self):
+        """{node name: Statistics}, as pp's get_stats()."""
+        stats = {}
+        for n in self._request("GET", "/v1/stats")["nodes"]:
+            s = Statistics(n.get("ncpus", 0))
+            s.njobs, s.time = n["njobs"], n["time"]
+            stats[n["name"]] = s
+        return stats
+
+    def print_stats(self):
+        """Prints pp's job execution statistics table."""
+        print(self._request("GET", "/v1/stats", accept="text/plain"), end="")
+
+    def destroy(self):
+        """Cancels this server's unfinished jobs and closes the connection; a private node is
+        stopped. Safe to call more than once."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        if getattr(self, "_atexit", None) is not None:
+            atexit.unregister(self._atexit)
+        if self._session is not None:
+            for job in list(self._jobs):
+                job.cancel()
+            # Jobs the node has not answered for end as lost when the session closes.
+            self._session.close()
+        if self._callbacks is not None:
+            self._callbacks.put(None)
+        with self._rest_lock:
+            if self._rest is not None:
+                self._rest.close()
+        if self._node is not None:
+            self._node.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    # --- internals shared with Template and Executor ---
+
+    def _send(self, job, func, args, kwargs, depfuncs, modules, user_globals, group, timeout, retries):
+        key = (func.__func__ if isinstance(func, types.MethodType) else func, depfuncs, modules,
+               user_globals is not None)
+        if isinstance(func, types.MethodType):
+            key += (func.__self__ if isinstance(func.__self__, type) else type(func.__self__),)
+        try:
+            cached = self._functions.get(key)
+        except TypeError:  # an unhashable callable
+            cached = None
+        if cached is None:
+            function, _ = describe(func, depfuncs, modules, user_globals)
+            try:
+                self._functions[key] = function
+            except TypeError:
+                pass
+        else:
+            function = cached
+        if isinstance(func, types.MethodType) and not isinstance(func.__self__, type):
+            args = (func.__self__,) + args
+        fields = {"codec": "pickle", "args": base64.b64encode(pickle.dumps(args, _PICKLE)).decode()
+                  if args else _EMPTY_ARGS}
+        if kwargs:
+            fields["kwargs"] = base64.b64encode(pickle.dumps(kwargs, _PICKLE)).decode()
+        if function.closure or function.value_names:
+            values = closure_values(function, user_globals)
+            if values:
+                fields["globals"] = base64.b64encode(pickle.dumps(values, _PICKLE)).decode()
+        if group != "default":
+            fields["group"] = group
+        if timeout is not None:
+            fields["timeout"] = timeout
+        if retries:
+            fields["retries"] = retries
+        with self._pending_lock:
+            self._pending.setdefault(group, set()).add(job)
+            self._jobs.add(job)
+        try:
+            self._session.submit(job, function, fields)
+        except BaseException:
+            self._job_ended(job)
+            raise
+
+    def _job_ended(self, job):
+        with self._pending_lock:
+            self._pending.get(job.group, set()).discard(job)
+            self._jobs.discard(job)
+            self._pending_lock.notify_all()
+
+    def _run_callback(self, job):
+        # Callbacks run on a thread of their own, so a slow callback never holds up results.
+        if self._callbacks is None:
+            with self._pending_lock:
+                if self._callbacks is None:
+                    self._callbacks = queue.SimpleQueue()
+                    threading.Thread(target=self._callback_loop, args=(self._callbacks,),
+                                     name="ppgate-callbacks", daemon=True).start()
+        self._callbacks.put(job)
+
+    @staticmethod
+    def _callback_loop(jobs):
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            try:
+                job._callback(*(job._callbackargs + (job._result,)))
+            except Exception as exc:  # noqa: BLE001 - reported, and the job still finishes
+                job.callback_error = exc
+                print("ppgate: the callback of job %s raised:" % job.id, file=sys.stderr)
+                traceback.print_exc()
+            finally:
+                job._finished()
+
+    def _request(self, method, path, body=None, accept="application/json"):
+        if self._destroyed:
+            raise DestroyedServerError("server instance has been destroyed")
+        parts = urllib.parse.urlsplit(self.url)
+        headers = {"Accept": accept}
+        if self._token:
+            headers["Authorization"] = "Bearer " + self._token
+        payload = json.dumps(body) if body is not None else None
+        with self._rest_lock:
+            for attempt in (1, 2):  # once more on a fresh connection if keep-alive went stale
+                if self._rest is None:
+                    self._rest = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+                try:
+                    self._rest.request(method, path, body=payload, headers=headers)
+                    res = self._rest.getresponse()
+                    data = res.read()
+                    break
+                except (http.client.HTTPException, OSError):
+                    self._rest.close()
+                    self._rest = None
+                    if attempt == 2:
+                        raise
+        text = data.decode()
+        if res.status >= 400:
+            try:
+                message = json.loads(text)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = text
+            raise RuntimeError("%s %s: HTTP %d: %s" % (method, path, res.status, message))
+        return text if accept == "text/plain" else json.loads(text)
+
+
+def _check_ncpus(ncpus):
+    if ncpus == "autodetect":
+        return
+    if not isinstance(ncpus, int) or isinstance(ncpus, bool):
+        raise TypeError("ncpus must have 'int' type")
+    if ncpus < 0:
+        raise ValueError("ncpus must be an integer > 0")
+
+
+class Template:
+    """pp's Template: a function with fixed depfuncs, modules, callback and group; submit(*args)."""
+
+    def __init__(self, job_server, func, depfuncs=(), modules=(), callback=None, callbackargs=(),
+                 group="default", globals=None):
+        self.job_server = job_server
+        self.func = func
+        self.depfuncs = depfuncs
+        self.modules = modules
+        self.callback = callback
+        self.callbackargs = callbackargs
+        self.group = group
+        self.globals = globals
+
+    def submit(self, *args):
+        return self.job_server.submit(self.func, args, self.depfuncs, self.modules, self.callback,
+                                      self.callbackargs, self.group, self.globals)

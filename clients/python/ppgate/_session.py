@@ -1,0 +1,175 @@
+"""A job session: one WebSocket to a node's /v1/session shared by every job of a Server.
+
+Submissions are queued and a writer thread sends whatever has accumulated as one batch, so a
+loop of submit() calls becomes a few large messages (pipelining). The node pushes results as jobs
+end; a reader thread hands each to its job. Function sources go once per connection: later jobs
+refer to them by a per-connection ``fn_id``.
+"""
+
+import collections
+import json
+import threading
+import urllib.parse
+
+from ._errors import JobLostError, SubmitError
+from ._websocket import WebSocket
+
+_MAX_BATCH = 5000
+
+
+class Session:
+    def __init__(self, url, token=None, timeout=30.0):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("url must look like http://HOST:PORT, not %r" % url)
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        self._ws = WebSocket(parts.hostname, parts.port or 80, "/v1/session", headers, timeout)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._outgoing = []                   # ("job", job, function, fields) or ("cancel", job)
+        self._requests = collections.deque()  # sent, awaiting their reply, in order
+        self._jobs = {}                       # node job id -> job, until its result arrives
+        self._fn_ids = {}                     # function key -> fn_id defined on this connection
+        self._error = None                    # set once the connection is gone
+        self._writer = threading.Thread(target=self._write_loop, name="ppgate-session-writer", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="ppgate-session-reader", daemon=True)
+        self._writer.start()
+        self._reader.start()
+
+    # --- called by Server/Executor threads ---
+
+    def submit(self, job, function, fields):
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            self._outgoing.append(("job", job, function, fields))
+            if len(self._outgoing) == 1:
+                self._wake.notify()
+
+    def cancel(self, job):
+        with self._lock:
+            if self._error is not None or job.finished:
+                return
+            self._outgoing.append(("cancel", job))
+            if len(self._outgoing) == 1:
+                self._wake.notify()
+
+    def close(self):
+        with self._lock:
+            if self._error is None:
+                self._error = JobLostError("Closed", "the session was closed")
+            self._wake.notify()
+        self._ws.close()
+        self._reader.join(10)
+        self._writer.join(10)
+        self._fail_all()
+
+    # --- writer thread ---
+
+    def _write_loop(self):
+        try:
+            while True:
+                with self._lock:
+                    while not self._outgoing and self._error is None:
+                        self._wake.wait()
+                    if self._error is not None:
+                        return
+                    items, self._outgoing = self._outgoing, []
+                    messages = self._encode(items)
+                for message in messages:
+                    self._ws.send_text(message)
+        except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
+            self._lost(exc)
+
+    def _encode(self, items):
+        """Turns queued items into messages, registering each as a request awaiting its reply.
+        Runs under the lock, so replies can only be matched after the request is registered."""
+        messages = []
+        batch_jobs, batch = [], []
+
+        def flush():
+            if batch:
+                self._requests.append(("jobs", list(batch_jobs)))
+                messages.append(json.dumps(batch, separators=(",", ":")).encode())
+                batch_jobs.clear()
+                batch.clear()
+
+        for item in items:
+            if item[0] == "cancel":
+                job = item[1]
+                if job.id is None:
+                    job._cancel_requested = True  # sent once the node has given it an id
+                    continue
+                flush()
+                self._requests.append(("cancel", job))
+                messages.append(b'{"cancel":%d}' % job.id)
+                continue
+            _, job, function, fields = item
+            fn_id = self._fn_ids.get(function.key)
+            if fn_id is None:
+                fn_id = self._fn_ids[function.key] = len(self._fn_ids) + 1
+                fields.update(function.definition)
+            fields["fn_id"] = fn_id
+            batch_jobs.append(job)
+            batch.append(fields)
+            if len(batch) >= _MAX_BATCH:
+                flush()
+        flush()
+        return messages
+
+    # --- reader thread ---
+
+    def _read_loop(self):
+        try:
+            while True:
+                message = json.loads(self._ws.recv())
+                results = message.get("results")
+                if results is not None:
+                    with self._lock:
+                        finished = [(self._jobs.pop(r["id"], None), r) for r in results]
+                    for job, data in finished:
+                        if job is not None:
+                            job._complete(data)
+                    continue
+                with self._lock:
+                    kind, what = self._requests.popleft()
+                    if kind == "jobs" and "accepted" in message:
+                        late_cancels = []
+                        for job, job_id in zip(what, message["accepted"]):
+                            job.id = job_id
+                            self._jobs[job_id] = job
+                            if job._cancel_requested:
+                                late_cancels.append(("cancel", job))
+                        if late_cancels:
+                            self._outgoing.extend(late_cancels)
+                            self._wake.notify()
+                        continue
+                if kind == "jobs":
+                    text = message.get("error", {}).get("message", "the node refused the jobs")
+                    for job in what:
+                        job._fail(SubmitError("SubmitError", text))
+                # A cancel's reply needs no action: the job's end arrives as a result.
+        except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
+            self._lost(exc)
+
+    def _lost(self, exc):
+        with self._lock:
+            if self._error is None:
+                self._error = JobLostError("ConnectionLost", "the connection to the node was lost: %s" % exc)
+            self._wake.notify()
+        self._fail_all()
+
+    def _fail_all(self):
+        """Every job still waiting ends with the session's error: none waits forever."""
+        with self._lock:
+            waiting = list(self._jobs.values())
+            self._jobs.clear()
+            for kind, what in self._requests:
+                if kind == "jobs":
+                    waiting.extend(what)
+            self._requests.clear()
+            waiting.extend(item[1] for item in self._outgoing if item[0] == "job")
+            self._outgoing = []
+            error = self._error
+        for job in waiting:
+            job._fail(JobLostError(error.type, error.message))

@@ -1,0 +1,146 @@
+"""A small blocking WebSocket client (RFC 6455) on the standard library, for job sessions.
+
+One thread reads (recv); any thread may send (sends are serialized by a lock).
+"""
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import threading
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TEXT, _BINARY, _CLOSE, _PING, _PONG, _CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
+
+
+class ConnectionClosed(ConnectionError):
+    """The WebSocket connection is gone."""
+
+
+class HandshakeError(ConnectionError):
+    """The server refused the WebSocket upgrade; `status` and the server's message say why."""
+
+    def __init__(self, status, message):
+        super().__init__("HTTP %s: %s" % (status, message))
+        self.status = status
+
+
+def _mask(payload, key):
+    # XOR the payload with the repeated 4-byte key, done on big integers so it runs in C.
+    n = len(payload)
+    if n == 0:
+        return b""
+    keystream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(keystream, "little")).to_bytes(n, "little")
+
+
+class WebSocket:
+    def __init__(self, host, port, path, headers=None, timeout=30.0):
+        self._sock = socket.create_connection((host, port), timeout=timeout)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._send_lock = threading.Lock()
+        self._buffer = bytearray()
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port), "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
+        for name, value in (headers or {}).items():
+            lines.append("%s: %s" % (name, value))
+        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = self._read_until(b"\r\n\r\n").decode("latin-1")
+        status_line, _, rest = head.partition("\r\n")
+        fields = {}
+        for line in rest.split("\r\n"):
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        status = int(status_line.split(" ")[1]) if " " in status_line else 0
+        if status != 101:
+            body = self._read_exact(int(fields.get("content-length", "0") or 0)).decode(errors="replace")
+            try:
+                message = json.loads(body)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = body or status_line
+            self._sock.close()
+            raise HandshakeError(status, message)
+        expected = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+        if fields.get("sec-websocket-accept") != expected:
+            self._sock.close()
+            raise ConnectionError("the server answered the WebSocket upgrade wrongly")
+        self._sock.settimeout(None)  # the reader blocks until the server says something
+
+    def _fill(self):
+        chunk = self._sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionClosed("the server closed the connection")
+        self._buffer += chunk
+
+    def _read_until(self, marker):
+        while True:
+            i = self._buffer.find(marker)
+            if i >= 0:
+                data = bytes(self._buffer[:i + len(marker)])
+                del self._buffer[:i + len(marker)]
+                return data
+            if len(self._buffer) > 65536:
+                raise ConnectionError("the server's handshake answer is too long")
+            self._fill()
+
+    def _read_exact(self, n):
+        while len(self._buffer) < n:
+            self._fill()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    def _send_frame(self, opcode, payload):
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        key = os.urandom(4)
+        with self._send_lock:
+            self._sock.sendall(header + key + _mask(payload, key))
+
+    def send_text(self, payload):
+        """Sends `payload` (UTF-8 bytes) as one text message."""
+        self._send_frame(_TEXT, payload)
+
+    def recv(self):
+        """Returns the next text or binary message as bytes; answers pings on the way."""
+        message = bytearray()
+        while True:
+            b0, b1 = self._read_exact(2)
+            opcode, n = b0 & 0x0F, b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", self._read_exact(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", self._read_exact(8))[0]
+            key = self._read_exact(4) if b1 & 0x80 else None
+            payload = self._read_exact(n)
+            if key:
+                payload = _mask(payload, key)
+            if opcode == _PING:
+                self._send_frame(_PONG, payload)
+                continue
+            if opcode == _PONG:
+                continue
+            if opcode == _CLOSE:
+                raise ConnectionClosed("the server closed the session")
+            message += payload
+            if b0 & 0x80:
+                return bytes(message)
+
+    def close(self):
+        try:
+            self._send_frame(_CLOSE, struct.pack("!H", 1000))
+        except OSError:
+            pass
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()

@@ -1,0 +1,51 @@
+// A job session: one WebSocket client of GET /v1/session that submits jobs in pipelined batches
+// and has their results pushed as they end (docs/rest.md, "Sessions"). This is what the Python
+// client speaks. One reader and one writer coroutine; only the writer writes.
+// Distinct objects: safe. Shared objects: unsafe.
+#pragma once
+
+#include "http.hpp"
+#include "job.hpp"
+#include "job_request.hpp"
+
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/websocket/stream.hpp>
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_set>
+
+namespace ppgate {
+
+class node_server;
+
+class job_session : public job_observer, public std::enable_shared_from_this<job_session> {
+ public:
+  explicit job_session(node_server& server);
+
+  // Completes the WebSocket handshake for `req` and serves the client until it leaves. Jobs the
+  // client submitted and that have not ended are then cancelled: nobody is left to collect them.
+  net::awaitable<void> run(beast::tcp_stream stream, http_request req);
+
+  void job_ended(const job& j) override;
+
+ private:
+  using ws_stream = beast::websocket::stream<beast::tcp_stream>;
+
+  net::awaitable<void> read_loop(ws_stream& ws);
+  net::awaitable<void> write_loop(ws_stream& ws);
+  void handle_message(std::string& text);
+  void reply(std::string message);
+
+  node_server& server_;
+  session_functions functions_;             // fn_id -> definition, for this connection
+  std::unordered_set<std::uint64_t> open_jobs_;
+  std::deque<std::string> replies_;        // one per client message, in order
+  std::string finished_;                   // job objects joined by ',', pushed as one message
+  std::optional<net::steady_timer> wake_;  // cancelled to wake the writer
+  bool closing_ = false;
+};
+
+}  // namespace ppgate
