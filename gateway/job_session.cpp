@@ -1,6 +1,5 @@
 #include "job_session.hpp"
 
-#include "job_json.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
 #include "node_server.hpp"
@@ -87,8 +86,15 @@ void job_session::reply(std::string message) {
 void job_session::job_ended(const job& j) {
   open_jobs_.erase(j.id);
   if (closing_) return;
+  // Compact: the client knows everything else about its job already.
   if (!finished_.empty()) finished_ += ',';
-  finished_ += format_job_json(j);
+  finished_ += "{\"id\":";
+  finished_ += std::to_string(j.id);
+  finished_ += ",\"status\":\"";
+  finished_ += to_string(j.state);
+  finished_ += "\",";
+  finished_ += j.outcome;
+  finished_ += '}';
   wake_->cancel();
 }
 

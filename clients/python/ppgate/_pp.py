@@ -47,35 +47,42 @@ class Job:
     in ``stdout``/``stderr``.
     """
 
+    # Jobs are many and short-lived: no per-job lock or event. A job ends on the session's reader
+    # thread (or its callback thread), which sets the fields, then `finished`, then wakes waiters
+    # through the server's condition.
+    __slots__ = ("id", "group", "stdout", "stderr", "callback_error", "finished", "_server",
+                 "_callback", "_callbackargs", "_future", "_raw", "_result", "_error", "_printed",
+                 "_cancel_requested", "_ending")
+
     def __init__(self, server, group="default", callback=None, callbackargs=(), future=None):
         self.id = None  # the node's job id, once the node has accepted it
         self.group = group
         self.stdout = ""
         self.stderr = ""
         self.callback_error = None  # what a raising callback raised
+        self.finished = False
         self._server = server
         self._callback = callback
         self._callbackargs = callbackargs
         self._future = future
-        self._done = threading.Event()
-        self._ended = False
-        self._lock = threading.Lock()
         self._raw = None
         self._result = None
         self._error = None
         self._printed = False
         self._cancel_requested = False
-
-    @property
-    def finished(self):
-        return self._done.is_set()
+        self._ending = False
 
     def wait(self, timeout=None):
         """Waits for the job to end; returns True if it has ended."""
-        return self._done.wait(timeout)
+        if self.finished:
+            return True
+        if self._callback is None and self._future is None and self._server._session is not None:
+            # Its end arrives as a message: read it on this thread (see _session.py).
+            return self._server._session.wait_for(lambda: self.finished, timeout)
+        return self._server._wait_for(lambda: self.finished, timeout)
 
     def __call__(self, raw_result=False, timeout=None):
-        if not self._done.wait(timeout):
+        if not self.finished and not self.wait(timeout):
             raise TimeoutError("job %s has not finished within %s s" % (self.id, timeout))
         if not self._printed:
             self._printed = True
@@ -97,12 +104,11 @@ class Job:
         state = "finished" if self.finished else "pending"
         return "<ppgate.Job id=%s group=%r %s>" % (self.id, self.group, state)
 
-    # --- called by the session's reader thread ---
+    # --- called by the session's threads ---
 
-    def _complete(self, data):
-        self.stdout = data.get("stdout", "")
-        self.stderr = data.get("stderr", "")
-        if data.get("status") == "done":
+    def _complete(self, data, notify=True):
+        stdout, stderr = data.get("stdout", ""), data.get("stderr", "")
+        if data["status"] == "done":
             try:
                 raw = base64.b64decode(data["result"])
                 result = pickle.loads(raw)
@@ -110,36 +116,33 @@ class Job:
             except Exception as exc:  # noqa: BLE001 - becomes the job's error
                 raw = result = None
                 error = JobError(type(exc).__name__, "the result could not be unpickled here: %s" % exc,
-                                 "", self.stdout, self.stderr, self.id)
-            self._end(raw, result, error)
+                                 "", stdout, stderr, self.id)
+            self._end(raw, result, error, stdout, stderr, notify)
         else:
-            self._end(None, None, error_from_job(data))
+            self._end(None, None, error_from_job(data), stdout, stderr, notify)
 
     def _fail(self, error):
-        self._end(None, None, error)
+        self._end(None, None, error, error.stdout, error.stderr)
 
-    def _end(self, raw, result, error):
-        with self._lock:
-            if self._ended:
+    def _end(self, raw, result, error, stdout, stderr, notify=True):
+        # A job ends once: a result racing a connection loss is settled by the first to arrive.
+        with self._server._ending_lock:
+            if self._ending:
                 return
-            self._ended = True
+            self._ending = True
         self._raw, self._result, self._error = raw, result, error
+        self.stdout, self.stderr = stdout, stderr
         if self._future is not None:
             if not self._future.done():
                 if error is None:
                     self._future.set_result(result)
                 else:
                     self._future.set_exception(error)
-            self._finished()
+            self._server._job_finished(self, notify)
         elif self._callback is not None and error is None:
             self._server._run_callback(self)
         else:
-            self._finished()
-
-    def _finished(self):
-        # As in pp, a job counts as finished only after its callback ran: wait() covers callbacks.
-        self._done.set()
-        self._server._job_ended(self)
+            self._server._job_finished(self, notify)
 
 
 class Server:
@@ -167,9 +170,12 @@ class Server:
         self._session = None
         self._destroyed = False
         self._creation_time = time.time()
-        self._pending_lock = threading.Condition()
-        self._pending = {}  # group -> unfinished jobs
-        self._jobs = set()
+        # One condition for every wait of this server (job(), wait(group)); `_waiters` counts
+        # threads inside it, so ending a job costs a notify only when someone waits.
+        self._cv = threading.Condition()
+        self._waiters = 0
+        self._unfinished = {}  # group -> number of unfinished jobs
+        self._ending_lock = threading.Lock()
         self._functions = {}  # (function key) -> FunctionSpec, first_arg
         self._callbacks = None
         self._rest_lock = threading.Lock()
@@ -182,7 +188,7 @@ class Server:
         self.url = url
         self._token = token
         try:
-            self._session = Session(url, token)
+            self._session = Session(url, token, on_results=self._wake_waiters)
             if url is not None and self._node is None and ncpus != "autodetect":
                 self.set_ncpus(ncpus)
         except BaseException:
@@ -219,11 +225,10 @@ class Server:
 
     def wait(self, group=None):
         """Waits until every job of `group` (every job, when None) has finished."""
-        with self._pending_lock:
-            if group is None:
-                self._pending_lock.wait_for(lambda: not any(self._pending.values()))
-            else:
-                self._pending_lock.wait_for(lambda: not self._pending.get(group))
+        if group is None:
+            self._wait_for(lambda: not any(self._unfinished.values()), None)
+        else:
+            self._wait_for(lambda: not self._unfinished.get(group), None)
 
     def get_ncpus(self):
         return self._request("GET", "/v1/workers")["count"]
@@ -259,9 +264,8 @@ class Server:
         if getattr(self, "_atexit", None) is not None:
             atexit.unregister(self._atexit)
         if self._session is not None:
-            for job in list(self._jobs):
-                job.cancel()
-            # Jobs the node has not answered for end as lost when the session closes.
+            # Unfinished jobs are cancelled on the node when their session closes, and end here
+            # as lost.
             self._session.close()
         if self._callbacks is not None:
             self._callbacks.put(None)
@@ -312,25 +316,41 @@ class Server:
             fields["timeout"] = timeout
         if retries:
             fields["retries"] = retries
-        with self._pending_lock:
-            self._pending.setdefault(group, set()).add(job)
-            self._jobs.add(job)
+        with self._cv:
+            self._unfinished[group] = self._unfinished.get(group, 0) + 1
         try:
             self._session.submit(job, function, fields)
         except BaseException:
-            self._job_ended(job)
+            job._ending = True
+            self._job_finished(job)
             raise
 
-    def _job_ended(self, job):
-        with self._pending_lock:
-            self._pending.get(job.group, set()).discard(job)
-            self._jobs.discard(job)
-            self._pending_lock.notify_all()
+    def _job_finished(self, job, notify=True):
+        # As in pp, a job counts as finished only after its callback ran: wait() covers callbacks.
+        with self._cv:
+            job.finished = True
+            self._unfinished[job.group] -= 1
+            if notify and self._waiters:
+                self._cv.notify_all()
+
+    def _wake_waiters(self):
+        """After a batch of results: one wake-up for all of them."""
+        if self._waiters:
+            with self._cv:
+                self._cv.notify_all()
+
+    def _wait_for(self, predicate, timeout):
+        with self._cv:
+            self._waiters += 1
+            try:
+                return self._cv.wait_for(predicate, timeout)
+            finally:
+                self._waiters -= 1
 
     def _run_callback(self, job):
         # Callbacks run on a thread of their own, so a slow callback never holds up results.
         if self._callbacks is None:
-            with self._pending_lock:
+            with self._cv:
                 if self._callbacks is None:
                     self._callbacks = queue.SimpleQueue()
                     threading.Thread(target=self._callback_loop, args=(self._callbacks,),
@@ -350,7 +370,7 @@ class Server:
                 print("ppgate: the callback of job %s raised:" % job.id, file=sys.stderr)
                 traceback.print_exc()
             finally:
-                job._finished()
+                job._server._job_finished(job)
 
     def _request(self, method, path, body=None, accept="application/json"):
         if self._destroyed:

@@ -1,14 +1,21 @@
 """A job session: one WebSocket to a node's /v1/session shared by every job of a Server.
 
 Submissions are queued and a writer thread sends whatever has accumulated as one batch, so a
-loop of submit() calls becomes a few large messages (pipelining). The node pushes results as jobs
-end; a reader thread hands each to its job. Function sources go once per connection: later jobs
-refer to them by a per-connection ``fn_id``.
+loop of submit() calls becomes a few large messages (pipelining); a lone job on an idle
+connection is sent by the submitting thread itself. The node pushes results as jobs end.
+
+Reading is a role that one thread holds at a time (leader/follower): a thread waiting for a job
+reads the socket itself, so the result reaches it without a hand-off between threads; when no
+thread waits, a background reader takes the role, so callbacks and futures still complete.
+Function sources go once per connection: later jobs refer to them by a per-connection ``fn_id``.
 """
 
 import collections
 import json
+import os
+import select
 import threading
+import time
 import urllib.parse
 
 from ._errors import JobLostError, SubmitError
@@ -18,7 +25,7 @@ _MAX_BATCH = 5000
 
 
 class Session:
-    def __init__(self, url, token=None, timeout=30.0):
+    def __init__(self, url, token=None, timeout=30.0, on_results=None):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("url must look like http://HOST:PORT, not %r" % url)
@@ -30,7 +37,14 @@ class Session:
         self._requests = collections.deque()  # sent, awaiting their reply, in order
         self._jobs = {}                       # node job id -> job, until its result arrives
         self._fn_ids = {}                     # function key -> fn_id defined on this connection
+        self._on_results = on_results        # called after each batch of results is handed out
         self._error = None                    # set once the connection is gone
+        self._turn = threading.Condition(self._lock)  # signalled when the reading role is free
+        self._reading = False                 # a thread holds the reading role
+        self._foreground = 0                  # threads waiting for a job that read themselves
+        self._wake_r, self._wake_w = os.pipe()  # gets the background reader out of select()
+        os.set_blocking(self._wake_w, False)
+        self._sending = False                 # a thread is writing to the socket
         self._writer = threading.Thread(target=self._write_loop, name="ppgate-session-writer", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="ppgate-session-reader", daemon=True)
         self._writer.start()
@@ -43,26 +57,51 @@ class Session:
             if self._error is not None:
                 raise self._error
             self._outgoing.append(("job", job, function, fields))
-            if len(self._outgoing) == 1:
-                self._wake.notify()
+            if self._requests or self._sending or len(self._outgoing) > 1:
+                # The connection is busy: the writer thread sends this with whatever else piles
+                # up meanwhile, as one batch.
+                if len(self._outgoing) == 1:
+                    self._wake.notify()
+                return
+            # The connection is idle: send now, from this thread, saving a thread hand-off on
+            # the latency of a lone job.
+            items, self._outgoing = self._outgoing, []
+            messages = self._encode(items)
+            self._sending = True
+        try:
+            for message in messages:
+                self._ws.send_text(message)
+        except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
+            self._lost(exc)
+        finally:
+            with self._lock:
+                self._sending = False
+                if self._outgoing:
+                    self._wake.notify()
 
     def cancel(self, job):
         with self._lock:
             if self._error is not None or job.finished:
                 return
             self._outgoing.append(("cancel", job))
-            if len(self._outgoing) == 1:
-                self._wake.notify()
+            self._wake.notify()
 
     def close(self):
         with self._lock:
             if self._error is None:
                 self._error = JobLostError("Closed", "the session was closed")
             self._wake.notify()
+            self._turn.notify_all()
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
         self._ws.close()
         self._reader.join(10)
         self._writer.join(10)
         self._fail_all()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     # --- writer thread ---
 
@@ -70,14 +109,19 @@ class Session:
         try:
             while True:
                 with self._lock:
-                    while not self._outgoing and self._error is None:
+                    while (not self._outgoing or self._sending) and self._error is None:
                         self._wake.wait()
                     if self._error is not None:
                         return
                     items, self._outgoing = self._outgoing, []
                     messages = self._encode(items)
-                for message in messages:
-                    self._ws.send_text(message)
+                    self._sending = True
+                try:
+                    for message in messages:
+                        self._ws.send_text(message)
+                finally:
+                    with self._lock:
+                        self._sending = False
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
 
@@ -117,46 +161,111 @@ class Session:
         flush()
         return messages
 
-    # --- reader thread ---
+    # --- reading ---
+
+    def wait_for(self, predicate, timeout=None):
+        """Reads and dispatches messages on this thread until predicate() holds (True) or the
+        timeout passes (False). For waits whose end arrives as a message: a job's result."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._foreground += 1
+        try:
+            os.write(self._wake_w, b"\0")  # the background reader steps aside meanwhile
+        except BlockingIOError:
+            pass
+        try:
+            while not predicate():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                with self._lock:
+                    if self._error is not None:
+                        self._turn.wait(0.05)  # _fail_all is ending every job
+                        continue
+                    if self._reading:
+                        self._turn.wait(remaining)  # the reader hands out results, maybe ours
+                        continue
+                    self._reading = True
+                try:
+                    if self._ws.buffered() or select.select([self._ws], [], [], remaining)[0]:
+                        self._handle(self._ws.recv())
+                except Exception as exc:  # noqa: BLE001 - the connection is gone
+                    self._release_reading()
+                    self._lost(exc)
+                    continue
+                self._release_reading()
+            return True
+        finally:
+            with self._lock:
+                self._foreground -= 1
+                self._turn.notify_all()
+
+    def _release_reading(self):
+        with self._lock:
+            self._reading = False
+            self._turn.notify_all()
 
     def _read_loop(self):
         try:
             while True:
-                message = json.loads(self._ws.recv())
-                results = message.get("results")
-                if results is not None:
-                    with self._lock:
-                        finished = [(self._jobs.pop(r["id"], None), r) for r in results]
-                    for job, data in finished:
-                        if job is not None:
-                            job._complete(data)
-                    continue
                 with self._lock:
-                    kind, what = self._requests.popleft()
-                    if kind == "jobs" and "accepted" in message:
-                        late_cancels = []
-                        for job, job_id in zip(what, message["accepted"]):
-                            job.id = job_id
-                            self._jobs[job_id] = job
-                            if job._cancel_requested:
-                                late_cancels.append(("cancel", job))
-                        if late_cancels:
-                            self._outgoing.extend(late_cancels)
-                            self._wake.notify()
-                        continue
-                if kind == "jobs":
-                    text = message.get("error", {}).get("message", "the node refused the jobs")
-                    for job in what:
-                        job._fail(SubmitError("SubmitError", text))
-                # A cancel's reply needs no action: the job's end arrives as a result.
+                    while (self._foreground or self._reading) and self._error is None:
+                        self._turn.wait()
+                    if self._error is not None:
+                        return
+                    self._reading = True
+                try:
+                    if not self._ws.buffered():
+                        ready = select.select([self._ws, self._wake_r], [], [])[0]
+                        if self._wake_r in ready:
+                            os.read(self._wake_r, 4096)
+                        if self._ws not in ready:
+                            continue
+                    self._handle(self._ws.recv())
+                finally:
+                    self._release_reading()
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
+
+    def _handle(self, payload):
+        """Dispatches one message from the node. Called by the thread holding the reading role,
+        so messages are handled one at a time, in order."""
+        message = json.loads(payload)
+        results = message.get("results")
+        if results is not None:
+            with self._lock:
+                finished = [(self._jobs.pop(r["id"], None), r) for r in results]
+            for job, data in finished:
+                if job is not None:
+                    job._complete(data, notify=False)
+            if self._on_results is not None:
+                self._on_results()
+            return
+        with self._lock:
+            kind, what = self._requests.popleft()
+            if kind == "jobs" and "accepted" in message:
+                late_cancels = []
+                for job, job_id in zip(what, message["accepted"]):
+                    job.id = job_id
+                    self._jobs[job_id] = job
+                    if job._cancel_requested:
+                        late_cancels.append(("cancel", job))
+                if late_cancels:
+                    self._outgoing.extend(late_cancels)
+                    self._wake.notify()
+                return
+        if kind == "jobs":
+            text = message.get("error", {}).get("message", "the node refused the jobs")
+            for job in what:
+                job._fail(SubmitError("SubmitError", text))
+        # A cancel's reply needs no action: the job's end arrives as a result.
 
     def _lost(self, exc):
         with self._lock:
             if self._error is None:
                 self._error = JobLostError("ConnectionLost", "the connection to the node was lost: %s" % exc)
             self._wake.notify()
+            self._turn.notify_all()
         self._fail_all()
 
     def _fail_all(self):

@@ -69,6 +69,13 @@ class WebSocket:
             raise ConnectionError("the server answered the WebSocket upgrade wrongly")
         self._sock.settimeout(None)  # the reader blocks until the server says something
 
+    def fileno(self):
+        return self._sock.fileno()
+
+    def buffered(self):
+        """True when received bytes wait in this object (select() on the socket would not see them)."""
+        return bool(self._buffer)
+
     def _fill(self):
         chunk = self._sock.recv(1 << 16)
         if not chunk:

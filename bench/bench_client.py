@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The Python client against multiprocessing.Pool, in the same invocation (ratios, not times).
+
+(a) 2000 trivial jobs (def f(x): return x+1), submitted all then collected:
+    ppgate.Server rate / multiprocessing.Pool(2).apply_async rate.   Target >= 1.0x (ppft: ~0.1x).
+(b) one trivial job's round trip: ppgate job() latency / Pool apply_async().get() latency.
+    Target <= 1.0x.
+(c) pp's sum_primes example (sums of primes below 100000 .. 100700) on 2 workers, as a speed-up
+    over serial.   Target >= 1.9x.
+
+Usage: python3 bench/bench_client.py [--jobs N] [--repeats N]
+"""
+
+import argparse
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clients", "python"))
+import ppgate  # noqa: E402
+
+
+def f(x):
+    return x + 1
+
+
+def isprime(n):
+    """Returns True if n is prime and False otherwise"""
+    if n < 2:
+        return False
+    if n == 2:
+        return True
+    max = int(math.ceil(math.sqrt(n)))
+    i = 2
+    while i <= max:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def sum_primes(n):
+    """Calculates sum of all primes below given integer n"""
+    return sum([x for x in range(2, n) if isprime(x)])
+
+
+INPUTS = [100000 + 100 * i for i in range(8)]
+
+
+def throughput_pool(pool, jobs):
+    t = time.perf_counter()
+    pending = [pool.apply_async(f, (i,)) for i in range(jobs)]
+    results = [p.get() for p in pending]
+    elapsed = time.perf_counter() - t
+    assert results == [i + 1 for i in range(jobs)]
+    return jobs / elapsed
+
+
+def throughput_ppgate(server, jobs):
+    t = time.perf_counter()
+    pending = [server.submit(f, (i,)) for i in range(jobs)]
+    results = [p() for p in pending]
+    elapsed = time.perf_counter() - t
+    assert results == [i + 1 for i in range(jobs)]
+    return jobs / elapsed
+
+
+def latency(call, n):
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        assert call(i) == i + 1
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+
+    with multiprocessing.Pool(args.workers) as pool, ppgate.Server(args.workers) as server:
+        # Warm both up so neither pays for process start or first-use costs in the measurement.
+        throughput_pool(pool, 200)
+        throughput_ppgate(server, 200)
+        pool_rates, pp_rates = [], []
+        for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
+            pool_rates.append(throughput_pool(pool, args.jobs))
+            pp_rates.append(throughput_ppgate(server, args.jobs))
+        pool_rate, pp_rate = statistics.median(pool_rates), statistics.median(pp_rates)
+        print("%d trivial jobs, submit all then collect, %d workers:" % (args.jobs, args.workers))
+        print("  multiprocessing.Pool.apply_async  %8.0f jobs/s" % pool_rate)
+        print("  ppgate.Server.submit              %8.0f jobs/s" % pp_rate)
+        print("  ratio                             %8.2fx   (target >= 1.0x)" % (pp_rate / pool_rate))
+
+        pool_lat = latency(lambda i: pool.apply_async(f, (i,)).get(), 300)
+        pp_lat = latency(lambda i: server.submit(f, (i,))(), 300)
+        print("one trivial job's round trip (median of 300):")
+        print("  Pool apply_async().get()  %7.1f us" % (pool_lat * 1e6))
+        print("  ppgate submit()()         %7.1f us" % (pp_lat * 1e6))
+        print("  ratio                     %7.2fx   (target <= 1.0x)" % (pp_lat / pool_lat))
+
+        serial_best = parallel_best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            expected = [sum_primes(n) for n in INPUTS]
+            serial_best = min(serial_best, time.perf_counter() - t)
+            t = time.perf_counter()
+            jobs = [server.submit(sum_primes, (n,), (isprime,), ("math",)) for n in INPUTS]
+            results = [j() for j in jobs]
+            parallel_best = min(parallel_best, time.perf_counter() - t)
+            assert results == expected
+        print("sum_primes, 8 inputs near 100000:")
+        print("  serial %.3f s, ppgate %.3f s, speed-up %.2fx   (target >= 1.9x on 2 workers)"
+              % (serial_best, parallel_best, serial_best / parallel_best))
+
+
+if __name__ == "__main__":
+    main()
