@@ -39,13 +39,14 @@ class ResultEncodingError(Exception):
 
 
 class _Function:
-    __slots__ = ("entry", "code", "imports", "error")
+    __slots__ = ("entry", "code", "imports", "error", "aliases")
 
     def __init__(self, msg):
         self.entry = msg.get("entry", "")
         self.code = None
         self.imports = None
         self.error = None  # a compile error is replayed for every job of this function
+        self.aliases = None  # module names the source's classes and functions claim (see _run)
         try:
             statements = [_import_statement(m) for m in msg.get("modules", ())]
             self.imports = compile("\n".join(statements), "<ppgate modules>", "exec")
@@ -117,11 +118,24 @@ def _run(msg):
     namespace["__builtins__"] = builtins
     saved_main = sys.modules.get("__main__")
     sys.modules["__main__"] = main
+    aliased = []
     try:
         pickled = msg.get("codec") == "pickle"
         exec(function.imports, namespace)
         if function.code is not None:
             exec(function.code, namespace)
+        # Classes and functions shipped from a client module other than __main__ keep that
+        # module's name (the client adds `X.__module__ = "name"`), so pickles name them as the
+        # client does. During the job, that name resolves to this job's namespace.
+        if function.aliases is None:
+            function.aliases = sorted({
+                v.__module__ for v in namespace.values()
+                if isinstance(v, (type, types.FunctionType)) and isinstance(v.__module__, str)
+                and v.__module__ not in ("__main__", "builtins") and v.__module__ not in sys.modules})
+        for alias in function.aliases:
+            if alias not in sys.modules:
+                sys.modules[alias] = main
+                aliased.append(alias)
         extra = msg.get("globals")
         if extra:
             # pp's globals=, and the captured variables of a closure. Set after the source ran, so
@@ -151,6 +165,8 @@ def _run(msg):
                 % (type(result).__name__, msg.get("codec", "json"), exc)) from None
         return elapsed, encoded
     finally:
+        for alias in aliased:
+            del sys.modules[alias]
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
 

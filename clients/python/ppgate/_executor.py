@@ -6,6 +6,14 @@ import threading
 from ._pp import Job, Server
 
 
+def _cancel_job_of(future, job):
+    """A future cancelled by its owner cancels its job on the node. The notify step is what
+    executors owe a cancelled future, so that concurrent.futures.wait() counts it as done."""
+    if future.cancelled():
+        future.set_running_or_notify_cancel()
+        job.cancel()
+
+
 class Executor(concurrent.futures.Executor):
     """Runs calls on a ppgate node; the futures work with concurrent.futures.wait/as_completed.
 
@@ -30,8 +38,7 @@ class Executor(concurrent.futures.Executor):
             job = Job(self._server, future=future)
             self._futures.add(future)
         future.add_done_callback(self._forget)
-        # A future cancelled by its owner cancels the job on the node.
-        future.add_done_callback(lambda f: f.cancelled() and job.cancel())
+        future.add_done_callback(lambda f: _cancel_job_of(f, job))
         self._server._send(job, fn, args, kwargs, (), (), None, "default", None, 0)
         return future
 

@@ -100,9 +100,21 @@ def _lambda_source(func):
         segment = ast.get_source_segment(attempt, node)
         compiled = compile(segment, "<lambda>", "eval")
         inner = next(c for c in compiled.co_consts if isinstance(c, types.CodeType))
-        if inner.co_code == code.co_code and inner.co_varnames == code.co_varnames:
+        if (inner.co_code, inner.co_consts, inner.co_names, inner.co_varnames) == \
+                (code.co_code, code.co_consts, code.co_names, code.co_varnames):
             return "_ppgate_lambda = (%s)\n" % segment
     raise ValueError("cannot find the source of lambda %r; define it with def instead" % func)
+
+
+def _source_keeping_module(obj):
+    """The source of a top-level function or class, plus a line that gives it back its module's
+    name when that is not __main__: pickles then name it as the client does (the worker makes
+    that module name resolve to the job's namespace)."""
+    source = _dedented_source(obj)
+    module = getattr(obj, "__module__", "__main__")
+    if module != "__main__" and "<locals>" not in obj.__qualname__ and "." not in obj.__qualname__:
+        source += "\n%s.__module__ = %r\n" % (obj.__name__, module)
+    return source
 
 
 def _global_names(code):
@@ -148,7 +160,7 @@ class _Collector:
                 return True
             if isinstance(value, types.FunctionType) and value.__name__ == "<lambda>":
                 return False
-            self.sources.append(_dedented_source(value))
+            self.sources.append(_source_keeping_module(value))
             if isinstance(value, types.FunctionType):
                 self.follow(value.__code__, value.__globals__)
             elif isinstance(value, type):
@@ -215,7 +227,7 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
             return FunctionSpec(key, definition), first_arg
         collector = _Collector(user_globals is not None)
         collector.seen.add(id(entry_owner))
-        main_source = _dedented_source(entry_owner)
+        main_source = _source_keeping_module(entry_owner)
         collector.follow_class(entry_owner)
         definition["function"] = "%s.%s" % (entry_owner.__name__, func_obj.__name__)
     elif _is_installed(func_obj.__module__) and "<locals>" not in func_obj.__qualname__ \
@@ -232,6 +244,8 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
             main_source = _dedented_source(func_obj)
             if main_source.lstrip().startswith("@"):
                 main_source = _strip_decorators(main_source)
+            elif "." not in func_obj.__qualname__ and "<locals>" not in func_obj.__qualname__:
+                main_source = _source_keeping_module(func_obj)
             definition["function"] = func_obj.__name__
         collector.follow(func_obj.__code__, func_obj.__globals__ if user_globals is None else user_globals)
 
@@ -241,7 +255,7 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
         elif isinstance(dep, (types.FunctionType, type)):
             if id(dep) not in collector.seen:
                 collector.seen.add(id(dep))
-                collector.sources.append(_dedented_source(dep))
+                collector.sources.append(_source_keeping_module(dep))
         else:
             raise TypeError("depfuncs must hold functions or classes, not %r" % (dep,))
 

@@ -1,0 +1,383 @@
+"""The Python client (clients/python/ppgate) against real ppgate nodes: pp's API, how functions
+travel, errors, callbacks, the Executor, node lifetime, and the examples."""
+
+import concurrent.futures
+import contextlib
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CLIENT = os.path.join(ROOT, "clients", "python")
+sys.path.insert(0, CLIENT)
+
+import ppgate as pp  # noqa: E402
+from client_helpers import (Point, add, crash, fail, getpid, isprime, make_bad_closure,  # noqa: E402
+                            make_multiplier, nap, scale_point, shout, sum_primes,
+                            uses_global_value, uses_math_without_declaring_it)
+from harness import Node, pid_alive  # noqa: E402
+
+WAIT = 60  # seconds: the bound on every wait for a job in these tests
+
+
+def client_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = CLIENT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class SharedServer(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = pp.Server(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.destroy()
+
+
+class TestPpApi(SharedServer):
+    def test_sum_primes_with_depfuncs_and_modules(self):
+        job = self.server.submit(sum_primes, (100,), (isprime,), ("math",))
+        self.assertEqual(job(timeout=WAIT), 1060)
+        self.assertTrue(job.finished)
+
+    def test_dependencies_and_modules_are_found_without_being_listed(self):
+        self.assertEqual(self.server.submit(sum_primes, (100,))(timeout=WAIT), 1060)
+        self.assertEqual(self.server.submit(uses_math_without_declaring_it, (5,))(timeout=WAIT), 120)
+
+    def test_argument_checks_are_pp_s(self):
+        with self.assertRaisesRegex(TypeError, "args argument must be a tuple"):
+            self.server.submit(add, [1])
+        with self.assertRaisesRegex(TypeError, "depfuncs argument must be a tuple"):
+            self.server.submit(add, (1,), [isprime])
+        with self.assertRaisesRegex(TypeError, "modules argument must be a tuple"):
+            self.server.submit(add, (1,), (), ["math"])
+        with self.assertRaisesRegex(TypeError, "modules argument must be a list of strings"):
+            self.server.submit(add, (1,), (), (1,))
+        with self.assertRaisesRegex(TypeError, "callbackargs argument must be a tuple"):
+            self.server.submit(add, (1,), callbackargs=[1])
+        with self.assertRaisesRegex(TypeError, "globals argument must be a dictionary"):
+            self.server.submit(add, (1,), globals=[])
+        with self.assertRaisesRegex(TypeError, "ppservers argument must be a tuple"):
+            pp.Server(1, ppservers=["x:1"])
+        with self.assertRaisesRegex(TypeError, "ncpus must have 'int' type"):
+            self.server.set_ncpus("four")
+        with self.assertRaisesRegex(ValueError, "ncpus must be an integer > 0"):
+            self.server.set_ncpus(-1)
+
+    def test_raw_result_is_the_pickled_result(self):
+        job = self.server.submit(add, (2, 3))
+        self.assertEqual(pickle.loads(job(raw_result=True, timeout=WAIT)), 5)
+        self.assertEqual(job(), 5)
+
+    def test_wait_and_finished(self):
+        job = self.server.submit(nap, (0.2,))
+        self.assertTrue(job.wait(WAIT))
+        self.assertTrue(job.finished)
+        self.assertEqual(job(), 0.2)
+
+    def test_captured_output_is_printed_on_first_retrieval_only(self):
+        job = self.server.submit(shout, ("hi",))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            self.assertEqual(job(timeout=WAIT), "HI")
+            job()
+        self.assertEqual(out.getvalue(), "out: hi\n")
+        self.assertEqual(err.getvalue(), "err:hi")
+        self.assertEqual(job.stdout, "out: hi\n")
+
+    def test_template_submits_with_fixed_settings(self):
+        template = pp.Template(self.server, sum_primes, (isprime,), ("math",))
+        jobs = [template.submit(n) for n in (10, 100)]
+        self.assertEqual([j(timeout=WAIT) for j in jobs], [17, 1060])
+
+    def test_wait_for_a_group(self):
+        slow = [self.server.submit(nap, (0.3,), group="slow") for _ in range(2)]
+        fast = self.server.submit(add, (1, 1), group="fast")
+        self.server.wait("fast")
+        self.assertTrue(fast.finished)
+        self.server.wait("slow")
+        self.assertTrue(all(j.finished for j in slow))
+        self.server.wait()
+
+    def test_stats_nodes_and_print_stats(self):
+        self.server.submit(add, (1, 1))(timeout=WAIT)
+        self.assertEqual(self.server.get_active_nodes(), {"local": 2})
+        stats = self.server.get_stats()
+        self.assertGreaterEqual(stats["local"].njobs, 1)
+        self.assertEqual(stats["local"].ncpus, 2)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.server.print_stats()
+        lines = out.getvalue().split("\n")
+        self.assertEqual(lines[0], "Job execution statistics:")
+        self.assertEqual(lines[1], " job count | % of all jobs | job time sum | time per job | job server")
+        self.assertTrue(lines[2].endswith("| local"))
+        self.assertTrue(lines[3].startswith("Time elapsed since server creation "))
+        self.assertRegex(lines[4], r"^\d+ active tasks, 2 cores$")
+
+    def test_function_source_goes_once_per_connection(self):
+        jobs = [self.server.submit(add, (i, 1)) for i in range(50)]
+        self.assertEqual([j(timeout=WAIT) for j in jobs], [i + 1 for i in range(50)])
+        defined = [k for k in self.server._session._fn_ids if k[0] is add]
+        self.assertEqual(len(defined), 1)
+
+
+class TestHowFunctionsTravel(SharedServer):
+    def run_job(self, func, args=(), **kw):
+        return self.server.submit(func, args, **kw)(timeout=WAIT)
+
+    def test_lambda(self):
+        self.assertEqual(self.run_job(lambda x: x * 3, (4,)), 12)
+        double, triple = (lambda x: x * 2), (lambda x: x * 3)
+        self.assertEqual((self.run_job(double, (5,)), self.run_job(triple, (5,))), (10, 15))
+
+    def test_nested_function_and_closure(self):
+        def local_helper(x):
+            return x - 1
+        self.assertEqual(self.run_job(local_helper, (10,)), 9)
+        self.assertEqual(self.run_job(make_multiplier(7), (6,)), 42)
+        self.assertEqual(self.run_job(make_multiplier("ab"), (2,)), "abab")
+
+    def test_a_closure_that_cannot_travel_names_the_variable(self):
+        with self.assertRaisesRegex(ValueError, "closure variable 'lock'"):
+            self.server.submit(make_bad_closure(), (1,))
+
+    def test_methods_staticmethods_classmethods(self):
+        p = Point(3, 4)
+        self.assertEqual(self.run_job(p.norm2), 25)
+        self.assertEqual(self.run_job(p.plus, (Point(1, 1),)), Point(4, 5))
+        self.assertEqual(self.run_job(Point.origin_distance, (3, 4)), 5.0)
+        self.assertEqual(self.run_job(Point.unit), 1)
+
+    def test_user_class_arguments_and_results(self):
+        self.assertEqual(self.run_job(scale_point, (Point(1, 2), 3)), Point(3, 6))
+
+    def test_builtins_and_importable_functions_go_by_reference(self):
+        import math
+        self.assertEqual(self.run_job(math.sqrt, (16,)), 4.0)
+        self.assertEqual(self.run_job(os.path.join, ("a", "b")), "a/b")
+        self.assertEqual(self.run_job(len, ([1, 2, 3],)), 3)
+
+    def test_globals_supply_values(self):
+        self.assertEqual(self.run_job(uses_global_value, (2,), globals={"FACTOR": 21}), 42)
+
+
+class TestErrors(SharedServer):
+    def test_a_raising_job_raises_job_error_with_the_remote_details(self):
+        job = self.server.submit(fail, ("boom",))
+        with self.assertRaises(pp.JobError) as caught:
+            job(timeout=WAIT)
+        e = caught.exception
+        self.assertEqual(e.type, "KeyError")
+        self.assertEqual(e.message, "'boom'")
+        self.assertIn("raise KeyError(message)", e.traceback)
+        self.assertIn("Remote traceback", str(e))
+
+    def test_a_worker_crash_raises_worker_died(self):
+        with self.assertRaises(pp.WorkerDiedError) as caught:
+            self.server.submit(crash)(timeout=WAIT)
+        self.assertIn("exited with status 13", caught.exception.message)
+        self.assertEqual(self.server.submit(add, (1, 2))(timeout=WAIT), 3)
+
+    def test_a_timeout_raises_job_timeout(self):
+        with self.assertRaises(pp.JobTimeoutError):
+            self.server.submit(nap, (30,), timeout=0.3)(timeout=WAIT)
+
+    def test_cancel_raises_job_cancelled(self):
+        job = self.server.submit(nap, (30,))
+        time.sleep(0.1)  # not a bound: cancel works whether or not the job has started
+        job.cancel()
+        with self.assertRaises(pp.JobCancelledError):
+            job(timeout=WAIT)
+
+    def test_a_raising_callback_is_reported_and_hangs_nothing(self):
+        def bad_callback(result):
+            raise RuntimeError("callback broke")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            job = self.server.submit(add, (1, 2), callback=bad_callback)
+            self.server.wait()
+            self.assertEqual(job(timeout=WAIT), 3)
+        self.assertIsInstance(job.callback_error, RuntimeError)
+        self.assertIn("callback broke", err.getvalue())
+
+    def test_callbacks_receive_callbackargs_then_the_result(self):
+        got = []
+        lock = threading.Lock()
+
+        def collect(tag, result):
+            with lock:
+                got.append((tag, result))
+        for i in range(20):
+            self.server.submit(add, (i, i), callback=collect, callbackargs=("t",))
+        self.server.wait()
+        self.assertEqual(sorted(got), sorted(("t", 2 * i) for i in range(20)))
+
+
+class TestServerLifetime(unittest.TestCase):
+    def test_set_ncpus_grows_and_shrinks(self):
+        with pp.Server(1) as server:
+            self.assertEqual(server.get_ncpus(), 1)
+            server.set_ncpus(3)
+            self.assertEqual(server.get_ncpus(), 3)
+            self.assertEqual(server.get_active_nodes(), {"local": 3})
+            server.set_ncpus(1)
+            self.assertEqual(server.get_ncpus(), 1)
+            server.set_ncpus()
+            self.assertEqual(server.get_ncpus(), len(os.sched_getaffinity(0)))
+            self.assertEqual(server.submit(add, (1, 1))(timeout=WAIT), 2)
+
+    def test_destroy_stops_the_node_and_refuses_jobs(self):
+        server = pp.Server(1)
+        pid = server._node.proc.pid
+        unfinished = server.submit(nap, (30,))
+        server.destroy()
+        server.destroy()
+        self.assertFalse(pid_alive(pid))
+        with self.assertRaises(pp.DestroyedServerError):
+            server.submit(add, (1,))
+        with self.assertRaises(pp.JobError):
+            unfinished(timeout=WAIT)
+
+    def test_the_node_goes_away_when_the_client_is_killed(self):
+        script = textwrap.dedent("""
+            import ppgate, sys, time
+            s = ppgate.Server(1)
+            print(s._node.proc.pid, flush=True)
+            time.sleep(60)
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=client_env())
+        try:
+            node_pid = int(proc.stdout.readline())
+            self.assertTrue(pid_alive(node_pid))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            deadline = time.monotonic() + 20
+            while pid_alive(node_pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertFalse(pid_alive(node_pid))
+        finally:
+            proc.kill()
+            proc.stdout.close()
+
+    def test_the_node_stops_at_interpreter_exit(self):
+        script = "import ppgate; s = ppgate.Server(1); print(s._node.proc.pid)"
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env=client_env(), timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        node_pid = int(out.stdout)
+        deadline = time.monotonic() + 20
+        while pid_alive(node_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(pid_alive(node_pid))
+
+    def test_url_and_token_use_a_running_node(self):
+        with Node(workers=1, env={"PPGATE_SECRET": "a-shared-secret"}) as node:
+            url = "http://127.0.0.1:%d" % node.port
+            with self.assertRaisesRegex(ConnectionError, "401"):
+                pp.Server(url=url, token="wrong-token")
+            with pp.Server(url=url, token="a-shared-secret") as server:
+                self.assertIsNone(server._node)
+                self.assertEqual(server.submit(add, (20, 22))(timeout=WAIT), 42)
+                self.assertEqual(server.get_ncpus(), 1)
+
+    def test_ppservers_are_not_supported_yet(self):
+        with self.assertRaises(NotImplementedError):
+            pp.Server(1, ppservers=("127.0.0.1:60000",))
+
+
+class TestExecutor(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.executor = pp.Executor(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.executor.shutdown()
+
+    def test_submit_with_args_and_kwargs(self):
+        future = self.executor.submit(add, 1, 2, c=3)
+        self.assertEqual(future.result(WAIT), 6)
+
+    def test_map_keeps_order_and_honours_its_timeout(self):
+        self.assertEqual(list(self.executor.map(add, range(10), range(10), timeout=WAIT)),
+                         [2 * i for i in range(10)])
+        with self.assertRaises(concurrent.futures.TimeoutError):
+            list(self.executor.map(nap, [5], timeout=0.2))
+
+    def test_exceptions_reach_the_future(self):
+        future = self.executor.submit(fail, "x")
+        self.assertIsInstance(future.exception(WAIT), pp.JobError)
+
+    def test_wait_and_as_completed(self):
+        futures = [self.executor.submit(nap, 0.05 * i) for i in range(4)]
+        done, not_done = concurrent.futures.wait(futures, timeout=WAIT)
+        self.assertEqual((len(done), len(not_done)), (4, 0))
+        more = [self.executor.submit(add, i) for i in range(5)]
+        results = sorted(f.result() for f in concurrent.futures.as_completed(more, timeout=WAIT))
+        self.assertEqual(results, list(range(5)))
+
+    def test_shutdown_cancels_pending_futures_when_asked(self):
+        with pp.Executor(1) as executor:
+            running = executor.submit(nap, 30)
+            queued = [executor.submit(nap, 30) for _ in range(3)]
+            time.sleep(0.1)
+            executor.shutdown(wait=True, cancel_futures=True)
+            self.assertTrue(all(f.cancelled() for f in queued + [running]))
+            with self.assertRaises(RuntimeError):
+                executor.submit(add, 1)
+
+
+class TestExamples(unittest.TestCase):
+    def run_example(self, name, *args):
+        out = subprocess.run([sys.executable, os.path.join(CLIENT, "examples", name)] + list(args),
+                             capture_output=True, text=True, env=client_env(), timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout
+
+    def test_sum_primes_gives_the_known_sums(self):
+        out = self.run_example("sum_primes.py", "2")
+        expected = {100: 1060, 100000: 454396537, 100100: 454996777, 100200: 455898156,
+                    100300: 456700218, 100400: 457603451, 100500: 458407033, 100600: 459412387,
+                    100700: 460217613}
+        for n, total in expected.items():
+            self.assertIn("Sum of primes below %d is %d\n" % (n, total), out)
+        self.assertIn("Job execution statistics:", out)
+
+    def test_callback_accumulates_under_a_lock(self):
+        out = self.run_example("callback.py")
+        self.assertIn("Callbacks run: 64", out)
+        diff = float(out.split("diff =")[1].split()[0])
+        self.assertLess(abs(diff), 1e-5)
+
+    def test_template(self):
+        out = self.run_example("template.py")
+        self.assertIn("digit sum of 100! is 648", out)
+
+    def test_set_ncpus_between_rounds(self):
+        out = self.run_example("dynamic_ncpus.py")
+        for n in (1, 2, 4, 3):
+            self.assertIn("ncpus=%d workers=%d " % (n, n), out)
+
+    def test_bound_methods_on_user_instances(self):
+        out = self.run_example("methods.py")
+        self.assertIn("p(2) = 17", out)
+        self.assertIn("10p(2) = 170", out)
+
+    def test_a_job_that_raises(self):
+        out = self.run_example("exception.py")
+        self.assertIn("the job raised ZeroDivisionError: division by zero", out)
+
+
+if __name__ == "__main__":
+    unittest.main()
