@@ -32,6 +32,11 @@ struct function_def {
   std::string source;                // function plus dependency sources; empty for a reference
   std::string entry;                 // name to call, or "module:qualname" when source is empty
   std::vector<std::string> modules;  // "math", or full "import x as y" / "from x import y"
+
+  // Scheduler bookkeeping, not identity: a running mean of how long the function's jobs take,
+  // which decides whether a job may wait in a busy worker's pipe (see scheduler::slot_can_prefetch).
+  mutable double mean_run_seconds = 0;
+  mutable std::uint64_t runs = 0;
 };
 
 // Computes the identity of a function: SHA-256 over entry, modules and source.

@@ -26,18 +26,44 @@ job& scheduler::submit(job_spec spec) {
   ++counters_.submitted;
   ++counters_.queued;
   queue_.push_back(j.id);
+  dispatch_to_waiting_slot();
+  return j;
+}
+
+void scheduler::dispatch_to_waiting_slot() {
   if (!idle_.empty()) {
     slot* s = idle_.front();
     idle_.pop_front();
-    job* next = pop_next_queued();
-    if (next != nullptr) dispatch(*s, *next);
+    if (job* next = pop_next_queued()) dispatch(*s, *next);
+    return;
   }
-  return j;
+  if (!prefetching_.empty()) {
+    job* next = peek_next_queued();
+    if (next == nullptr || !prefetchable(*next)) return;
+    slot* s = prefetching_.front();
+    prefetching_.pop_front();
+    dispatch(*s, *pop_next_queued());
+  }
+}
+
+bool scheduler::prefetchable(const job& j) {
+  const function_def& f = *j.spec.function;
+  return !j.spec.timeout && f.runs > 0 && f.mean_run_seconds < prefetch_below_seconds;
 }
 
 job* scheduler::find(std::uint64_t id) {
   auto it = jobs_.find(id);
   return it == jobs_.end() ? nullptr : it->second.get();
+}
+
+job* scheduler::peek_next_queued() {
+  // Drop the ids of jobs cancelled while queued, so the head is a real queued job.
+  while (!queue_.empty()) {
+    job* j = find(queue_.front());
+    if (j != nullptr && j->state == job_state::queued) return j;
+    queue_.pop_front();
+  }
+  return nullptr;
 }
 
 job* scheduler::pop_next_queued() {
@@ -62,6 +88,7 @@ void scheduler::dispatch(slot& s, job& j) {
 }
 
 void scheduler::slot_ready(slot& s) {
+  std::erase(prefetching_, &s);
   if (job* j = pop_next_queued()) {
     dispatch(s, *j);
     return;
@@ -69,15 +96,28 @@ void scheduler::slot_ready(slot& s) {
   if (std::find(idle_.begin(), idle_.end(), &s) == idle_.end()) idle_.push_back(&s);
 }
 
-void scheduler::slot_gone(slot& s) { std::erase(idle_, &s); }
+void scheduler::slot_can_prefetch(slot& s) {
+  job* next = peek_next_queued();
+  if (next != nullptr && prefetchable(*next)) {
+    dispatch(s, *pop_next_queued());
+    return;
+  }
+  if (std::find(prefetching_.begin(), prefetching_.end(), &s) == prefetching_.end())
+    prefetching_.push_back(&s);
+}
+
+void scheduler::slot_gone(slot& s) {
+  std::erase(idle_, &s);
+  std::erase(prefetching_, &s);
+}
 
 scheduler::cancel_result scheduler::cancel(std::uint64_t id) {
   job* j = find(id);
   if (j == nullptr) return cancel_result::not_found;
   if (is_terminal(j->state)) return cancel_result::already_finished;
   if (j->state == job_state::running) {
-    // The slot forgets the job and stops its worker; it will not report this job again.
-    j->running_on->abort();
+    // The slot forgets the job (stopping its worker if it had started); it will not report it again.
+    j->running_on->abort(*j);
   }
   finish(*j, job_state::cancelled, error_outcome("Cancelled", "the job was cancelled by request"), 0);
   return cancel_result::cancelled;
@@ -90,6 +130,11 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
       auto& n = counters_for(j.node);
       ++n.njobs;
       n.job_time += run_seconds;
+      const function_def& f = *j.spec.function;
+      // A mean over the last ~16 runs: recent behaviour decides, one outlier does not.
+      f.runs += 1;
+      const double weight = f.runs < 16 ? 1.0 / static_cast<double>(f.runs) : 1.0 / 16;
+      f.mean_run_seconds += weight * (run_seconds - f.mean_run_seconds);
     }
   } else if (j.state == job_state::queued) {
     --counters_.queued;  // its id stays in queue_ and is skipped when popped
@@ -122,17 +167,23 @@ void scheduler::interrupted(job& j, std::string_view why) {
     j.state = job_state::queued;
     j.running_on = nullptr;
     queue_.push_front(j.id);
-    if (!idle_.empty()) {
-      slot* s = idle_.front();
-      idle_.pop_front();
-      if (job* next = pop_next_queued()) dispatch(*s, *next);
-    }
+    dispatch_to_waiting_slot();
     return;
   }
   std::string message(why);
   message += " (attempt " + std::to_string(j.attempts) + " of " +
              std::to_string(j.spec.retries + 1) + ")";
   finish(j, job_state::failed, error_outcome("WorkerDied", message), 0);
+}
+
+void scheduler::requeue(job& j) {
+  --counters_.running;
+  ++counters_.queued;
+  --j.attempts;  // it never ran
+  j.state = job_state::queued;
+  j.running_on = nullptr;
+  queue_.push_front(j.id);
+  dispatch_to_waiting_slot();
 }
 
 void scheduler::notify_on_end(job& j, const std::shared_ptr<net::steady_timer>& waiter) {

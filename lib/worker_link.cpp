@@ -62,7 +62,13 @@ std::string build_run_message(const job& j, bool include_source) {
 
 worker_link::worker_link(net::any_io_executor ex, scheduler& sched, local_pool& pool,
                          const worker_options& opts)
-    : ex_(ex), sched_(sched), pool_(pool), opts_(opts), deadline_(ex) {}
+    : ex_(ex),
+      sched_(sched),
+      pool_(pool),
+      opts_(opts),
+      deadline_(ex),
+      // A fresh process per job leaves nothing to place behind the running job.
+      max_in_flight_(opts.restart_after_each_job ? 1 : 2) {}
 
 node& worker_link::owner() { return pool_; }
 
@@ -101,6 +107,8 @@ net::awaitable<void> worker_link::supervise() {
     ++generation_;
     known_functions_.clear();
     reader_ = frame_reader();
+    writing_.clear();
+    outbox_.clear();
     log::debug("worker ", proc_->pid(), " started");
 
     co_await serve();
@@ -111,11 +119,17 @@ net::awaitable<void> worker_link::supervise() {
       idle_ = false;
       sched_.slot_gone(*this);
     }
-    if (job* j = current_) {
-      current_ = nullptr;
-      deadline_.cancel();
-      log::warn("worker ", proc_->pid(), " ", why, " while running job ", j->id);
-      sched_.interrupted(*j, "the worker running this job " + why);
+    deadline_.cancel();
+    // The front job was running when the process died; the ones behind it had not started.
+    std::deque<in_flight> lost;
+    lost.swap(in_flight_);
+    // Back to the queue last first, so they keep their order there.
+    for (std::size_t i = lost.size(); i-- > 1;)
+      if (lost[i].j != nullptr) sched_.requeue(*lost[i].j);
+    if (!lost.empty() && lost.front().j != nullptr) {
+      job& j = *lost.front().j;
+      log::warn("worker ", proc_->pid(), " ", why, " while running job ", j.id);
+      sched_.interrupted(j, "the worker running this job " + why);
     }
     proc_.reset();
     if (!retiring_) sched_.count_worker_restart();
@@ -124,7 +138,7 @@ net::awaitable<void> worker_link::supervise() {
 }
 
 net::awaitable<void> worker_link::serve() {
-  become_idle();
+  ask_for_work();
   char buf[64 * 1024];
   auto& sock = proc_->socket();
   for (;;) {
@@ -142,36 +156,59 @@ net::awaitable<void> worker_link::serve() {
   }
 }
 
-void worker_link::become_idle() {
+void worker_link::ask_for_work() {
   if (retiring_) {
-    proc_->kill();
+    if (in_flight_.empty()) proc_->kill();
     return;
   }
-  idle_ = true;
-  sched_.slot_ready(*this);  // may call start() right away
+  if (in_flight_.empty()) {
+    idle_ = true;
+    sched_.slot_ready(*this);  // may call start() right away
+  } else if (in_flight_.size() < max_in_flight_) {
+    sched_.slot_can_prefetch(*this);  // may call start() right away
+  }
+}
+
+void worker_link::send(std::string_view payload) {
+  // One write at a time on the socket: frames wait in outbox_ while writing_ is in flight.
+  append_frame(outbox_, payload);
+  if (writing_.empty()) write_outbox();
+}
+
+void worker_link::write_outbox() {
+  writing_.swap(outbox_);
+  net::async_write(proc_->socket(), net::buffer(writing_),
+                   [self = shared_from_this(), gen = generation_](boost::system::error_code ec, std::size_t) {
+                     if (gen != self->generation_ || !self->proc_) return;  // an earlier process
+                     if (ec) {
+                       self->proc_->kill();
+                       return;
+                     }
+                     self->writing_.clear();
+                     if (!self->outbox_.empty()) self->write_outbox();
+                   });
 }
 
 void worker_link::start(job& j) {
   idle_ = false;
-  current_ = &j;
+  in_flight_.push_back({j.id, &j});
   const bool include_source = known_functions_.insert(j.spec.function->hash).second;
   sources_sent_ += include_source;
-  outbox_.clear();
-  append_frame(outbox_, build_run_message(j, include_source));
-  net::async_write(proc_->socket(), net::buffer(outbox_),
-                   [self = shared_from_this(), gen = generation_](boost::system::error_code ec, std::size_t) {
-                     if (ec && gen == self->generation_ && self->proc_) self->proc_->kill();
-                   });
-  if (j.spec.timeout) {
-    deadline_.expires_after(*j.spec.timeout);
-    deadline_.async_wait([self = shared_from_this(), id = j.id](boost::system::error_code ec) {
-      if (!ec) self->on_timeout(id);
-    });
-  }
+  send(build_run_message(j, include_source));
+  if (in_flight_.size() == 1) become_running(j);
+  ask_for_work();
+}
+
+void worker_link::become_running(job& j) {
+  if (!j.spec.timeout) return;
+  deadline_.expires_after(*j.spec.timeout);
+  deadline_.async_wait([self = shared_from_this(), id = j.id](boost::system::error_code ec) {
+    if (!ec) self->on_timeout(id);
+  });
 }
 
 void worker_link::on_reply(std::string_view frame) {
-  // "<id> <ok|error> <seconds>\n<outcome members>"
+  // "<id> <ok|error|skipped> <seconds>\n<outcome members>"
   const auto newline = frame.find('\n');
   const std::string_view head = frame.substr(0, newline);
   const std::string_view outcome = newline == std::string_view::npos ? std::string_view{} : frame.substr(newline + 1);
@@ -182,25 +219,41 @@ void worker_link::on_reply(std::string_view frame) {
   const auto last_space = head.rfind(' ');
   if (last_space != std::string_view::npos)
     std::from_chars(head.data() + last_space + 1, head.data() + head.size(), seconds);
-  if (current_ == nullptr || current_->id != id) return;  // a reply for a job taken back (cancel)
-
-  job& j = *current_;
-  current_ = nullptr;
+  if (in_flight_.empty() || in_flight_.front().id != id) {
+    // Replies come in the order the jobs went out; anything else is a broken worker.
+    log::error("worker ", proc_->pid(), " answered job ", id, " out of turn");
+    proc_->kill();
+    return;
+  }
+  job* j = in_flight_.front().j;
+  in_flight_.pop_front();
   deadline_.cancel();
-  ++jobs_run_;
-  sched_.finish(j, ok ? job_state::done : job_state::failed, std::string(outcome), seconds);
+  if (j != nullptr) {
+    ++jobs_run_;
+    sched_.finish(*j, ok ? job_state::done : job_state::failed, std::string(outcome), seconds);
+  }
+  if (!in_flight_.empty() && in_flight_.front().j != nullptr) become_running(*in_flight_.front().j);
   if (opts_.restart_after_each_job) {
     proc_->kill();  // serve() sees EOF; supervise() starts a fresh process
     return;
   }
-  become_idle();
+  ask_for_work();
+}
+
+void worker_link::stop_process_and_requeue_waiting() {
+  // The running job has been dealt with by the caller; the ones behind it never started.
+  proc_->kill();
+  std::deque<in_flight> waiting;
+  waiting.swap(in_flight_);
+  for (auto it = waiting.rbegin(); it != waiting.rend(); ++it)
+    if (it->j != nullptr) sched_.requeue(*it->j);
 }
 
 void worker_link::on_timeout(std::uint64_t job_id) {
-  if (current_ == nullptr || current_->id != job_id) return;
-  job& j = *current_;
-  current_ = nullptr;
-  proc_->kill();
+  if (in_flight_.empty() || in_flight_.front().id != job_id || in_flight_.front().j == nullptr) return;
+  job& j = *in_flight_.front().j;
+  in_flight_.pop_front();
+  stop_process_and_requeue_waiting();
   const double ran = std::chrono::duration<double>(steady_clock::now() - j.started).count();
   const double limit = std::chrono::duration<double>(*j.spec.timeout).count();
   sched_.finish(j, job_state::failed,
@@ -210,10 +263,22 @@ void worker_link::on_timeout(std::uint64_t job_id) {
                 ran);
 }
 
-void worker_link::abort() {
-  current_ = nullptr;
-  deadline_.cancel();
-  if (proc_) proc_->kill();
+void worker_link::abort(job& j) {
+  if (!in_flight_.empty() && in_flight_.front().j == &j) {
+    // It is running: only stopping the process stops it.
+    in_flight_.pop_front();
+    deadline_.cancel();
+    stop_process_and_requeue_waiting();
+    return;
+  }
+  for (auto& f : in_flight_) {
+    if (f.j == &j) {
+      // Waiting behind the running job: the worker skips it when it gets there.
+      f.j = nullptr;
+      send("skip " + std::to_string(j.id));
+      return;
+    }
+  }
 }
 
 void worker_link::retire() {
@@ -222,15 +287,16 @@ void worker_link::retire() {
     idle_ = false;
     sched_.slot_gone(*this);
   }
-  if (current_ == nullptr && proc_) proc_->kill();
+  sched_.slot_gone(*this);  // no more prefetching either
+  if (in_flight_.empty() && proc_) proc_->kill();
 }
 
 void worker_link::stop_now() {
   retiring_ = true;
   if (idle_) {
     idle_ = false;
-    sched_.slot_gone(*this);
   }
+  sched_.slot_gone(*this);
   deadline_.cancel();
   if (proc_) proc_->kill_and_reap();
 }
@@ -238,10 +304,11 @@ void worker_link::stop_now() {
 worker_info worker_link::info() const {
   worker_info w;
   w.pid = proc_ ? proc_->pid() : 0;
-  w.job = current_ ? current_->id : 0;
+  const job* running = in_flight_.empty() ? nullptr : in_flight_.front().j;
+  w.job = running ? running->id : 0;
   w.jobs_run = jobs_run_;
   w.sources_sent = sources_sent_;
-  w.state = retiring_ ? "stopping" : current_ ? "busy" : idle_ ? "idle" : "starting";
+  w.state = retiring_ ? "stopping" : !in_flight_.empty() ? "busy" : idle_ ? "idle" : "starting";
   return w;
 }
 

@@ -1,5 +1,11 @@
 // A slot of the local node: one ppgate-worker process at a time, replaced whenever it dies, is
 // timed out, is cancelled, or (with restart_after_each_job) finishes a job.
+//
+// The worker runs one job at a time, in the order the jobs were written to it. Behind the running
+// job the link may place one more short job (scheduler::slot_can_prefetch), so the worker goes
+// from one short job to the next without waiting for a round trip through the gateway. Such a job
+// has not started: if the worker is stopped, it goes back to the queue without an attempt counted;
+// if it is cancelled, the worker is told to skip it.
 // Owned by local_pool through shared_ptr; its supervising coroutine holds one more reference, so a
 // retired link lives until its process is reaped. Distinct objects: safe. Shared objects: unsafe.
 #pragma once
@@ -8,6 +14,7 @@
 #include "scheduler.hpp"
 #include "worker_process.hpp"
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -41,14 +48,25 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
 
   node& owner() override;
   void start(job& j) override;
-  void abort() override;
+  void abort(job& j) override;
 
  private:
+  // A job written to the worker. `j` is null once the job was taken back (cancelled); its reply,
+  // if the worker still sends one, is then ignored.
+  struct in_flight {
+    std::uint64_t id;
+    job* j;
+  };
+
   net::awaitable<void> supervise();
   net::awaitable<void> serve();
   void on_reply(std::string_view frame);
   void on_timeout(std::uint64_t job_id);
-  void become_idle();
+  void become_running(job& j);
+  void ask_for_work();
+  void send(std::string_view payload);
+  void write_outbox();
+  void stop_process_and_requeue_waiting();
 
   net::any_io_executor ex_;
   scheduler& sched_;
@@ -59,8 +77,10 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   std::unordered_set<std::string> known_functions_;  // hashes whose source this process has
   net::steady_timer deadline_;
   frame_reader reader_;
-  std::string outbox_;
-  job* current_ = nullptr;
+  std::string writing_;   // the frames being written now
+  std::string outbox_;    // frames queued behind them
+  std::deque<in_flight> in_flight_;  // front: running (or about to); at most max_in_flight_
+  std::size_t max_in_flight_;
   bool idle_ = false;
   bool retiring_ = false;
   std::uint64_t jobs_run_ = 0;

@@ -6,7 +6,10 @@
 #include "frame.hpp"
 #include "python_embed.hpp"
 
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
+#include <deque>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +18,8 @@
 #include <string>
 #include <string_view>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unordered_set>
 #include <unistd.h>
 
 namespace ppgate::worker {
@@ -40,9 +45,17 @@ void write_all(int fd, std::string_view data) {
   }
 }
 
-// Blocking read that lets other Python threads (started by jobs) run meanwhile.
-ssize_t read_some(int fd, char* buf, std::size_t size) {
+// Reads what has arrived; with `wait`, blocks until something does, letting other Python threads
+// (started by jobs) run meanwhile. Without `wait`, returns -1 with errno EAGAIN when nothing has.
+ssize_t read_some(int fd, char* buf, std::size_t size, bool wait) {
   ssize_t n;
+  if (!wait) {
+    do {
+      n = ::recv(fd, buf, size, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EWOULDBLOCK) errno = EAGAIN;
+    return n;
+  }
   Py_BEGIN_ALLOW_THREADS
   do {
     n = ::read(fd, buf, size);
@@ -62,38 +75,75 @@ py_ref load_runtime() {
   return handle;
 }
 
+// The id a run message starts with: {"id":N,...}
+std::uint64_t job_id_of(std::string_view frame) {
+  constexpr std::string_view prefix = "{\"id\":";
+  std::uint64_t id = 0;
+  if (frame.starts_with(prefix))
+    std::from_chars(frame.data() + prefix.size(), frame.data() + frame.size(), id);
+  return id;
+}
+
+// Frames are run messages (JSON) and "skip <id>" notes: the gateway took that job back before
+// it started. Jobs run one at a time in arrival order; between two jobs the worker picks up
+// whatever has arrived meanwhile, so a skip note reaches it before the job it names.
 int serve(int fd) {
   py_ref handle = load_runtime();
   ppgate::frame_reader reader;
+  std::deque<std::string> pending;
+  std::unordered_set<std::uint64_t> skip;
+  std::deque<std::uint64_t> recently_done;  // a skip note for one of these came too late
   std::string out;
   std::string buf(64 * 1024, '\0');
   for (;;) {
-    const ssize_t n = read_some(fd, buf.data(), buf.size());
+    const ssize_t n = read_some(fd, buf.data(), buf.size(), /*wait=*/pending.empty());
     if (n == 0) return 0;  // the gateway closed the link: a normal stop
-    if (n < 0) {
+    if (n < 0 && errno != EAGAIN) {
       std::fprintf(stderr, "ppgate-worker: read: %s\n", std::strerror(errno));
       return exit_protocol;
     }
-    reader.feed(buf.data(), static_cast<std::size_t>(n));
-    std::string_view frame;
     try {
-      while (reader.next(frame)) {
-        py_ref payload(PyBytes_FromStringAndSize(frame.data(), static_cast<Py_ssize_t>(frame.size())));  // new ref
-        if (!payload) ppgate::worker::throw_python_error("out of memory");
-        py_ref reply(PyObject_CallOneArg(handle.get(), payload.get()));  // new ref
-        if (!reply) ppgate::worker::throw_python_error("the worker runtime failed");
-        char* data = nullptr;
-        Py_ssize_t size = 0;
-        if (PyBytes_AsStringAndSize(reply.get(), &data, &size) != 0)
-          ppgate::worker::throw_python_error("the worker runtime returned no bytes");
-        out.clear();
-        ppgate::append_frame(out, std::string_view(data, static_cast<std::size_t>(size)));
-        write_all(fd, out);
+      if (n > 0) {
+        reader.feed(buf.data(), static_cast<std::size_t>(n));
+        std::string_view frame;
+        while (reader.next(frame)) {
+          if (frame.starts_with("skip ")) {
+            std::uint64_t id = 0;
+            std::from_chars(frame.data() + 5, frame.data() + frame.size(), id);
+            if (std::find(recently_done.begin(), recently_done.end(), id) == recently_done.end())
+              skip.insert(id);
+          } else {
+            pending.emplace_back(frame);
+          }
+        }
       }
     } catch (const ppgate::frame_error& e) {
       std::fprintf(stderr, "ppgate-worker: %s\n", e.what());
       return exit_protocol;
     }
+    if (pending.empty()) continue;
+
+    const std::string frame = std::move(pending.front());
+    pending.pop_front();
+    const std::uint64_t id = job_id_of(frame);
+    recently_done.push_back(id);
+    if (recently_done.size() > 16) recently_done.pop_front();
+    out.clear();
+    if (skip.erase(id) > 0) {
+      ppgate::append_frame(out, std::to_string(id) + " skipped 0\n");
+      write_all(fd, out);
+      continue;
+    }
+    py_ref payload(PyBytes_FromStringAndSize(frame.data(), static_cast<Py_ssize_t>(frame.size())));  // new ref
+    if (!payload) ppgate::worker::throw_python_error("out of memory");
+    py_ref reply(PyObject_CallOneArg(handle.get(), payload.get()));  // new ref
+    if (!reply) ppgate::worker::throw_python_error("the worker runtime failed");
+    char* data = nullptr;
+    Py_ssize_t size = 0;
+    if (PyBytes_AsStringAndSize(reply.get(), &data, &size) != 0)
+      ppgate::worker::throw_python_error("the worker runtime returned no bytes");
+    ppgate::append_frame(out, std::string_view(data, static_cast<std::size_t>(size)));
+    write_all(fd, out);
   }
 }
 

@@ -26,7 +26,7 @@ struct recording_slot : slot {
     started.push_back(j.id);
     current = &j;
   }
-  void abort() override {
+  void abort(job&) override {
     ++aborts;
     current = nullptr;
   }
@@ -124,6 +124,72 @@ TEST_CASE("an interrupted job is retried first while its budget lasts, then fail
   CHECK(j.outcome.find("attempt 2 of 2") != std::string::npos);
   sched.slot_ready(a);
   CHECK(a.started.back() == other);
+}
+
+TEST_CASE("a busy slot is given a second job only when its function is known to be short") {
+  scheduler sched({});
+  test_node home("local");
+  recording_slot a(home);
+  auto spec = make_spec();
+  const auto first = sched.submit(spec).id;
+  sched.slot_ready(a);
+  // Nothing is known of the function yet: the next job waits in the queue.
+  const auto second = sched.submit(spec).id;
+  sched.slot_can_prefetch(a);
+  CHECK(a.started == std::vector<std::uint64_t>{first});
+  sched.finish(*sched.find(first), job_state::done, "", 0.00001);
+  sched.slot_ready(a);
+  CHECK(a.started == std::vector<std::uint64_t>{first, second});
+  // Now it is known to be short: a job submitted while the slot is busy goes behind it.
+  sched.slot_can_prefetch(a);
+  const auto third = sched.submit(spec).id;
+  CHECK(a.started == std::vector<std::uint64_t>{first, second, third});
+  // A long function is never placed behind another.
+  auto slow = make_spec();
+  auto slow_def = std::make_shared<function_def>(*slow.function);
+  slow_def->runs = 5;
+  slow_def->mean_run_seconds = 1.0;
+  slow.function = slow_def;
+  sched.slot_can_prefetch(a);
+  sched.submit(slow);
+  CHECK(a.started.size() == 3);
+}
+
+TEST_CASE("a job with a timeout is never placed behind another: its clock needs a known start") {
+  scheduler sched({});
+  test_node home("local");
+  recording_slot a(home);
+  auto spec = make_spec();
+  auto def = std::make_shared<function_def>(*spec.function);
+  def->runs = 5;
+  def->mean_run_seconds = 0.00001;
+  spec.function = def;
+  sched.submit(spec);
+  sched.slot_ready(a);
+  sched.slot_can_prefetch(a);
+  auto timed = spec;
+  timed.timeout = std::chrono::milliseconds(100);
+  sched.submit(timed);
+  CHECK(a.started.size() == 1);
+  sched.submit(spec);  // behind the timed job in the queue: FIFO holds
+  CHECK(a.started.size() == 1);
+}
+
+TEST_CASE("a job given back before it started is queued first, with no attempt counted") {
+  scheduler sched({});
+  test_node home("local");
+  recording_slot a(home), b(home);
+  const auto id = sched.submit(make_spec()).id;
+  const auto later = sched.submit(make_spec()).id;
+  sched.slot_ready(a);
+  sched.requeue(*sched.find(id));
+  CHECK(sched.find(id)->attempts == 0);
+  CHECK(sched.find(id)->state == job_state::queued);
+  sched.slot_ready(b);
+  CHECK(b.started == std::vector<std::uint64_t>{id});
+  sched.slot_ready(a);
+  CHECK(a.started.back() == later);
+  CHECK(sched.stats().retried == 0);
 }
 
 TEST_CASE("finished jobs beyond the retention limit are forgotten, oldest first") {
