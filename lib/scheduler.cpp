@@ -39,16 +39,21 @@ void scheduler::dispatch_to_waiting_slot() {
   }
   if (!prefetching_.empty()) {
     job* next = peek_next_queued();
-    if (next == nullptr || !prefetchable(*next)) return;
-    slot* s = prefetching_.front();
-    prefetching_.pop_front();
-    dispatch(*s, *pop_next_queued());
+    if (next == nullptr) return;
+    for (auto it = prefetching_.begin(); it != prefetching_.end(); ++it) {
+      if (prefetchable(*next, it->budget)) {
+        slot* s = it->s;
+        prefetching_.erase(it);
+        dispatch(*s, *pop_next_queued());
+        return;
+      }
+    }
   }
 }
 
-bool scheduler::prefetchable(const job& j) {
+bool scheduler::prefetchable(const job& j, double budget) {
   const function_def& f = *j.spec.function;
-  return !j.spec.timeout && f.runs > 0 && f.mean_run_seconds < prefetch_below_seconds;
+  return !j.spec.timeout && f.runs > 0 && f.mean_run_seconds < budget;
 }
 
 job* scheduler::find(std::uint64_t id) {
@@ -88,7 +93,7 @@ void scheduler::dispatch(slot& s, job& j) {
 }
 
 void scheduler::slot_ready(slot& s) {
-  std::erase(prefetching_, &s);
+  std::erase_if(prefetching_, [&](const prefetch_offer& o) { return o.s == &s; });
   if (job* j = pop_next_queued()) {
     dispatch(s, *j);
     return;
@@ -96,19 +101,19 @@ void scheduler::slot_ready(slot& s) {
   if (std::find(idle_.begin(), idle_.end(), &s) == idle_.end()) idle_.push_back(&s);
 }
 
-void scheduler::slot_can_prefetch(slot& s) {
+void scheduler::slot_can_prefetch(slot& s, double budget) {
+  std::erase_if(prefetching_, [&](const prefetch_offer& o) { return o.s == &s; });
   job* next = peek_next_queued();
-  if (next != nullptr && prefetchable(*next)) {
+  if (next != nullptr && prefetchable(*next, budget)) {
     dispatch(s, *pop_next_queued());
     return;
   }
-  if (std::find(prefetching_.begin(), prefetching_.end(), &s) == prefetching_.end())
-    prefetching_.push_back(&s);
+  prefetching_.push_back({&s, budget});
 }
 
 void scheduler::slot_gone(slot& s) {
   std::erase(idle_, &s);
-  std::erase(prefetching_, &s);
+  std::erase_if(prefetching_, [&](const prefetch_offer& o) { return o.s == &s; });
 }
 
 scheduler::cancel_result scheduler::cancel(std::uint64_t id) {

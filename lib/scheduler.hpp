@@ -30,8 +30,8 @@ class node {
 // One place a job can run. The scheduler calls start() on a slot that has said it is ready, and
 // abort(j) to take back a started job (cancel); the slot reports the end of a started job exactly
 // once through scheduler::finish, interrupted or requeue, unless it was taken back.
-// A slot may hold a second, short job behind the running one (slot_can_prefetch), so its worker
-// never waits for a round trip between short jobs.
+// A slot may hold short jobs behind the running one (slot_can_prefetch), so its worker never
+// waits for a round trip between short jobs.
 class slot {
  public:
   virtual ~slot() = default;
@@ -79,9 +79,10 @@ class scheduler {
 
   // --- called by slots ---
   void slot_ready(slot& s);  // s is idle: it gets the next job now, or when one arrives
-  // s is running a job and could hold one more behind it: it gets the next job now or when one
-  // arrives, if that job is known to be short (and has no timeout, which needs a known start).
-  void slot_can_prefetch(slot& s);
+  // s is running a job and could hold one more behind it, expected to take less than `budget`
+  // seconds: it gets the next job now or when one arrives, if that job's function is known to
+  // be that short (and it has no timeout, which needs a known start).
+  void slot_can_prefetch(slot& s, double budget);
   void slot_gone(slot& s);   // s takes no more jobs (stopping or restarting)
   void finish(job& j, job_state end, std::string outcome, double run_seconds);
   void interrupted(job& j, std::string_view why);  // the slot lost j mid-run: retry or fail it
@@ -94,15 +95,16 @@ class scheduler {
   std::size_t running() const { return counters_.running; }
   std::size_t idle_slots() const { return idle_.size(); }
 
-  // Jobs shorter than this (mean over their function's runs) may wait behind another in a slot.
-  static constexpr double prefetch_below_seconds = 0.001;
+  // Expected run time a slot may hold waiting behind its running job (the sum of the means of
+  // their functions): enough to hide a round trip, too little to unbalance the slots.
+  static constexpr double prefetch_budget_seconds = 0.001;
 
  private:
   void dispatch(slot& s, job& j);
   void dispatch_to_waiting_slot();
   job* pop_next_queued();
   job* peek_next_queued();
-  static bool prefetchable(const job& j);
+  static bool prefetchable(const job& j, double budget);
   void remember_finished(job& j);
   node_counters& counters_for(const std::string& node_name);
 
@@ -115,7 +117,11 @@ class scheduler {
   std::deque<std::uint64_t> queue_;
   std::deque<std::uint64_t> finished_order_;
   std::deque<slot*> idle_;
-  std::deque<slot*> prefetching_;  // busy slots that would take one short job more
+  struct prefetch_offer {
+    slot* s;
+    double budget;
+  };
+  std::deque<prefetch_offer> prefetching_;  // busy slots that would take one short job more
   std::unordered_map<std::string, std::weak_ptr<const function_def>> functions_;
   scheduler_stats counters_;
 };

@@ -68,7 +68,7 @@ worker_link::worker_link(net::any_io_executor ex, scheduler& sched, local_pool& 
       opts_(opts),
       deadline_(ex),
       // A fresh process per job leaves nothing to place behind the running job.
-      max_in_flight_(opts.restart_after_each_job ? 1 : 2) {}
+      max_in_flight_(opts.restart_after_each_job ? 1 : 16) {}
 
 node& worker_link::owner() { return pool_; }
 
@@ -165,7 +165,12 @@ void worker_link::ask_for_work() {
     idle_ = true;
     sched_.slot_ready(*this);  // may call start() right away
   } else if (in_flight_.size() < max_in_flight_) {
-    sched_.slot_can_prefetch(*this);  // may call start() right away
+    // What waits behind the running job may add up to the scheduler's budget, no more.
+    double waiting = 0;
+    for (std::size_t i = 1; i < in_flight_.size(); ++i)
+      if (const job* j = in_flight_[i].j) waiting += j->spec.function->mean_run_seconds;
+    const double budget = scheduler::prefetch_budget_seconds - waiting;
+    if (budget > 0) sched_.slot_can_prefetch(*this, budget);  // may call start() right away
   }
 }
 

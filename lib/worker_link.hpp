@@ -2,10 +2,11 @@
 // timed out, is cancelled, or (with restart_after_each_job) finishes a job.
 //
 // The worker runs one job at a time, in the order the jobs were written to it. Behind the running
-// job the link may place one more short job (scheduler::slot_can_prefetch), so the worker goes
-// from one short job to the next without waiting for a round trip through the gateway. Such a job
-// has not started: if the worker is stopped, it goes back to the queue without an attempt counted;
-// if it is cancelled, the worker is told to skip it.
+// job the link may place short jobs, up to about a millisecond of expected work
+// (scheduler::slot_can_prefetch), so the worker goes from one short job to the next without
+// waiting for a round trip through the gateway, and writes and reads are batched. Such a job has
+// not started: if the worker is stopped, it goes back to the queue without an attempt counted; if
+// it is cancelled, the worker is told to skip it.
 // Owned by local_pool through shared_ptr; its supervising coroutine holds one more reference, so a
 // retired link lives until its process is reaped. Distinct objects: safe. Shared objects: unsafe.
 #pragma once

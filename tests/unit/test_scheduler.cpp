@@ -135,13 +135,13 @@ TEST_CASE("a busy slot is given a second job only when its function is known to 
   sched.slot_ready(a);
   // Nothing is known of the function yet: the next job waits in the queue.
   const auto second = sched.submit(spec).id;
-  sched.slot_can_prefetch(a);
+  sched.slot_can_prefetch(a, scheduler::prefetch_budget_seconds);
   CHECK(a.started == std::vector<std::uint64_t>{first});
   sched.finish(*sched.find(first), job_state::done, "", 0.00001);
   sched.slot_ready(a);
   CHECK(a.started == std::vector<std::uint64_t>{first, second});
   // Now it is known to be short: a job submitted while the slot is busy goes behind it.
-  sched.slot_can_prefetch(a);
+  sched.slot_can_prefetch(a, scheduler::prefetch_budget_seconds);
   const auto third = sched.submit(spec).id;
   CHECK(a.started == std::vector<std::uint64_t>{first, second, third});
   // A long function is never placed behind another.
@@ -150,7 +150,7 @@ TEST_CASE("a busy slot is given a second job only when its function is known to 
   slow_def->runs = 5;
   slow_def->mean_run_seconds = 1.0;
   slow.function = slow_def;
-  sched.slot_can_prefetch(a);
+  sched.slot_can_prefetch(a, scheduler::prefetch_budget_seconds);
   sched.submit(slow);
   CHECK(a.started.size() == 3);
 }
@@ -166,7 +166,7 @@ TEST_CASE("a job with a timeout is never placed behind another: its clock needs 
   spec.function = def;
   sched.submit(spec);
   sched.slot_ready(a);
-  sched.slot_can_prefetch(a);
+  sched.slot_can_prefetch(a, scheduler::prefetch_budget_seconds);
   auto timed = spec;
   timed.timeout = std::chrono::milliseconds(100);
   sched.submit(timed);
