@@ -17,6 +17,27 @@ namespace ppgate {
 namespace websocket = beast::websocket;
 using namespace net::experimental::awaitable_operators;
 
+namespace {
+
+// The "tag" values of a batch the parser refused, found leniently (the batch may be malformed),
+// as a JSON array: the client fails those jobs with the parser's message.
+std::string tags_of_batch(std::string_view text) {
+  std::string out = "[";
+  constexpr std::string_view key = "\"tag\":";
+  for (auto at = text.find(key); at != std::string_view::npos; at = text.find(key, at + key.size())) {
+    std::int64_t tag = 0;
+    const char* begin = text.data() + at + key.size();
+    auto [p, ec] = std::from_chars(begin, text.data() + text.size(), tag);
+    if (ec != std::errc()) continue;
+    if (out.size() > 1) out += ',';
+    out += std::to_string(tag);
+  }
+  out += ']';
+  return out;
+}
+
+}  // namespace
+
 job_session::job_session(node_server& server) : server_(server) {}
 
 net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req) {
@@ -34,7 +55,8 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
 
   closing_ = true;
   // Copy: each cancel ends a job, and job_ended() erases it from open_jobs_.
-  const std::vector<std::uint64_t> abandoned(open_jobs_.begin(), open_jobs_.end());
+  std::vector<std::uint64_t> abandoned;
+  for (const auto& [id, tag] : open_jobs_) abandoned.push_back(id);
   for (const auto id : abandoned) server_.jobs().cancel(id);
   if (!abandoned.empty())
     log::info("session closed; cancelled ", abandoned.size(), " of its unfinished jobs");
@@ -84,11 +106,17 @@ void job_session::reply(std::string message) {
 }
 
 void job_session::job_ended(const job& j) {
-  open_jobs_.erase(j.id);
+  const auto open = open_jobs_.find(j.id);
+  if (open == open_jobs_.end()) return;
+  const std::int64_t tag = open->second;
+  open_jobs_.erase(open);
+  by_tag_.erase(tag);
   if (closing_) return;
   // Compact: the client knows everything else about its job already.
   if (!finished_.empty()) finished_ += ',';
-  finished_ += "{\"id\":";
+  finished_ += "{\"tag\":";
+  finished_ += std::to_string(tag);
+  finished_ += ",\"id\":";
   finished_ += std::to_string(j.id);
   finished_ += ",\"status\":\"";
   finished_ += to_string(j.state);
@@ -103,50 +131,43 @@ void job_session::handle_message(std::string& text) {
   const char kind = first == std::string::npos ? '\0' : text[first];
   auto& sched = server_.jobs();
   if (kind == '[') {
-    // A batch of jobs, as for POST /v1/jobs, which may also define and use fn_ids.
+    // A batch of jobs, as for POST /v1/jobs, each with the client's "tag" and maybe an fn_id.
+    // An accepted batch gets no answer: each job's result, carrying its tag, is the answer.
     try {
       auto submission = parse_job_submission(
           text, [&sched](function_def def) { return sched.intern(std::move(def)); }, &functions_);
-      std::string accepted = "{\"accepted\":[";
-      bool first_id = true;
-      for (auto& spec : submission.jobs) {
-        job& j = sched.submit(std::move(spec));
+      for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
+        job& j = sched.submit(std::move(submission.jobs[i]));
         // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
         j.observer = weak_from_this();
-        open_jobs_.insert(j.id);
-        if (!first_id) accepted += ',';
-        first_id = false;
-        accepted += std::to_string(j.id);
+        open_jobs_.emplace(j.id, submission.tags[i]);
+        by_tag_[submission.tags[i]] = j.id;
       }
-      accepted += "]}";
-      reply(std::move(accepted));
     } catch (const request_error& e) {
-      reply(json_error_body(e.what()));
+      std::string rejected = "{\"rejected\":";
+      rejected += tags_of_batch(text);
+      rejected += ",\"error\":{\"message\":";
+      append_json_string(rejected, e.what());
+      rejected += "}}";
+      reply(std::move(rejected));
     }
     return;
   }
-  // {"cancel": ID}
+  // {"cancel": TAG}
   constexpr std::string_view cancel_prefix = "{\"cancel\":";
   std::string_view rest(text);
-  rest.remove_prefix(std::min(rest.size(), first == std::string::npos ? rest.size() : first));
-  std::uint64_t id = 0;
+  rest.remove_prefix(first == std::string::npos ? rest.size() : first);
   if (rest.starts_with(cancel_prefix)) {
     rest.remove_prefix(cancel_prefix.size());
-    while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
-    auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), id);
-    std::string_view tail(p, static_cast<std::size_t>(rest.data() + rest.size() - p));
-    while (!tail.empty() && (tail.front() == ' ' || tail.back() == ' ' || tail.back() == '\n'))
-      tail = tail.front() == ' ' ? tail.substr(1) : tail.substr(0, tail.size() - 1);
-    if (ec == std::errc() && tail == "}") {
-      const auto result = sched.cancel(id);
-      const char* word = result == scheduler::cancel_result::cancelled          ? "cancelled"
-                         : result == scheduler::cancel_result::already_finished ? "already_ended"
-                                                                                 : "not_found";
-      reply("{\"cancel\":" + std::to_string(id) + ",\"outcome\":\"" + word + "\"}");
+    std::int64_t tag = 0;
+    auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), tag);
+    if (ec == std::errc() && std::string_view(p, static_cast<std::size_t>(rest.data() + rest.size() - p)) == "}") {
+      // A job that already ended is no longer in by_tag_: its result is on its way.
+      if (auto it = by_tag_.find(tag); it != by_tag_.end()) sched.cancel(it->second);
       return;
     }
   }
-  reply(json_error_body("a session message is a JSON array of jobs or {\"cancel\": ID}"));
+  reply(json_error_body("a session message is a JSON array of jobs or {\"cancel\":TAG}"));
 }
 
 }  // namespace ppgate

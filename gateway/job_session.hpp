@@ -15,7 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 
 namespace ppgate {
 
@@ -40,9 +40,10 @@ class job_session : public job_observer, public std::enable_shared_from_this<job
   void reply(std::string message);
 
   node_server& server_;
-  session_functions functions_;             // fn_id -> definition, for this connection
-  std::unordered_set<std::uint64_t> open_jobs_;
-  std::deque<std::string> replies_;        // one per client message, in order
+  session_functions functions_;                             // fn_id -> definition
+  std::unordered_map<std::uint64_t, std::int64_t> open_jobs_;  // job id -> the client's tag
+  std::unordered_map<std::int64_t, std::uint64_t> by_tag_;     // the client's tag -> job id
+  std::deque<std::string> replies_;        // answers to client messages, in order
   std::string finished_;                   // job objects joined by ',', pushed as one message
   std::optional<net::steady_timer> wake_;  // cancelled to wake the writer
   bool closing_ = false;

@@ -66,7 +66,8 @@ void check_entry_name(std::string_view name, bool reference) {
       fail("field 'function' is not a Python name: \"" + std::string(name) + "\"");
 }
 
-job_spec parse_one(od::object obj, const function_interner& intern, session_functions* functions) {
+job_spec parse_one(od::object obj, const function_interner& intern, session_functions* functions,
+                   std::int64_t& tag) {
   job_spec spec;
   function_def def;
   bool have_function = false, have_source = false;
@@ -93,6 +94,9 @@ job_spec parse_one(od::object obj, const function_interner& intern, session_func
       for (const auto& m : def.modules)
         if (m.empty() || m.find('\n') != std::string::npos)
           fail("field 'modules' holds a module name or one import statement per entry");
+    } else if (key == "tag") {
+      check(v.get_int64().get(tag), key, "an integer");
+      if (functions == nullptr) fail("field 'tag' is accepted on a session (/v1/session) only");
     } else if (key == "fn_id") {
       std::int64_t id = 0;
       check(v.get_int64().get(id), key, "an integer");
@@ -217,7 +221,9 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
       if (element.get_object().get(obj))
         fail("batch element " + std::to_string(index) + " must be a job object");
       try {
-        out.jobs.push_back(parse_one(obj, intern, functions));
+        std::int64_t tag = 0;
+        out.jobs.push_back(parse_one(obj, intern, functions, tag));
+        out.tags.push_back(tag);
       } catch (const request_error& e) {
         fail("batch element " + std::to_string(index) + ": " + e.what());
       }
@@ -227,7 +233,9 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
   } else if (type == od::json_type::object) {
     od::object obj;
     check(doc.get_object().get(obj), "(body)", "a job object");
-    out.jobs.push_back(parse_one(obj, intern, functions));
+    std::int64_t tag = 0;
+    out.jobs.push_back(parse_one(obj, intern, functions, tag));
+    out.tags.push_back(tag);
   } else {
     fail("the body must be a job object or an array of job objects");
   }

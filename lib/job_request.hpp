@@ -19,7 +19,8 @@ struct request_error : std::runtime_error {
 
 struct job_submission {
   std::vector<job_spec> jobs;
-  bool batch = false;  // the body was an array
+  std::vector<std::int64_t> tags;  // per job: the session client's "tag" (0 if none)
+  bool batch = false;              // the body was an array
 };
 
 using function_interner = std::function<std::shared_ptr<const function_def>(function_def)>;

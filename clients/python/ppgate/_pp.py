@@ -52,10 +52,10 @@ class Job:
     # through the server's condition.
     __slots__ = ("id", "group", "stdout", "stderr", "callback_error", "finished", "_server",
                  "_callback", "_callbackargs", "_future", "_raw", "_result", "_error", "_printed",
-                 "_cancel_requested", "_ending")
+                 "_tag", "_ending")
 
     def __init__(self, server, group="default", callback=None, callbackargs=(), future=None):
-        self.id = None  # the node's job id, once the node has accepted it
+        self.id = None  # the node's job id, known once the job has ended
         self.group = group
         self.stdout = ""
         self.stderr = ""
@@ -69,7 +69,7 @@ class Job:
         self._result = None
         self._error = None
         self._printed = False
-        self._cancel_requested = False
+        self._tag = None  # this connection's name for the job (see _session.py)
         self._ending = False
 
     def wait(self, timeout=None):

@@ -10,7 +10,6 @@ thread waits, a background reader takes the role, so callbacks and futures still
 Function sources go once per connection: later jobs refer to them by a per-connection ``fn_id``.
 """
 
-import collections
 import json
 import os
 import select
@@ -34,8 +33,8 @@ class Session:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._outgoing = []                   # ("job", job, function, fields) or ("cancel", job)
-        self._requests = collections.deque()  # sent, awaiting their reply, in order
-        self._jobs = {}                       # node job id -> job, until its result arrives
+        self._jobs = {}                       # tag -> job, from sending until its result arrives
+        self._next_tag = 1
         self._fn_ids = {}                     # function key -> fn_id defined on this connection
         self._on_results = on_results        # called after each batch of results is handed out
         self._error = None                    # set once the connection is gone
@@ -57,7 +56,7 @@ class Session:
             if self._error is not None:
                 raise self._error
             self._outgoing.append(("job", job, function, fields))
-            if self._requests or self._sending or len(self._outgoing) > 1:
+            if self._jobs or self._sending or len(self._outgoing) > 1:
                 # The connection is busy: the writer thread sends this with whatever else piles
                 # up meanwhile, as one batch.
                 if len(self._outgoing) == 1:
@@ -126,27 +125,22 @@ class Session:
             self._lost(exc)
 
     def _encode(self, items):
-        """Turns queued items into messages, registering each as a request awaiting its reply.
-        Runs under the lock, so replies can only be matched after the request is registered."""
+        """Turns queued items into messages. Each job gets a tag, which its result will carry;
+        it is registered before its message goes out. Runs under the lock."""
         messages = []
-        batch_jobs, batch = [], []
+        batch = []
 
         def flush():
             if batch:
-                self._requests.append(("jobs", list(batch_jobs)))
                 messages.append(json.dumps(batch, separators=(",", ":")).encode())
-                batch_jobs.clear()
                 batch.clear()
 
         for item in items:
             if item[0] == "cancel":
                 job = item[1]
-                if job.id is None:
-                    job._cancel_requested = True  # sent once the node has given it an id
-                    continue
-                flush()
-                self._requests.append(("cancel", job))
-                messages.append(b'{"cancel":%d}' % job.id)
+                if job._tag is not None and job._tag in self._jobs:
+                    flush()
+                    messages.append(b'{"cancel":%d}' % job._tag)
                 continue
             _, job, function, fields = item
             fn_id = self._fn_ids.get(function.key)
@@ -154,7 +148,9 @@ class Session:
                 fn_id = self._fn_ids[function.key] = len(self._fn_ids) + 1
                 fields.update(function.definition)
             fields["fn_id"] = fn_id
-            batch_jobs.append(job)
+            job._tag = fields["tag"] = self._next_tag
+            self._next_tag += 1
+            self._jobs[job._tag] = job
             batch.append(fields)
             if len(batch) >= _MAX_BATCH:
                 flush()
@@ -234,31 +230,22 @@ class Session:
         results = message.get("results")
         if results is not None:
             with self._lock:
-                finished = [(self._jobs.pop(r["id"], None), r) for r in results]
+                finished = [(self._jobs.pop(r["tag"], None), r) for r in results]
             for job, data in finished:
                 if job is not None:
+                    job.id = data["id"]
                     job._complete(data, notify=False)
             if self._on_results is not None:
                 self._on_results()
             return
+        text = message.get("error", {}).get("message", "the node sent %r" % message)
         with self._lock:
-            kind, what = self._requests.popleft()
-            if kind == "jobs" and "accepted" in message:
-                late_cancels = []
-                for job, job_id in zip(what, message["accepted"]):
-                    job.id = job_id
-                    self._jobs[job_id] = job
-                    if job._cancel_requested:
-                        late_cancels.append(("cancel", job))
-                if late_cancels:
-                    self._outgoing.extend(late_cancels)
-                    self._wake.notify()
-                return
-        if kind == "jobs":
-            text = message.get("error", {}).get("message", "the node refused the jobs")
-            for job in what:
+            refused = [self._jobs.pop(tag, None) for tag in message.get("rejected", ())]
+        for job in refused:
+            if job is not None:
                 job._fail(SubmitError("SubmitError", text))
-        # A cancel's reply needs no action: the job's end arrives as a result.
+        if self._on_results is not None:
+            self._on_results()
 
     def _lost(self, exc):
         with self._lock:
@@ -273,10 +260,6 @@ class Session:
         with self._lock:
             waiting = list(self._jobs.values())
             self._jobs.clear()
-            for kind, what in self._requests:
-                if kind == "jobs":
-                    waiting.extend(what)
-            self._requests.clear()
             waiting.extend(item[1] for item in self._outgoing if item[0] == "job")
             self._outgoing = []
             error = self._error
