@@ -68,13 +68,15 @@ def throughput_ppgate(server, jobs):
     return jobs / elapsed
 
 
-def latency(call, n):
-    samples = []
+def latencies(calls, n):
+    """Median round trip of each call, sampled alternately so machine noise hits all alike."""
+    samples = [[] for _ in calls]
     for i in range(n):
-        t = time.perf_counter()
-        assert call(i) == i + 1
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+        for call, out in zip(calls, samples):
+            t = time.perf_counter()
+            assert call(i) == i + 1
+            out.append(time.perf_counter() - t)
+    return [statistics.median(s) for s in samples]
 
 
 def main():
@@ -98,9 +100,9 @@ def main():
         print("  ppgate.Server.submit              %8.0f jobs/s" % pp_rate)
         print("  ratio                             %8.2fx   (target >= 1.0x)" % (pp_rate / pool_rate))
 
-        pool_lat = latency(lambda i: pool.apply_async(f, (i,)).get(), 300)
-        pp_lat = latency(lambda i: server.submit(f, (i,))(), 300)
-        print("one trivial job's round trip (median of 300):")
+        pool_lat, pp_lat = latencies([lambda i: pool.apply_async(f, (i,)).get(),
+                                      lambda i: server.submit(f, (i,))()], 1000)
+        print("one trivial job's round trip (median of 1000, sampled alternately):")
         print("  Pool apply_async().get()  %7.1f us" % (pool_lat * 1e6))
         print("  ppgate submit()()         %7.1f us" % (pp_lat * 1e6))
         print("  ratio                     %7.2fx   (target <= 1.0x)" % (pp_lat / pool_lat))
