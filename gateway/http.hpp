@@ -6,6 +6,9 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 
+#include <optional>
+#include <string_view>
+
 namespace ppgate {
 
 namespace http = beast::http;
@@ -16,5 +19,16 @@ using http_response = http::response<http::string_body>;
 http_response make_response(http::status status, std::string body, unsigned version,
                             std::string_view content_type = "application/json");
 http_response make_error(http::status status, std::string_view message, unsigned version);
+
+struct target_parts {
+  std::string_view path;
+  std::string_view query;
+};
+
+// "/v1/jobs?wait=5" -> {"/v1/jobs", "wait=5"}
+target_parts split_target(std::string_view target);
+
+// The raw value of `name` in a query string ("" for a bare name), if present.
+std::optional<std::string_view> query_param(std::string_view query, std::string_view name);
 
 }  // namespace ppgate

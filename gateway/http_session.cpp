@@ -1,6 +1,7 @@
 #include "http_session.hpp"
 
 #include "http.hpp"
+#include "event_session.hpp"
 #include "job_session.hpp"
 #include "node_server.hpp"
 #include "rest_api.hpp"
@@ -60,8 +61,13 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
     server.touch();
     http_request req = parser.release();
     stream.expires_never();  // ?wait=S long-polls are bounded by S instead
-    if (beast::websocket::is_upgrade(req) && req.target() == "/v1/session") {
-      if (auto denied = server.api().check_access(req, "/v1/session")) {
+    const auto [path, query] = split_target(req.target());
+    if (beast::websocket::is_upgrade(req) && (path == "/v1/session" || path == "/v1/events")) {
+      // Browsers cannot set headers on a WebSocket: the event stream also takes ?access_token=.
+      const auto token = query_param(query, "access_token");
+      if (path == "/v1/events" && token && req[http::field::authorization].empty())
+        req.set(http::field::authorization, "Bearer " + std::string(*token));
+      if (auto denied = server.api().check_access(req, path)) {
         denied->keep_alive(false);
         denied->prepare_payload();
         stream.expires_after(opts.idle_timeout);
@@ -69,7 +75,12 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
         break;
       }
       // The connection becomes a WebSocket; the session owns it from here on.
-      co_await std::make_shared<job_session>(server)->run(std::move(stream), std::move(req));
+      if (path == "/v1/session") {
+        co_await std::make_shared<job_session>(server)->run(std::move(stream), std::move(req));
+      } else {
+        const bool jobs = query_param(query, "jobs").value_or("0") == "1";
+        co_await std::make_shared<event_session>(server, jobs)->run(std::move(stream), std::move(req));
+      }
       co_return;
     }
     http_response res = co_await server.api().handle(req);

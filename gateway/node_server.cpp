@@ -1,5 +1,6 @@
 #include "node_server.hpp"
 
+#include "event_hub.hpp"
 #include "http_session.hpp"
 #include "log.hpp"
 #include "rest_api.hpp"
@@ -34,12 +35,13 @@ node_server::node_server(net::io_context& io, serve_options opts, std::string wo
       pool_(io.get_executor(), scheduler_,
             worker_options{std::move(worker_binary), opts_.restart_workers}),
       api_(std::make_unique<rest_api>(*this)),
+      events_(std::make_unique<event_hub>(*this, opts_.stats_interval)),
       acceptor_(io),
       stop_signals_(io, SIGINT, SIGTERM),
       stats_signal_(io, SIGUSR1),
       parent_watch_(io) {}
 
-node_server::~node_server() = default;
+node_server::~node_server() { scheduler_.set_event_sink(nullptr); }
 
 void node_server::start() {
   const net::ip::tcp::endpoint endpoint(net::ip::make_address(opts_.listen_host), opts_.listen_port);
@@ -56,6 +58,8 @@ void node_server::start() {
   }
 
   watch_parent();
+  scheduler_.set_event_sink(events_.get());
+  events_->start();
   resize_pool(opts_.workers);
   wait_for_signals();
   net::co_spawn(io_, accept_loop(), [](std::exception_ptr e) { log_if_failed(e, "listener"); });
@@ -79,6 +83,8 @@ void node_server::stop() {
   stop_signals_.cancel(ec);
   stats_signal_.cancel(ec);
   parent_watch_.close(ec);
+  events_->stop();
+  scheduler_.set_event_sink(nullptr);
   pool_.shutdown();
   if (!opts_.pid_file.empty()) ::unlink(opts_.pid_file.c_str());
   io_.stop();

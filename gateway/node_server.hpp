@@ -17,6 +17,7 @@
 
 namespace ppgate {
 
+class event_hub;
 class rest_api;
 
 // Open HTTP connections and the last sign of activity, for --max-connections and --idle-exit.
@@ -58,6 +59,8 @@ class node_server {
   scheduler& jobs() { return scheduler_; }
   local_pool& pool() { return pool_; }
   rest_api& api() { return *api_; }
+  event_hub& events() { return *events_; }
+  net::any_io_executor executor() { return io_.get_executor(); }
   std::uint16_t port() const { return port_; }
 
   std::string stats_table();
@@ -78,6 +81,7 @@ class node_server {
   scheduler scheduler_;
   local_pool pool_;
   std::unique_ptr<rest_api> api_;
+  std::unique_ptr<event_hub> events_;
   net::ip::tcp::acceptor acceptor_;
   net::signal_set stop_signals_;
   net::signal_set stats_signal_;

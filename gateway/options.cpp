@@ -94,6 +94,7 @@ serve options:
   --worker-binary PATH   the ppgate-worker executable (default: found next to ppgate)
   --log-level LEVEL      debug, info, warn or error (default info)
   --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
+  --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
 
 signals: SIGINT and SIGTERM stop the node and its workers; SIGUSR1 prints pp's statistics table.
 The REST API is described in docs/rest.md.
@@ -168,6 +169,13 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
     } else if (flag == "--worker-binary") {
       o.worker_binary = take_value();
+    } else if (flag == "--stats-interval") {
+      const auto v = take_value();
+      double seconds = 0;
+      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), seconds);
+      if (ec != std::errc() || p != v.data() + v.size() || !(seconds >= 0.05) || seconds > 60)
+        throw usage_error("--stats-interval expects a number of seconds from 0.05 to 60");
+      o.stats_interval = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
     } else if (flag == "--parent-pid") {
       o.parent_pid = parse_int<long>(flag, take_value(), 1, 1L << 30);
     } else if (flag == "--log-level") {

@@ -31,6 +31,7 @@ struct serve_options {
   std::size_t keep_finished = 100000;
   std::string log_level = "info";
   long parent_pid = 0;  // stop when this process exits (0: no such watch)
+  std::chrono::milliseconds stats_interval{1000};  // between snapshots on /v1/events
 };
 
 enum class command { serve, help, version };

@@ -32,15 +32,6 @@ http_response make_error(http::status status, std::string_view message, unsigned
   return make_response(status, json_error_body(message), version);
 }
 
-namespace {
-
-constexpr double max_wait_seconds = 3600;
-
-struct target_parts {
-  std::string_view path;
-  std::string_view query;
-};
-
 target_parts split_target(std::string_view target) {
   const auto q = target.find('?');
   if (q == std::string_view::npos) return {target, {}};
@@ -58,6 +49,10 @@ std::optional<std::string_view> query_param(std::string_view query, std::string_
   }
   return std::nullopt;
 }
+
+namespace {
+
+constexpr double max_wait_seconds = 3600;
 
 // ?wait=S: seconds as a number from 0 to 3600. Throws request_error otherwise.
 std::optional<double> parse_wait(std::string_view query) {
@@ -190,6 +185,14 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
                                 "{\"count\":" + std::to_string(server_.pool().size()) + "}", req.version());
       co_return not_allowed("GET, PUT");
     }
+    if (path == "/metrics") {
+      if (method != http::verb::get) co_return not_allowed("GET");
+      const auto workers = server_.pool().workers();
+      const auto busy = static_cast<std::size_t>(
+          std::count_if(workers.begin(), workers.end(), [](const auto& w) { return w.state == "busy"; }));
+      co_return make_response(http::status::ok, format_metrics(server_.jobs().stats(), workers.size(), busy),
+                              req.version(), "text/plain; version=0.0.4; charset=utf-8");
+    }
     if (path == "/healthz") {
       if (method != http::verb::get) co_return not_allowed("GET");
       co_return make_response(http::status::ok,
@@ -278,23 +281,7 @@ http_response rest_api::stats(const http_request& req) {
 }
 
 http_response rest_api::nodes(const http_request& req) {
-  auto& pool = server_.pool();
-  const auto workers = pool.workers();
-  std::size_t busy = 0;
-  std::string list;
-  for (const auto& w : workers) {
-    if (!list.empty()) list += ',';
-    list += "{\"pid\":" + std::to_string(w.pid) + ",\"state\":\"" + w.state + "\",\"job\":";
-    list += w.job ? std::to_string(w.job) : "null";
-    list += ",\"jobs_run\":" + std::to_string(w.jobs_run) +
-            ",\"sources_sent\":" + std::to_string(w.sources_sent) + "}";
-    busy += w.state == "busy";
-  }
-  std::string body = "{\"nodes\":[{\"name\":";
-  append_json_string(body, pool.name());
-  body += ",\"kind\":\"local\",\"slots\":" + std::to_string(workers.size()) +
-          ",\"busy\":" + std::to_string(busy) + ",\"workers\":[" + list + "]}]}";
-  return make_response(http::status::ok, std::move(body), req.version());
+  return make_response(http::status::ok, "{\"nodes\":" + format_nodes_json(server_.pool()) + "}", req.version());
 }
 
 http_response rest_api::resize_workers(http_request& req) {

@@ -1,8 +1,44 @@
 #include "scheduler.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 namespace ppgate {
+
+namespace {
+
+constexpr std::size_t kept_failures = 20;
+constexpr std::size_t max_failure_outcome = 64 * 1024;
+
+}  // namespace
+
+void latency_histogram::add(double seconds) {
+  std::size_t i = 0;
+  while (i < bounds.size() && seconds > bounds[i]) ++i;
+  ++counts[i];
+  ++count;
+  sum += seconds;
+}
+
+double latency_histogram::quantile_since(const latency_histogram& since, double q) const {
+  const std::uint64_t n = count - since.count;
+  if (n == 0) return 0;
+  const double target = q * static_cast<double>(n);
+  std::uint64_t seen = 0;
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    const std::uint64_t in_bucket = counts[i] - since.counts[i];
+    if (in_bucket == 0) continue;
+    if (static_cast<double>(seen + in_bucket) >= target) {
+      // Linear interpolation inside the bucket; the +Inf bucket reports its lower bound.
+      const double lower = i == 0 ? 0 : bounds[i - 1];
+      if (i == bounds.size()) return lower;
+      const double fraction = (target - static_cast<double>(seen)) / static_cast<double>(in_bucket);
+      return lower + fraction * (bounds[i] - lower);
+    }
+    seen += in_bucket;
+  }
+  return bounds.back();
+}
 
 scheduler::scheduler(options opts) : opts_(opts) {}
 
@@ -26,6 +62,7 @@ job& scheduler::submit(job_spec spec) {
   ++counters_.submitted;
   ++counters_.queued;
   queue_.push_back(j.id);
+  if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
   dispatch_to_waiting_slot();
   return j;
 }
@@ -89,6 +126,7 @@ void scheduler::dispatch(slot& s, job& j) {
   j.started = steady_clock::now();
   j.node = s.owner().name();
   ++j.attempts;
+  if (events_ != nullptr) events_->on_job_event(j, job_event::started);
   s.start(j);
 }
 
@@ -156,10 +194,25 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
     case job_state::lost: ++counters_.lost; break;
     default: break;
   }
+  counters_.latency.add(std::chrono::duration<double>(j.finished - j.submitted).count());
+  if (end == job_state::failed || end == job_state::lost) {
+    failure_record f;
+    f.id = j.id;
+    f.function = j.spec.function->entry;
+    f.node = j.node;
+    f.unix_time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    f.outcome = j.outcome.size() <= max_failure_outcome
+                    ? j.outcome
+                    : error_outcome("OutputTooLarge", "the failure's details are too large to keep here; "
+                                                      "GET /v1/jobs/" + std::to_string(j.id) + " has them");
+    recent_failures_.push_back(std::move(f));
+    if (recent_failures_.size() > kept_failures) recent_failures_.pop_front();
+  }
   for (auto& w : j.waiters)
     if (auto timer = w.lock()) timer->cancel();
   j.waiters.clear();
   if (auto o = j.observer.lock()) o->job_ended(j);
+  if (events_ != nullptr) events_->on_job_event(j, job_event::ended);
   remember_finished(j);
 }
 
@@ -172,6 +225,7 @@ void scheduler::interrupted(job& j, std::string_view why) {
     j.state = job_state::queued;
     j.running_on = nullptr;
     queue_.push_front(j.id);
+    if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
     dispatch_to_waiting_slot();
     return;
   }
@@ -188,6 +242,7 @@ void scheduler::requeue(job& j) {
   j.state = job_state::queued;
   j.running_on = nullptr;
   queue_.push_front(j.id);
+  if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
   dispatch_to_waiting_slot();
 }
 

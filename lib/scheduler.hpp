@@ -10,6 +10,7 @@
 #include "job.hpp"
 #include "net.hpp"
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -47,11 +48,45 @@ struct node_counters {
   double job_time = 0;       // sum of their run times, seconds
 };
 
+// Job latency (submission to end) of ended jobs, as a cumulative-count histogram.
+struct latency_histogram {
+  static constexpr std::array<double, 15> bounds = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                   0.25,  0.5,    1,     2.5,  5,     10,   30, 60};
+  std::array<std::uint64_t, bounds.size() + 1> counts{};  // per bucket; the last is +Inf
+  std::uint64_t count = 0;
+  double sum = 0;
+
+  void add(double seconds);
+  // The latency below which `q` (0..1) of the observations in `since`-to-now fall, estimated
+  // from the buckets; 0 when there were none.
+  double quantile_since(const latency_histogram& since, double q) const;
+};
+
+// A job that failed recently, for the stats page.
+struct failure_record {
+  std::uint64_t id = 0;
+  std::string function;
+  std::string node;
+  double unix_time = 0;
+  std::string outcome;  // the job's outcome members ("error":{...},"stdout":...)
+};
+
 struct scheduler_stats {
   double elapsed_seconds = 0;
   std::uint64_t submitted = 0, queued = 0, running = 0, done = 0, failed = 0, cancelled = 0,
                 lost = 0, retried = 0, worker_restarts = 0;
   std::vector<node_counters> nodes;
+  latency_histogram latency;
+};
+
+enum class job_event { queued, started, ended };
+
+// Told of every job's progress (the live event stream). Implementations must be cheap: this runs
+// inside the scheduler, for every job.
+class job_event_sink {
+ public:
+  virtual ~job_event_sink() = default;
+  virtual void on_job_event(const job& j, job_event what) = 0;
 };
 
 class scheduler {
@@ -91,6 +126,9 @@ class scheduler {
 
   void register_node(const node& n);
   scheduler_stats stats() const;
+  // The last failed jobs, newest last.
+  const std::deque<failure_record>& recent_failures() const { return recent_failures_; }
+  void set_event_sink(job_event_sink* sink) { events_ = sink; }  // borrowed; null for none
   std::size_t queue_depth() const { return counters_.queued; }
   std::size_t running() const { return counters_.running; }
   std::size_t idle_slots() const { return idle_.size(); }
@@ -124,6 +162,8 @@ class scheduler {
   std::deque<prefetch_offer> prefetching_;  // busy slots that would take one short job more
   std::unordered_map<std::string, std::weak_ptr<const function_def>> functions_;
   scheduler_stats counters_;
+  std::deque<failure_record> recent_failures_;
+  job_event_sink* events_ = nullptr;
 };
 
 }  // namespace ppgate

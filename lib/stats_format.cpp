@@ -57,4 +57,112 @@ std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus) {
   return out;
 }
 
+std::string format_nodes_json(const local_pool& pool) {
+  const auto workers = pool.workers();
+  std::size_t busy = 0;
+  std::string list;
+  for (const auto& w : workers) {
+    if (!list.empty()) list += ',';
+    list += "{\"pid\":" + std::to_string(w.pid) + ",\"state\":\"" + w.state + "\",\"job\":";
+    list += w.job ? std::to_string(w.job) : "null";
+    list += ",\"jobs_run\":" + std::to_string(w.jobs_run) +
+            ",\"sources_sent\":" + std::to_string(w.sources_sent) + "}";
+    busy += w.state == "busy";
+  }
+  std::string out = "[{\"name\":";
+  append_json_string(out, pool.name());
+  out += ",\"kind\":\"local\",\"slots\":" + std::to_string(workers.size()) +
+         ",\"busy\":" + std::to_string(busy) + ",\"workers\":[" + list + "]}]";
+  return out;
+}
+
+namespace {
+
+void metric_header(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void metric_value(std::string& out, std::string_view name, std::string_view labels, double value) {
+  out += name;
+  if (!labels.empty()) {
+    out += '{';
+    out += labels;
+    out += '}';
+  }
+  out += ' ';
+  out += python_float_repr(value);
+  out += '\n';
+}
+
+// A label value, escaped as the text format wants (backslash, quote, newline).
+std::string label(std::string_view name, std::string_view value) {
+  std::string out(name);
+  out += "=\"";
+  for (char c : value) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  out += '"';
+  return out;
+}
+
+}  // namespace
+
+std::string format_metrics(const scheduler_stats& s, std::size_t workers, std::size_t busy_workers) {
+  std::string out;
+  metric_header(out, "ppgate_jobs_submitted_total", "counter", "Jobs accepted.");
+  metric_value(out, "ppgate_jobs_submitted_total", "", static_cast<double>(s.submitted));
+  metric_header(out, "ppgate_jobs_ended_total", "counter", "Jobs that reached a terminal state, by state.");
+  const std::pair<const char*, std::uint64_t> ended[] = {
+      {"done", s.done}, {"failed", s.failed}, {"cancelled", s.cancelled}, {"lost", s.lost}};
+  for (const auto& [state, n] : ended)
+    metric_value(out, "ppgate_jobs_ended_total", label("state", state), static_cast<double>(n));
+  metric_header(out, "ppgate_jobs", "gauge", "Jobs not yet ended, by state.");
+  metric_value(out, "ppgate_jobs", label("state", "queued"), static_cast<double>(s.queued));
+  metric_value(out, "ppgate_jobs", label("state", "running"), static_cast<double>(s.running));
+  metric_header(out, "ppgate_queue_depth", "gauge", "Jobs waiting for a slot.");
+  metric_value(out, "ppgate_queue_depth", "", static_cast<double>(s.queued));
+  metric_header(out, "ppgate_job_retries_total", "counter", "Attempts repeated after a worker died mid-job.");
+  metric_value(out, "ppgate_job_retries_total", "", static_cast<double>(s.retried));
+  metric_header(out, "ppgate_worker_restarts_total", "counter", "Worker processes replaced.");
+  metric_value(out, "ppgate_worker_restarts_total", "", static_cast<double>(s.worker_restarts));
+  metric_header(out, "ppgate_workers", "gauge", "Local worker slots, by state.");
+  metric_value(out, "ppgate_workers", label("state", "busy"), static_cast<double>(busy_workers));
+  metric_value(out, "ppgate_workers", label("state", "idle"), static_cast<double>(workers - busy_workers));
+  metric_header(out, "ppgate_job_latency_seconds", "histogram",
+                "Time from submission to end of ended jobs.");
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < latency_histogram::bounds.size(); ++i) {
+    cumulative += s.latency.counts[i];
+    metric_value(out, "ppgate_job_latency_seconds_bucket",
+                 label("le", python_float_repr(latency_histogram::bounds[i])), static_cast<double>(cumulative));
+  }
+  metric_value(out, "ppgate_job_latency_seconds_bucket", label("le", "+Inf"), static_cast<double>(s.latency.count));
+  metric_value(out, "ppgate_job_latency_seconds_sum", "", s.latency.sum);
+  metric_value(out, "ppgate_job_latency_seconds_count", "", static_cast<double>(s.latency.count));
+  metric_header(out, "ppgate_node_jobs_total", "counter", "Jobs run to completion, by node (pp's job count).");
+  for (const auto& n : s.nodes)
+    metric_value(out, "ppgate_node_jobs_total", label("node", n.name), static_cast<double>(n.njobs));
+  metric_header(out, "ppgate_node_job_seconds_total", "counter", "Sum of job run times, by node (pp's job time sum).");
+  for (const auto& n : s.nodes) metric_value(out, "ppgate_node_job_seconds_total", label("node", n.name), n.job_time);
+  metric_header(out, "ppgate_node_slots", "gauge", "Slots (workers) of each node.");
+  for (const auto& n : s.nodes)
+    metric_value(out, "ppgate_node_slots", label("node", n.name), static_cast<double>(n.ncpus));
+  metric_header(out, "ppgate_uptime_seconds", "gauge", "Time since the node started.");
+  metric_value(out, "ppgate_uptime_seconds", "", s.elapsed_seconds);
+  return out;
+}
+
 }  // namespace ppgate
