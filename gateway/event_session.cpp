@@ -8,6 +8,8 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket.hpp>
 
+#include <utility>
+
 namespace ppgate {
 
 namespace websocket = beast::websocket;
@@ -65,8 +67,9 @@ net::awaitable<void> event_session::write_loop(ws_stream& ws) {
     }
     writing_since_ = steady_clock::now();
     ws.text(true);
-    auto [ec, n] = co_await ws.async_write(snapshot ? net::buffer(*snapshot) : net::buffer(message),
-                                           use_nothrow_awaitable);
+    // Hoisted out of the co_await expression: g++ 12 mishandles temporaries there.
+    const net::const_buffer payload = snapshot ? net::buffer(*snapshot) : net::buffer(std::as_const(message));
+    auto [ec, n] = co_await ws.async_write(payload, use_nothrow_awaitable);
     writing_since_.reset();
     if (ec) co_return;
   }
