@@ -1,0 +1,87 @@
+// The stats page in a real browser: Debian's Chromium, headless, driven by Playwright.
+// A real ppgate node serves the page; jobs go in over REST and the page's numbers must follow.
+// The screenshot is kept as a test artifact (build/test-artifacts/stats-page.png).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+const ppgate = process.env.PPGATE_BINARY ?? path.join(root, "build", "gateway", "ppgate");
+const artifacts = process.env.PPGATE_ARTIFACTS ?? path.join(root, "build", "test-artifacts");
+const WAIT = 20000;  // ms: the bound on every wait in this test
+
+function startNode() {
+  return new Promise((resolve, reject) => {
+    const child = spawn(ppgate, ["serve", "--listen", "127.0.0.1:0", "--workers", "2",
+                                 "--stats-interval", "0.25", "--log-level", "warn"],
+                        { stdio: ["ignore", "pipe", "inherit"] });
+    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error("ppgate did not start")); }, WAIT);
+    let out = "";
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
+      if (m) { clearTimeout(timer); resolve({ child, url: m[1] }); }
+    });
+    child.on("exit", (code) => { clearTimeout(timer); reject(new Error("ppgate exited with " + code)); });
+  });
+}
+
+async function submit(url, jobs) {
+  const r = await fetch(url + "/v1/jobs?wait=20", { method: "POST", body: JSON.stringify(jobs),
+                                                     signal: AbortSignal.timeout(WAIT) });
+  assert.equal(r.status, 200);
+  return (await r.json()).jobs;
+}
+
+const text = (page, id) => page.locator("#" + id).textContent();
+
+test("the stats page follows the node: counts, pp's table, failures, workers, resize", async () => {
+  const { child, url } = await startNode();
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    timeout: WAIT,
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1300, height: 1100 } });
+    page.setDefaultTimeout(WAIT);
+    await page.goto(url + "/");
+    await page.waitForSelector("#status.live");
+    await page.waitForFunction(() => document.getElementById("workers").textContent === "2");
+    assert.equal(await text(page, "jobs-done"), "0");
+    assert.equal(await page.locator("#pp-table tbody tr").count(), 0);
+
+    const square = { source: "def sq(x):\n    return x*x\n", function: "sq" };
+    const jobs = await submit(url, Array.from({ length: 25 }, (_, i) => ({ ...square, args: [i] })));
+    assert.deepEqual(jobs.map((j) => j.result), Array.from({ length: 25 }, (_, i) => i * i));
+    const boom = { source: "def boom():\n    return 1/0\n", function: "boom" };
+    await submit(url, [boom, boom]);
+
+    await page.waitForFunction(() => document.getElementById("jobs-done").textContent === "25");
+    await page.waitForFunction(() => document.getElementById("jobs-failed").textContent === "2");
+    assert.equal(await text(page, "jobs-submitted"), "27");
+    const row = page.locator("#pp-table tbody tr").first();
+    assert.equal(await row.locator("td").first().textContent(), "27");
+    assert.equal(await row.locator("td.name").textContent(), "local");
+    assert.match(await page.locator("#failures li").first().textContent(), /ZeroDivisionError: division by zero/);
+    assert.equal(await page.locator("#workers-table tbody tr").count(), 2);
+
+    await page.fill("#count", "3");
+    await page.click("#resize button");
+    await page.waitForFunction(() => document.getElementById("workers").textContent === "3");
+    await page.waitForFunction(() => document.querySelectorAll("#workers-table tbody tr").length === 3);
+    const r = await fetch(url + "/v1/workers", { signal: AbortSignal.timeout(WAIT) });
+    assert.equal((await r.json()).count, 3);
+
+    mkdirSync(artifacts, { recursive: true });
+    await page.screenshot({ path: path.join(artifacts, "stats-page.png"), fullPage: true });
+  } finally {
+    await browser.close();
+    child.kill("SIGTERM");
+  }
+});
