@@ -6,7 +6,7 @@
 
 #include "http.hpp"
 #include "job.hpp"
-#include "job_request.hpp"
+#include "tagged_jobs.hpp"
 
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/websocket/stream.hpp>
@@ -21,7 +21,7 @@ namespace ppgate {
 
 class node_server;
 
-class job_session : public job_observer, public std::enable_shared_from_this<job_session> {
+class job_session : public std::enable_shared_from_this<job_session> {
  public:
   explicit job_session(node_server& server);
 
@@ -29,22 +29,15 @@ class job_session : public job_observer, public std::enable_shared_from_this<job
   // client submitted and that have not ended are then cancelled: nobody is left to collect them.
   net::awaitable<void> run(beast::tcp_stream stream, http_request req);
 
-  void job_ended(const job& j) override;
-
  private:
   using ws_stream = beast::websocket::stream<beast::tcp_stream>;
 
   net::awaitable<void> read_loop(ws_stream& ws);
   net::awaitable<void> write_loop(ws_stream& ws);
   void handle_message(std::string& text);
-  void reply(std::string message);
 
   node_server& server_;
-  session_functions functions_;                             // fn_id -> definition
-  std::unordered_map<std::uint64_t, std::int64_t> open_jobs_;  // job id -> the client's tag
-  std::unordered_map<std::int64_t, std::uint64_t> by_tag_;     // the client's tag -> job id
-  std::deque<std::string> replies_;        // answers to client messages, in order
-  std::string finished_;                   // job objects joined by ',', pushed as one message
+  std::shared_ptr<tagged_jobs> jobs_;
   std::optional<net::steady_timer> wake_;  // cancelled to wake the writer
   bool closing_ = false;
 };

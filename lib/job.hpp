@@ -53,6 +53,7 @@ struct job_spec {
   std::string group = "default";
   std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
   int retries = 0;  // extra attempts after a worker dies mid-job
+  bool local_only = false;  // came from a peer: runs on this node's own workers, never forwarded
 };
 
 class slot;

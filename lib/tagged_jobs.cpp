@@ -1,0 +1,109 @@
+#include "tagged_jobs.hpp"
+
+#include "json_writer.hpp"
+
+#include <charconv>
+
+namespace ppgate {
+
+namespace {
+
+// The "tag" values of a batch the parser refused, found leniently (the batch may be malformed),
+// as a JSON array: the client fails those jobs with the parser's message.
+std::string tags_of_batch(std::string_view text) {
+  std::string out = "[";
+  constexpr std::string_view key = "\"tag\":";
+  for (auto at = text.find(key); at != std::string_view::npos; at = text.find(key, at + key.size())) {
+    std::int64_t tag = 0;
+    const char* begin = text.data() + at + key.size();
+    auto [p, ec] = std::from_chars(begin, text.data() + text.size(), tag);
+    if (ec != std::errc()) continue;
+    if (out.size() > 1) out += ',';
+    out += std::to_string(tag);
+  }
+  out += ']';
+  return out;
+}
+
+}  // namespace
+
+tagged_jobs::tagged_jobs(scheduler& sched, std::function<void()> output_ready, bool local_only)
+    : sched_(sched), output_ready_(std::move(output_ready)), local_only_(local_only) {}
+
+void tagged_jobs::submit_batch(std::string& text) {
+  try {
+    auto submission = parse_job_submission(
+        text, [this](function_def def) { return sched_.intern(std::move(def)); }, &functions_);
+    for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
+      submission.jobs[i].local_only = local_only_;
+      job& j = sched_.submit(std::move(submission.jobs[i]));
+      // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
+      j.observer = weak_from_this();
+      open_.emplace(j.id, submission.tags[i]);
+      by_tag_[submission.tags[i]] = j.id;
+    }
+  } catch (const request_error& e) {
+    std::string rejected = "{\"rejected\":";
+    rejected += tags_of_batch(text);
+    rejected += ",\"error\":{\"message\":";
+    append_json_string(rejected, e.what());
+    rejected += "}}";
+    replies_.push_back(std::move(rejected));
+    output_ready_();
+  }
+}
+
+void tagged_jobs::refuse(std::string_view message) {
+  replies_.push_back(json_error_body(message));
+  output_ready_();
+}
+
+void tagged_jobs::cancel(std::int64_t tag) {
+  if (auto it = by_tag_.find(tag); it != by_tag_.end()) sched_.cancel(it->second);
+}
+
+void tagged_jobs::cancel_all() {
+  closed_ = true;
+  // Copy: each cancel ends a job, and job_ended() erases it from open_.
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, tag] : open_) ids.push_back(id);
+  for (const auto id : ids) sched_.cancel(id);
+}
+
+void tagged_jobs::job_ended(const job& j) {
+  const auto open = open_.find(j.id);
+  if (open == open_.end()) return;
+  const std::int64_t tag = open->second;
+  open_.erase(open);
+  by_tag_.erase(tag);
+  if (closed_) return;
+  // Compact: the client knows everything else about its job already.
+  if (!results_.empty()) results_ += ',';
+  results_ += "{\"tag\":";
+  results_ += std::to_string(tag);
+  results_ += ",\"id\":";
+  results_ += std::to_string(j.id);
+  results_ += ",\"status\":\"";
+  results_ += to_string(j.state);
+  results_ += "\",\"run_seconds\":";
+  append_json_number(results_, j.run_seconds);
+  results_ += ',';
+  results_ += j.outcome;
+  results_ += '}';
+  output_ready_();
+}
+
+std::string tagged_jobs::take_output() {
+  if (!replies_.empty()) {
+    std::string out = std::move(replies_.front());
+    replies_.pop_front();
+    return out;
+  }
+  std::string out = "{\"results\":[";
+  out += results_;
+  out += "]}";
+  results_.clear();
+  return out;
+}
+
+}  // namespace ppgate
