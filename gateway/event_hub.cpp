@@ -95,7 +95,7 @@ std::string event_hub::snapshot() {
   out += ",\"interval\":";
   append_json_number(out, std::chrono::duration<double>(interval_).count());
   out += ",\"stats\":";
-  out += format_stats_json(stats, server_.pool().size());
+  out += format_stats_json(stats, server_.total_slots());
   out += ",\"rates\":{\"jobs_per_second\":";
   append_json_number(out, rate);
   out += ",\"latency_mean\":";
@@ -105,7 +105,7 @@ std::string event_hub::snapshot() {
   out += ",\"latency_p95\":";
   append_json_number(out, p95);
   out += "},\"nodes\":";
-  out += format_nodes_json(server_.pool());
+  out += server_.nodes_json();
   out += ",\"recent_failures\":[";
   bool first = true;
   for (const auto& f : sched.recent_failures()) {

@@ -30,7 +30,8 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
   auto [ec] = co_await ws.async_accept(req, use_nothrow_awaitable);
   if (ec) co_return;
   wake_.emplace(co_await net::this_coro::executor, net::steady_timer::time_point::max());
-  jobs_ = std::make_shared<tagged_jobs>(server_.jobs(), [this] { wake_->cancel(); });
+  jobs_ = std::make_shared<tagged_jobs>(server_.jobs(), [this] { wake_->cancel(); },
+                                        tagged_jobs::format::session_json);
 
   co_await (read_loop(ws) || write_loop(ws));
 

@@ -4,6 +4,7 @@
 #include "http_session.hpp"
 #include "log.hpp"
 #include "rest_api.hpp"
+#include "json_writer.hpp"
 #include "stats_format.hpp"
 
 #include <boost/asio/write.hpp>
@@ -61,6 +62,18 @@ void node_server::start() {
   scheduler_.set_event_sink(events_.get());
   events_->start();
   resize_pool(opts_.workers);
+  if (!opts_.peer_listen_host.empty()) {
+    peer_server_ = std::make_unique<peer_server>(io_.get_executor(), scheduler_, pool_, opts_.peer);
+    peer_server_->listen({net::ip::make_address(opts_.peer_listen_host), opts_.peer_listen_port});
+    if (opts_.peer_listen_port == 0)  // the name peers know this node by needs the real port
+      opts_.peer.name = opts_.peer_listen_host + ":" + std::to_string(peer_server_->port());
+  }
+  for (const auto& [host, port] : opts_.peers) {
+    auto link = std::make_shared<peer_link>(io_.get_executor(), scheduler_, host, port, opts_.peer,
+                                            opts_.peer_inflight);
+    peer_links_.push_back(link);
+    link->launch();
+  }
   wait_for_signals();
   net::co_spawn(io_, accept_loop(), [](std::exception_ptr e) { log_if_failed(e, "listener"); });
   if (opts_.idle_exit)
@@ -70,6 +83,9 @@ void node_server::start() {
   const bool v6 = endpoint.address().is_v6();
   std::printf("ppgate listening on http://%s%s%s:%u\n", v6 ? "[" : "", opts_.listen_host.c_str(),
               v6 ? "]" : "", static_cast<unsigned>(port_));
+  if (peer_server_)
+    std::printf("ppgate accepting peers on %s:%u%s\n", opts_.peer_listen_host.c_str(),
+                static_cast<unsigned>(peer_server_->port()), opts_.peer.tls.enabled() ? " (TLS)" : "");
   std::fflush(stdout);
   log::info("serving with ", pool_.size(), " workers", opts_.secret.empty() ? "" : ", bearer token required");
 }
@@ -85,6 +101,8 @@ void node_server::stop() {
   parent_watch_.close(ec);
   events_->stop();
   scheduler_.set_event_sink(nullptr);
+  if (peer_server_) peer_server_->stop();
+  for (auto& link : peer_links_) link->stop();
   pool_.shutdown();
   if (!opts_.pid_file.empty()) ::unlink(opts_.pid_file.c_str());
   io_.stop();
@@ -92,10 +110,34 @@ void node_server::stop() {
 
 void node_server::resize_pool(std::optional<std::size_t> workers) {
   pool_.resize(workers ? *workers : local_pool::usable_cpus());
+  if (peer_server_) peer_server_->capacity_changed();
+}
+
+std::size_t node_server::total_slots() {
+  std::size_t n = pool_.size();
+  for (const auto& link : peer_links_) n += link->slot_count();
+  return n;
 }
 
 std::string node_server::stats_table() {
-  return format_stats_table(scheduler_.stats(), pool_.size());
+  return format_stats_table(scheduler_.stats(), total_slots());
+}
+
+std::string node_server::nodes_json() {
+  std::string out = format_nodes_json(pool_);
+  out.pop_back();  // the closing ']'
+  for (const auto& link : peer_links_) {
+    out += ",{\"name\":";
+    append_json_string(out, link->name());
+    out += ",\"kind\":\"remote\",\"slots\":" + std::to_string(link->slot_count()) +
+           ",\"busy\":" + std::to_string(link->busy()) + ",\"connected\":";
+    out += link->connected() ? "true" : "false";
+    out += ",\"last_error\":";
+    append_json_string(out, link->last_error());
+    out += '}';
+  }
+  out += ']';
+  return out;
 }
 
 void node_server::watch_parent() {

@@ -6,6 +6,8 @@
 #include "local_pool.hpp"
 #include "net.hpp"
 #include "options.hpp"
+#include "peer_link.hpp"
+#include "peer_server.hpp"
 #include "scheduler.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -64,6 +66,8 @@ class node_server {
   std::uint16_t port() const { return port_; }
 
   std::string stats_table();
+  std::string nodes_json();  // the local node and each peer, for /v1/nodes and the event stream
+  std::size_t total_slots();  // pp's ncpus: local workers plus the peers' slots
   void resize_pool(std::optional<std::size_t> workers);  // empty: one per usable CPU
 
   const std::shared_ptr<connection_tracker>& connections() const { return connections_; }
@@ -82,6 +86,8 @@ class node_server {
   local_pool pool_;
   std::unique_ptr<rest_api> api_;
   std::unique_ptr<event_hub> events_;
+  std::unique_ptr<peer_server> peer_server_;
+  std::vector<std::shared_ptr<peer_link>> peer_links_;
   net::ip::tcp::acceptor acceptor_;
   net::signal_set stop_signals_;
   net::signal_set stats_signal_;

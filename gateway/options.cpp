@@ -40,6 +40,25 @@ std::string read_secret_file(const std::string& path) {
   return secret;
 }
 
+// "HOST:PORT" for a peer to dial: any host name.
+std::pair<std::string, std::uint16_t> parse_peer(std::string_view flag, std::string_view text) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      throw usage_error(std::string(flag) + " expects HOST:PORT, not '" + std::string(text) + "'");
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos || colon == 0)
+      throw usage_error(std::string(flag) + " expects HOST:PORT, not '" + std::string(text) + "'");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  return {std::string(host), parse_int<std::uint16_t>(std::string(flag) + " port", port, 1, 65535)};
+}
+
 // "HOST:PORT", "[V6]:PORT", ":PORT" or "PORT".
 void parse_listen(std::string_view text, serve_options& o) {
   std::string_view host, port;
@@ -93,6 +112,17 @@ serve options:
   --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
   --worker-binary PATH   the ppgate-worker executable (default: found next to ppgate)
   --log-level LEVEL      debug, info, warn or error (default info)
+
+peers (docs/peers.md; peers authenticate each other with the secret):
+  --peer-listen HOST:PORT  accept peers here: run their jobs on this node's workers (ppserver)
+  --peers HOST:PORT,...    dial these nodes and use their workers (pp.Server(ppservers=...))
+  --advertise HOST:PORT    the address this node gives peers (default: the --peer-listen one)
+  --peer-secret-env NAME   the peers' shared secret from variable NAME (default: the secret)
+  --peer-secret-file PATH  the peers' shared secret from PATH
+  --peer-inflight N        jobs kept in flight per slot of a peer (default 2)
+  --tls-cert PATH          encrypt peer links with TLS, presenting this certificate (PEM)
+  --tls-key PATH           the certificate's private key (PEM)
+  --tls-ca PATH            require the other side's certificate to chain to this CA (PEM)
   --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
   --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
 
@@ -113,7 +143,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
   if (cmd != "serve") throw usage_error("unknown command '" + std::string(cmd) + "'; try 'ppgate --help'");
   out.what = command::serve;
   serve_options& o = out.serve;
-  std::string secret_file, secret_env;
+  std::string secret_file, secret_env, peer_secret_file, peer_secret_env;
   for (int i = 2; i < argc; ++i) {
     std::string_view flag = argv[i];
     std::string_view value;
@@ -169,6 +199,35 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
     } else if (flag == "--worker-binary") {
       o.worker_binary = take_value();
+    } else if (flag == "--peer-listen") {
+      serve_options scratch;
+      parse_listen(take_value(), scratch);
+      o.peer_listen_host = scratch.listen_host;
+      o.peer_listen_port = scratch.listen_port;
+    } else if (flag == "--peers") {
+      std::string_view list = take_value();
+      while (!list.empty()) {
+        const auto comma = list.find(',');
+        const auto item = list.substr(0, comma);
+        if (!item.empty()) o.peers.push_back(parse_peer(flag, item));
+        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+      }
+    } else if (flag == "--advertise") {
+      const auto v = take_value();
+      parse_peer(flag, v);
+      o.peer.name = std::string(v);
+    } else if (flag == "--peer-secret-env") {
+      peer_secret_env = take_value();
+    } else if (flag == "--peer-secret-file") {
+      peer_secret_file = take_value();
+    } else if (flag == "--peer-inflight") {
+      o.peer_inflight = parse_int<std::size_t>(flag, take_value(), 1, 64);
+    } else if (flag == "--tls-cert") {
+      o.peer.tls.cert_file = take_value();
+    } else if (flag == "--tls-key") {
+      o.peer.tls.key_file = take_value();
+    } else if (flag == "--tls-ca") {
+      o.peer.tls.ca_file = take_value();
     } else if (flag == "--stats-interval") {
       const auto v = take_value();
       double seconds = 0;
@@ -188,6 +247,12 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     }
   }
 
+  if (!peer_secret_file.empty()) o.peer.secret = read_secret_file(peer_secret_file);
+  if (!peer_secret_env.empty()) {
+    const char* v = std::getenv(peer_secret_env.c_str());
+    if (v == nullptr || *v == '\0') throw usage_error("--peer-secret-env: " + peer_secret_env + " is not set");
+    o.peer.secret = v;
+  }
   if (!secret_file.empty() && !secret_env.empty())
     throw usage_error("give either --secret-file or --secret-env, not both");
   if (!secret_file.empty()) {
@@ -200,6 +265,19 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
   }
   if (!o.secret.empty() && o.secret.size() < 8)
     throw usage_error("the secret must be at least 8 characters long");
+  const bool peering = !o.peer_listen_host.empty() || !o.peers.empty();
+  if (o.peer.secret.empty()) o.peer.secret = o.secret;
+  if (peering && o.peer.secret.empty())
+    throw usage_error("peers authenticate each other with a shared secret: give --secret-file, "
+                      "--secret-env or --peer-secret-env");
+  if (!o.peer.secret.empty() && o.peer.secret.size() < 8)
+    throw usage_error("the peers' secret must be at least 8 characters long");
+  if (o.peer.tls.cert_file.empty() != o.peer.tls.key_file.empty())
+    throw usage_error("--tls-cert and --tls-key go together");
+  if (!o.peer.tls.ca_file.empty() && o.peer.tls.cert_file.empty())
+    throw usage_error("--tls-ca needs --tls-cert and --tls-key");
+  if (o.peer.name.empty() && !o.peer_listen_host.empty())
+    o.peer.name = o.peer_listen_host + ":" + std::to_string(o.peer_listen_port);
   const bool loopback = boost::asio::ip::make_address(o.listen_host).is_loopback();
   if (!loopback && o.secret.empty() && !o.insecure)
     throw usage_error("--listen " + o.listen_host +

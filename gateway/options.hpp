@@ -1,6 +1,8 @@
 // Command line of `ppgate`: parsing, validation and --help. No Beast here.
 #pragma once
 
+#include "peer_channel.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -32,6 +34,13 @@ struct serve_options {
   std::string log_level = "info";
   long parent_pid = 0;  // stop when this process exits (0: no such watch)
   std::chrono::milliseconds stats_interval{1000};  // between snapshots on /v1/events
+
+  // Peers (docs/peers.md).
+  std::string peer_listen_host;      // empty: no peer listener
+  std::uint16_t peer_listen_port = 0;
+  std::vector<std::pair<std::string, std::uint16_t>> peers;  // to dial
+  std::size_t peer_inflight = 2;     // jobs in flight per slot of a peer
+  peer_settings peer;                // secret, advertised name, TLS
 };
 
 enum class command { serve, help, version };

@@ -275,13 +275,13 @@ http_response rest_api::cancel_job(const http_request& req, std::uint64_t id) {
 http_response rest_api::stats(const http_request& req) {
   const auto snapshot = server_.jobs().stats();
   if (wants_text(req))
-    return make_response(http::status::ok, format_stats_table(snapshot, server_.pool().size()),
+    return make_response(http::status::ok, format_stats_table(snapshot, server_.total_slots()),
                          req.version(), "text/plain; charset=utf-8");
-  return make_response(http::status::ok, format_stats_json(snapshot, server_.pool().size()), req.version());
+  return make_response(http::status::ok, format_stats_json(snapshot, server_.total_slots()), req.version());
 }
 
 http_response rest_api::nodes(const http_request& req) {
-  return make_response(http::status::ok, "{\"nodes\":" + format_nodes_json(server_.pool()) + "}", req.version());
+  return make_response(http::status::ok, "{\"nodes\":" + server_.nodes_json() + "}", req.version());
 }
 
 http_response rest_api::resize_workers(http_request& req) {

@@ -69,9 +69,16 @@ job& scheduler::submit(job_spec spec) {
 
 void scheduler::dispatch_to_waiting_slot() {
   if (!idle_.empty()) {
-    slot* s = idle_.front();
-    idle_.pop_front();
-    if (job* next = pop_next_queued()) dispatch(*s, *next);
+    // Local slots first, as pp does; a peer's slot takes what may leave this node.
+    auto it = std::find_if(idle_.begin(), idle_.end(), [](slot* s) { return !s->owner().remote(); });
+    if (it == idle_.end()) {
+      job* next = peek_next_queued();
+      if (next == nullptr || next->spec.local_only) return;
+      it = idle_.begin();
+    }
+    slot* s = *it;
+    idle_.erase(it);
+    if (job* next = pop_next_queued(s->owner().remote())) dispatch(*s, *next);
     return;
   }
   if (!prefetching_.empty()) {
@@ -108,12 +115,27 @@ job* scheduler::peek_next_queued() {
   return nullptr;
 }
 
-job* scheduler::pop_next_queued() {
+job* scheduler::pop_next_queued(bool for_remote) {
   while (!queue_.empty()) {
     const auto id = queue_.front();
-    queue_.pop_front();
     job* j = find(id);
-    if (j != nullptr && j->state == job_state::queued) return j;
+    if (j == nullptr || j->state != job_state::queued) {
+      queue_.pop_front();
+      continue;
+    }
+    if (!for_remote || !j->spec.local_only) {
+      queue_.pop_front();
+      return j;
+    }
+    // A peer's slot skips jobs that must stay here and takes the first one that may leave.
+    for (auto it = queue_.begin() + 1; it != queue_.end(); ++it) {
+      job* candidate = find(*it);
+      if (candidate != nullptr && candidate->state == job_state::queued && !candidate->spec.local_only) {
+        queue_.erase(it);
+        return candidate;
+      }
+    }
+    return nullptr;
   }
   return nullptr;
 }
@@ -132,7 +154,7 @@ void scheduler::dispatch(slot& s, job& j) {
 
 void scheduler::slot_ready(slot& s) {
   std::erase_if(prefetching_, [&](const prefetch_offer& o) { return o.s == &s; });
-  if (job* j = pop_next_queued()) {
+  if (job* j = pop_next_queued(s.owner().remote())) {
     dispatch(s, *j);
     return;
   }
@@ -216,8 +238,9 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
   remember_finished(j);
 }
 
-void scheduler::interrupted(job& j, std::string_view why) {
-  if (j.attempts <= j.spec.retries) {
+void scheduler::interrupted(job& j, std::string_view why, bool node_lost) {
+  const int budget = node_lost ? std::max(j.spec.retries, node_loss_retries) : j.spec.retries;
+  if (j.attempts <= budget) {
     // Retries go to the front: the job was already at the head of the line once.
     --counters_.running;
     ++counters_.queued;
@@ -230,9 +253,11 @@ void scheduler::interrupted(job& j, std::string_view why) {
     return;
   }
   std::string message(why);
-  message += " (attempt " + std::to_string(j.attempts) + " of " +
-             std::to_string(j.spec.retries + 1) + ")";
-  finish(j, job_state::failed, error_outcome("WorkerDied", message), 0);
+  message += " (attempt " + std::to_string(j.attempts) + " of " + std::to_string(budget + 1) + ")";
+  if (node_lost)
+    finish(j, job_state::lost, error_outcome("NodeLost", message), 0);
+  else
+    finish(j, job_state::failed, error_outcome("WorkerDied", message), 0);
 }
 
 void scheduler::requeue(job& j) {

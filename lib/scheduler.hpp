@@ -26,6 +26,7 @@ class node {
   virtual ~node() = default;
   virtual const std::string& name() const = 0;
   virtual std::size_t slot_count() const = 0;
+  virtual bool remote() const { return false; }  // a peer: jobs marked local_only never go there
 };
 
 // One place a job can run. The scheduler calls start() on a slot that has said it is ready, and
@@ -120,7 +121,11 @@ class scheduler {
   void slot_can_prefetch(slot& s, double budget);
   void slot_gone(slot& s);   // s takes no more jobs (stopping or restarting)
   void finish(job& j, job_state end, std::string outcome, double run_seconds);
-  void interrupted(job& j, std::string_view why);  // the slot lost j mid-run: retry or fail it
+  // The slot lost j mid-run: retry it or end it. A worker that died fails it once its retries are
+  // spent; a lost node (`node_lost`) requeues it up to node_loss_retries times at least, then
+  // it ends `lost`.
+  void interrupted(job& j, std::string_view why, bool node_lost = false);
+  static constexpr int node_loss_retries = 3;
   void requeue(job& j);  // the slot gives back j, which never started: no attempt is counted
   void count_worker_restart() { ++counters_.worker_restarts; }
 
@@ -140,7 +145,7 @@ class scheduler {
  private:
   void dispatch(slot& s, job& j);
   void dispatch_to_waiting_slot();
-  job* pop_next_queued();
+  job* pop_next_queued(bool for_remote = false);
   job* peek_next_queued();
   static bool prefetchable(const job& j, double budget);
   void remember_finished(job& j);

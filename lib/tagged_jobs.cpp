@@ -1,8 +1,10 @@
 #include "tagged_jobs.hpp"
 
 #include "json_writer.hpp"
+#include "peer_protocol.hpp"
 
 #include <charconv>
+#include <utility>
 
 namespace ppgate {
 
@@ -25,17 +27,33 @@ std::string tags_of_batch(std::string_view text) {
   return out;
 }
 
+// A framed peer `result` message: "<tag> <state> <run seconds>\n<outcome members>".
+std::string peer_result(std::string_view tag, std::string_view state, double run_seconds,
+                        std::string_view outcome) {
+  std::string body(tag);
+  body += ' ';
+  body += state;
+  body += ' ';
+  append_json_number(body, run_seconds);
+  body += '\n';
+  body += outcome;
+  std::string framed;
+  peer::append_message(framed, peer::msg::result, body);
+  return framed;
+}
+
 }  // namespace
 
-tagged_jobs::tagged_jobs(scheduler& sched, std::function<void()> output_ready, bool local_only)
-    : sched_(sched), output_ready_(std::move(output_ready)), local_only_(local_only) {}
+tagged_jobs::tagged_jobs(scheduler& sched, std::function<void()> output_ready, format f)
+    : sched_(sched), output_ready_(std::move(output_ready)), format_(f) {}
 
 void tagged_jobs::submit_batch(std::string& text) {
   try {
     auto submission = parse_job_submission(
         text, [this](function_def def) { return sched_.intern(std::move(def)); }, &functions_);
     for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
-      submission.jobs[i].local_only = local_only_;
+      // A job that came from a peer runs here: forwarding it again could send it in circles.
+      submission.jobs[i].local_only = format_ == format::peer_frames;
       job& j = sched_.submit(std::move(submission.jobs[i]));
       // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
       j.observer = weak_from_this();
@@ -43,6 +61,20 @@ void tagged_jobs::submit_batch(std::string& text) {
       by_tag_[submission.tags[i]] = j.id;
     }
   } catch (const request_error& e) {
+    if (format_ == format::peer_frames) {
+      // Each job of the batch ends failed, with the reason.
+      const std::string tags = tags_of_batch(text);
+      std::string_view list(tags);
+      list = list.substr(1, list.size() - 2);
+      while (!list.empty()) {
+        const auto comma = list.find(',');
+        const std::string_view tag = list.substr(0, comma);
+        results_ += peer_result(tag, "failed", 0, error_outcome("SubmitError", e.what()));
+        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+      }
+      output_ready_();
+      return;
+    }
     std::string rejected = "{\"rejected\":";
     rejected += tags_of_batch(text);
     rejected += ",\"error\":{\"message\":";
@@ -77,6 +109,11 @@ void tagged_jobs::job_ended(const job& j) {
   open_.erase(open);
   by_tag_.erase(tag);
   if (closed_) return;
+  if (format_ == format::peer_frames) {
+    results_ += peer_result(std::to_string(tag), to_string(j.state), j.run_seconds, j.outcome);
+    output_ready_();
+    return;
+  }
   // Compact: the client knows everything else about its job already.
   if (!results_.empty()) results_ += ',';
   results_ += "{\"tag\":";
@@ -94,6 +131,7 @@ void tagged_jobs::job_ended(const job& j) {
 }
 
 std::string tagged_jobs::take_output() {
+  if (format_ == format::peer_frames) return std::exchange(results_, {});
   if (!replies_.empty()) {
     std::string out = std::move(replies_.front());
     replies_.pop_front();

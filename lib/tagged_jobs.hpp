@@ -18,9 +18,13 @@ namespace ppgate {
 
 class tagged_jobs : public job_observer, public std::enable_shared_from_this<tagged_jobs> {
  public:
+  // session_json: results as {"results":[...]} (WebSocket sessions);
+  // peer_frames: each result as a framed peer `result` message (lib/peer_protocol.hpp), and the
+  // jobs run on this node's own workers only.
+  enum class format { session_json, peer_frames };
+
   // `output_ready` is called whenever replies or results are waiting to be sent.
-  // `local_only` jobs run on this node's own workers only (jobs that came from a peer).
-  tagged_jobs(scheduler& sched, std::function<void()> output_ready, bool local_only = false);
+  tagged_jobs(scheduler& sched, std::function<void()> output_ready, format f = format::session_json);
 
   // A batch: a JSON array of jobs with "tag" and maybe "fn_id". An accepted batch produces no
   // reply; a refused one produces {"rejected":[tags],"error":{...}}.
@@ -39,7 +43,7 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
  private:
   scheduler& sched_;
   std::function<void()> output_ready_;
-  bool local_only_;
+  format format_;
   bool closed_ = false;
   session_functions functions_;                          // fn_id -> definition
   std::unordered_map<std::uint64_t, std::int64_t> open_;  // job id -> the client's tag

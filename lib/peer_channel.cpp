@@ -1,0 +1,147 @@
+#include "peer_channel.hpp"
+
+#include "log.hpp"
+
+#include <boost/asio/this_coro.hpp>
+
+namespace ppgate {
+
+peer_channel::peer_channel(std::unique_ptr<peer_stream> stream, const peer_settings& settings)
+    : stream_(std::move(stream)), settings_(settings) {}
+
+void peer_channel::send(peer::msg type, std::string_view payload) {
+  peer::append_message(outbox_, type, payload);
+  if (serving_) write_next();
+}
+
+void peer_channel::send_frames(std::string_view frames) {
+  outbox_.append(frames);
+  if (serving_) write_next();
+}
+
+void peer_channel::close() {
+  if (closed_) return;
+  closed_ = true;
+  stream_->close();
+  if (ticker_) ticker_->cancel();
+}
+
+// Writes and heartbeats use completion handlers rather than coroutines racing the reader: with
+// g++ 12, the coroutine versions were resumed after they had finished.
+void peer_channel::write_next() {
+  if (write_in_flight_ || outbox_.empty() || closed_) return;
+  writing_.swap(outbox_);
+  outbox_.clear();
+  write_in_flight_ = true;
+  stream_->async_write(net::buffer(writing_),
+                       [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                         self->write_in_flight_ = false;
+                         self->writing_.clear();
+                         if (ec) {
+                           self->close();
+                           return;
+                         }
+                         self->write_next();
+                       });
+}
+
+void peer_channel::heartbeat() {
+  if (closed_) return;
+  const auto silence_limit = settings_.heartbeat * settings_.missed_heartbeats;
+  if (steady_clock::now() - last_heard_ > silence_limit) {
+    log::warn("peer ", peer_name_, " has been silent for ",
+              std::chrono::duration_cast<std::chrono::milliseconds>(silence_limit).count(),
+              " ms; closing the link");
+    close();
+    return;
+  }
+  send(peer::msg::ping, {});
+  ticker_->expires_after(settings_.heartbeat);
+  ticker_->async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    if (!ec) self->heartbeat();
+  });
+}
+
+net::awaitable<bool> peer_channel::read_more() {
+  char buf[64 * 1024];
+  auto [ec, n] = co_await stream_->read_some(net::buffer(buf));
+  if (ec) co_return false;
+  reader_.feed(buf, n);
+  last_heard_ = steady_clock::now();
+  co_return true;
+}
+
+net::awaitable<std::optional<peer::message>> peer_channel::receive(std::string& storage) {
+  // A watchdog closes the stream if the other side stalls the handshake.
+  auto self = shared_from_this();
+  net::steady_timer watchdog(co_await net::this_coro::executor, settings_.handshake_timeout);
+  watchdog.async_wait([self](boost::system::error_code ec) {
+    if (!ec) self->stream_->close();
+  });
+  for (;;) {
+    std::string_view frame;
+    try {
+      if (reader_.next(frame)) {
+        storage.assign(frame);
+        peer::message m;
+        if (!peer::parse_message(storage, m)) co_return std::nullopt;
+        co_return m;
+      }
+    } catch (const frame_error&) {
+      co_return std::nullopt;
+    }
+    if (!co_await read_more()) co_return std::nullopt;
+  }
+}
+
+net::awaitable<bool> peer_channel::flush() {
+  writing_.swap(outbox_);
+  outbox_.clear();
+  auto [ec, n] = co_await stream_->write(net::buffer(writing_));
+  writing_.clear();
+  co_return !ec;
+}
+
+net::awaitable<void> peer_channel::run() {
+  auto self = shared_from_this();
+  ticker_.emplace(co_await net::this_coro::executor, settings_.heartbeat);
+  ticker_->async_wait([self](boost::system::error_code ec) {
+    if (!ec) self->heartbeat();
+  });
+  serving_ = true;
+  write_next();
+  last_heard_ = steady_clock::now();
+  // Messages that arrived with the end of the handshake are already buffered.
+  std::string_view frame;
+  try {
+    while (!closed_ && reader_.next(frame)) {
+      peer::message m;
+      if (peer::parse_message(frame, m)) on_message(m);
+    }
+  } catch (const frame_error& e) {
+    log::warn("peer ", peer_name_, ": ", e.what());
+    close();
+  }
+  if (!closed_) co_await read_loop();
+  close();
+  on_closed();
+}
+
+net::awaitable<void> peer_channel::read_loop() {
+  while (!closed_) {
+    if (!co_await read_more()) break;
+    std::string_view frame;
+    try {
+      while (!closed_ && reader_.next(frame)) {
+        peer::message m;
+        if (peer::parse_message(frame, m)) on_message(m);
+      }
+    } catch (const frame_error& e) {
+      log::warn("peer ", peer_name_, " sent a bad frame: ", e.what());
+      break;
+    }
+  }
+  close();
+}
+
+}  // namespace ppgate

@@ -1,0 +1,70 @@
+// One authenticated peer connection, either role: a reader, a writer and a heartbeat coroutine
+// over a peer_stream. Messages are queued with send() and go out in as few writes as possible;
+// only the writer writes. A peer silent for `missed_heartbeats` intervals is cut off.
+// Owned through shared_ptr: run() holds a reference until the connection ends.
+// Distinct objects: safe. Shared objects: unsafe.
+#pragma once
+
+#include "frame.hpp"
+#include "peer_protocol.hpp"
+#include "peer_stream.hpp"
+#include "scheduler.hpp"
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace ppgate {
+
+struct peer_settings {
+  std::string secret;             // the cluster secret: both sides must hold it
+  std::string name;               // how this node names itself to peers (its advertised address)
+  tls_config tls;
+  std::chrono::milliseconds heartbeat{1000};
+  int missed_heartbeats = 5;      // silence for this many intervals ends the connection
+  std::chrono::milliseconds handshake_timeout{10000};
+};
+
+class peer_channel : public std::enable_shared_from_this<peer_channel> {
+ public:
+  peer_channel(std::unique_ptr<peer_stream> stream, const peer_settings& settings);
+  virtual ~peer_channel() = default;
+
+  void send(peer::msg type, std::string_view payload);
+  void send_frames(std::string_view frames);  // messages already framed
+  void close();
+  bool closed() const { return closed_; }
+  const std::string& peer_name() const { return peer_name_; }
+
+ protected:
+  // For the handshake, before run(): the next message (payload copied into `storage`), or
+  // nullopt when the connection ends or `handshake_timeout` passes.
+  net::awaitable<std::optional<peer::message>> receive(std::string& storage);
+  net::awaitable<bool> flush();  // writes what send() queued; false when the connection is gone
+  // After the handshake: serves until the connection ends, then calls on_closed().
+  net::awaitable<void> run();
+
+  virtual void on_message(const peer::message& m) = 0;
+  virtual void on_closed() {}
+
+  std::unique_ptr<peer_stream> stream_;
+  const peer_settings& settings_;
+  std::string peer_name_;
+
+ private:
+  net::awaitable<bool> read_more();
+  net::awaitable<void> read_loop();
+  void write_next();      // starts writing the outbox unless a write is in flight
+  void heartbeat();       // one tick: cut off a silent peer, or ping it
+
+  frame_reader reader_;
+  std::string outbox_, writing_;
+  bool write_in_flight_ = false;
+  bool serving_ = false;  // run() has started: writes go out as they are queued
+  std::optional<net::steady_timer> ticker_;
+  steady_clock::time_point last_heard_ = steady_clock::now();
+  bool closed_ = false;
+};
+
+}  // namespace ppgate

@@ -1,0 +1,363 @@
+#include "peer_link.hpp"
+
+#include "json_writer.hpp"
+#include "log.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <charconv>
+#include <sstream>
+
+namespace ppgate {
+
+// A slot of the peer: holds one job in flight at a time.
+class peer_link::link_slot : public slot {
+ public:
+  explicit link_slot(peer_link& link) : link_(link) {}
+  node& owner() override { return link_; }
+  void start(job& j) override {
+    job_ = &j;
+    link_.send_job(j, *this);
+  }
+  void abort(job& j) override {
+    link_.cancel_job(j);
+    job_ = nullptr;
+    if (!retiring) link_.sched_.slot_ready(*this);
+  }
+  job* job_ = nullptr;
+  bool retiring = false;
+
+ private:
+  peer_link& link_;
+};
+
+// The dialer's side of an authenticated connection.
+class peer_link::channel : public peer_channel {
+ public:
+  channel(std::unique_ptr<peer_stream> s, const peer_settings& settings, peer_link& link)
+      : peer_channel(std::move(s), settings), link_(link) {
+    peer_name_ = link.name_;
+  }
+
+  // The dialer's half of the handshake (lib/peer_protocol.hpp). On failure, `why` says what
+  // went wrong and `refused` whether the peer turned us down (wrong secret, wrong version).
+  net::awaitable<std::size_t> handshake(std::string& why, bool& refused) {
+    auto [tls_ec, tls_why] = co_await stream_->handshake(/*as_server=*/false);
+    if (tls_ec) {
+      why = tls_why;
+      co_return 0;
+    }
+    const std::string nonce_d = peer::make_nonce();
+    send(peer::msg::hello, std::string(peer::magic) + " " + std::to_string(peer::protocol_version) + " " +
+                               nonce_d + " " + settings_.name);
+    if (!co_await flush()) {
+      why = "the connection closed during the handshake";
+      co_return 0;
+    }
+    std::string storage;
+    auto challenge = co_await receive(storage);
+    if (!challenge) {
+      why = "no answer to the handshake";
+      co_return 0;
+    }
+    if (challenge->type == peer::msg::refused) {
+      why = "the peer refused the connection: " + std::string(challenge->payload);
+      refused = true;
+      co_return 0;
+    }
+    std::istringstream in{std::string(challenge->payload)};
+    int version = 0;
+    std::string nonce_a, proof_a;
+    in >> version >> nonce_a >> proof_a;
+    if (challenge->type != peer::msg::challenge || version != peer::protocol_version) {
+      why = "protocol version mismatch: this node speaks version " +
+            std::to_string(peer::protocol_version) + ", the peer speaks version " + std::to_string(version);
+      refused = true;
+      co_return 0;
+    }
+    if (!peer::equal_in_constant_time(proof_a, peer::proof_of(settings_.secret, "acceptor", nonce_d, nonce_a))) {
+      why = "authentication failed: the peer does not hold this cluster's secret";
+      refused = true;
+      send(peer::msg::refused, why);
+      co_await flush();
+      co_return 0;
+    }
+    send(peer::msg::proof, peer::proof_of(settings_.secret, "dialer", nonce_a, nonce_d));
+    if (!co_await flush()) {
+      why = "the connection closed during the handshake";
+      co_return 0;
+    }
+    auto welcome = co_await receive(storage);
+    if (!welcome || welcome->type != peer::msg::welcome) {
+      refused = welcome && welcome->type == peer::msg::refused;
+      why = refused ? "the peer refused the connection: " + std::string(welcome->payload)
+                    : "no welcome from the peer";
+      co_return 0;
+    }
+    std::size_t slots = 0;
+    std::from_chars(welcome->payload.data(), welcome->payload.data() + welcome->payload.size(), slots);
+    co_return slots;  // 0 is a valid, if idle, peer
+  }
+
+  net::awaitable<void> serve() { co_await run(); }
+
+ private:
+  void on_message(const peer::message& m) override {
+    switch (m.type) {
+      case peer::msg::result: link_.on_result(m.payload); break;
+      case peer::msg::capacity: {
+        std::size_t slots = 0;
+        std::from_chars(m.payload.data(), m.payload.data() + m.payload.size(), slots);
+        link_.set_capacity(slots);
+        break;
+      }
+      case peer::msg::ping: send(peer::msg::pong, {}); break;
+      case peer::msg::pong: break;
+      case peer::msg::refused:
+        log::warn("peer ", peer_name_, " closed the link: ", m.payload);
+        close();
+        break;
+      default: log::warn("peer ", peer_name_, " sent an unexpected message"); break;
+    }
+  }
+
+  peer_link& link_;
+};
+
+peer_link::peer_link(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
+                     const peer_settings& settings, std::size_t inflight_per_slot)
+    : ex_(ex),
+      sched_(sched),
+      host_(std::move(host)),
+      port_(port),
+      name_(host_ + ":" + std::to_string(port_)),
+      settings_(settings),
+      inflight_per_slot_(std::max<std::size_t>(1, inflight_per_slot)) {
+  if (settings_.tls.enabled()) tls_ = make_tls_context(settings_.tls, /*server=*/false);
+  sched_.register_node(*this);
+}
+
+// The supervising coroutine takes the slots out of the scheduler before it ends; a link outlives
+// the scheduler only when the io_context is torn down, and must not touch it then.
+peer_link::~peer_link() = default;
+
+void peer_link::launch() {
+  backoff_.emplace(ex_);
+  net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
+                [](std::exception_ptr e) {
+                  if (!e) return;
+                  try {
+                    std::rethrow_exception(e);
+                  } catch (const std::exception& ex) {
+                    log::error("peer link: ", ex.what());
+                  }
+                });
+}
+
+void peer_link::stop() {
+  stopped_ = true;
+  if (backoff_) backoff_->cancel();
+  if (channel_) channel_->close();
+}
+
+net::awaitable<std::shared_ptr<peer_link::channel>> peer_link::connect(bool& refused) {
+  net::ip::tcp::resolver resolver(ex_);
+  auto [rec, endpoints] = co_await resolver.async_resolve(host_, std::to_string(port_), use_nothrow_awaitable);
+  if (rec) {
+    last_error_ = "cannot resolve " + host_ + ": " + rec.message();
+    co_return nullptr;
+  }
+  net::ip::tcp::socket socket(ex_);
+  auto [cec, endpoint] = co_await net::async_connect(socket, endpoints, use_nothrow_awaitable);
+  if (cec) {
+    last_error_ = "cannot connect: " + cec.message();
+    co_return nullptr;
+  }
+  boost::system::error_code ignored;
+  socket.set_option(net::ip::tcp::no_delay(true), ignored);
+  auto stream = tls_ ? std::make_unique<peer_stream>(std::move(socket), *tls_)
+                     : std::make_unique<peer_stream>(std::move(socket));
+  auto c = std::make_shared<channel>(std::move(stream), settings_, *this);
+  std::string why;
+  const std::size_t slots = co_await c->handshake(why, refused);
+  if (!why.empty()) {
+    last_error_ = why;
+    c->close();
+    co_return nullptr;
+  }
+  remote_slots_ = slots;
+  co_return c;
+}
+
+net::awaitable<void> peer_link::supervise() {
+  auto self = shared_from_this();
+  auto delay = std::chrono::milliseconds(250);
+  while (!stopped_) {
+    bool refused = false;
+    auto c = co_await connect(refused);
+    if (c && !stopped_) {
+      log::info("peer ", name_, " connected with ", remote_slots_, " slots");
+      last_error_.clear();
+      delay = std::chrono::milliseconds(250);
+      channel_ = c;
+      fn_ids_.clear();
+      set_capacity(remote_slots_);
+      co_await c->serve();
+      channel_.reset();
+      link_lost(last_error_.empty() ? "the link was lost" : last_error_);
+      continue;  // redial at once; failures from here on back off
+    }
+    if (stopped_) break;
+    // A refusal (wrong secret, wrong version) will not fix itself soon: retry rarely, so a
+    // misconfigured node does not storm its peer.
+    const auto wait = refused ? std::chrono::milliseconds(30000) : delay;
+    log::warn("peer ", name_, ": ", last_error_, "; retrying in ", wait.count(), " ms");
+    delay = std::min(delay * 2, std::chrono::milliseconds(10000));
+    backoff_->expires_after(wait);
+    co_await backoff_->async_wait(use_nothrow_awaitable);
+  }
+  link_lost("the node is stopping");
+}
+
+void peer_link::set_capacity(std::size_t remote_slots) {
+  remote_slots_ = remote_slots;
+  const std::size_t wanted = channel_ ? remote_slots * inflight_per_slot_ : 0;
+  std::size_t active = 0;
+  for (auto& s : slots_) active += !s->retiring;
+  while (active < wanted) {
+    // Reuse a retiring slot first.
+    auto it = std::find_if(slots_.begin(), slots_.end(), [](auto& s) { return s->retiring; });
+    if (it != slots_.end()) {
+      (*it)->retiring = false;
+      if ((*it)->job_ == nullptr) sched_.slot_ready(**it);
+    } else {
+      slots_.push_back(std::make_unique<link_slot>(*this));
+      sched_.slot_ready(*slots_.back());
+    }
+    ++active;
+  }
+  for (auto it = slots_.begin(); active > wanted && it != slots_.end();) {
+    auto& s = *it;
+    if (s->retiring) {
+      ++it;
+      continue;
+    }
+    --active;
+    sched_.slot_gone(*s);
+    if (s->job_ == nullptr) {
+      it = slots_.erase(it);
+    } else {
+      s->retiring = true;  // leaves after its job
+      ++it;
+    }
+  }
+}
+
+void peer_link::send_job(job& j, link_slot& s) {
+  if (!channel_) {
+    // The link went down between the slot's offer and this job: give the job back untouched.
+    s.job_ = nullptr;
+    sched_.requeue(j);
+    return;
+  }
+  running_[j.id] = &s;
+  const function_def& f = *j.spec.function;
+  std::string m = "[{\"tag\":" + std::to_string(j.id);
+  auto [known, inserted] = fn_ids_.try_emplace(f.hash, static_cast<int>(fn_ids_.size()) + 1);
+  m += ",\"fn_id\":" + std::to_string(known->second);
+  if (inserted) {  // the function's source crosses the link once
+    m += ",\"function\":";
+    append_json_string(m, f.entry);
+    if (!f.source.empty()) {
+      m += ",\"source\":";
+      append_json_string(m, f.source);
+    }
+    m += ",\"modules\":[";
+    for (std::size_t i = 0; i < f.modules.size(); ++i) {
+      if (i > 0) m += ',';
+      append_json_string(m, f.modules[i]);
+    }
+    m += ']';
+  }
+  const bool json = j.spec.codec == arg_codec::json;
+  m += ",\"codec\":\"";
+  m += to_string(j.spec.codec);
+  m += '"';
+  auto field = [&](const char* key, const std::string& value) {
+    if (value.empty()) return;
+    m += ",\"";
+    m += key;
+    m += "\":";
+    if (json) m += value;
+    else append_json_string(m, value);
+  };
+  field("args", j.spec.args);
+  field("kwargs", j.spec.kwargs);
+  field("globals", j.spec.globals);
+  if (j.spec.timeout) {
+    m += ",\"timeout\":";
+    append_json_number(m, std::chrono::duration<double>(*j.spec.timeout).count());
+  }
+  if (j.spec.retries > 0) m += ",\"retries\":" + std::to_string(j.spec.retries);
+  m += ",\"group\":";
+  append_json_string(m, j.spec.group);
+  m += "}]";
+  channel_->send(peer::msg::run, m);
+}
+
+void peer_link::cancel_job(job& j) {
+  running_.erase(j.id);
+  if (channel_) channel_->send(peer::msg::cancel, std::to_string(j.id));
+}
+
+void peer_link::on_result(std::string_view payload) {
+  // "<tag> <state> <run seconds>\n<outcome>"
+  const auto newline = payload.find('\n');
+  const std::string_view head = payload.substr(0, newline);
+  const std::string_view outcome = newline == std::string_view::npos ? std::string_view{} : payload.substr(newline + 1);
+  std::uint64_t tag = 0;
+  double seconds = 0;
+  auto [p, ec] = std::from_chars(head.data(), head.data() + head.size(), tag);
+  const std::string_view rest = head.substr(static_cast<std::size_t>(p - head.data()));
+  const auto space = rest.rfind(' ');
+  if (space != std::string_view::npos) std::from_chars(rest.data() + space + 1, rest.data() + rest.size(), seconds);
+  const std::string_view state = rest.substr(1, space == std::string_view::npos ? 0 : space - 1);
+
+  auto it = running_.find(tag);
+  if (it == running_.end()) return;  // cancelled here meanwhile
+  link_slot& s = *it->second;
+  running_.erase(it);
+  job* j = s.job_;
+  s.job_ = nullptr;
+  if (j != nullptr) {
+    if (state == "done" || state == "failed")
+      sched_.finish(*j, state == "done" ? job_state::done : job_state::failed, std::string(outcome), seconds);
+    else  // the peer gave it up without being asked (it is stopping): run it elsewhere
+      sched_.interrupted(*j, "node " + name_ + " gave the job up (" + std::string(state) + ")", true);
+  }
+  if (s.retiring) {
+    std::erase_if(slots_, [&](auto& p) { return p.get() == &s; });
+    return;
+  }
+  sched_.slot_ready(s);
+}
+
+void peer_link::link_lost(const std::string& why) {
+  // Every job in flight goes back to the queue (or ends lost when it has been lost too often);
+  // the peer's slots leave the scheduler until the link is back.
+  std::vector<std::unique_ptr<link_slot>> old;
+  old.swap(slots_);
+  running_.clear();
+  remote_slots_ = 0;
+  for (auto& s : old) {
+    sched_.slot_gone(*s);
+    if (job* j = s->job_) {
+      s->job_ = nullptr;
+      log::warn("job ", j->id, " was in flight on ", name_, ", which was lost: ", why);
+      sched_.interrupted(*j, "the job was on node " + name_ + ", which was lost (" + why + ")", true);
+    }
+  }
+}
+
+}  // namespace ppgate

@@ -1,0 +1,70 @@
+// The pp.Server(ppservers=...) role: a connection to one peer node, seen by the scheduler as a
+// node named "host:port" with slots. It dials, authenticates, and keeps `inflight_per_slot` jobs
+// in flight per slot the peer advertises (so throughput is not bound by the round trip), follows
+// the peer's capacity as it is resized, forwards cancels, and redials with backoff when the link
+// is lost. Jobs in flight on a lost link go back to the queue (scheduler::interrupted).
+// Owned through shared_ptr. Distinct objects: safe. Shared objects: unsafe.
+#pragma once
+
+#include "peer_channel.hpp"
+#include "scheduler.hpp"
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ppgate {
+
+class peer_link : public node, public std::enable_shared_from_this<peer_link> {
+ public:
+  static constexpr std::size_t default_inflight_per_slot = 2;
+
+  peer_link(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
+            const peer_settings& settings, std::size_t inflight_per_slot = default_inflight_per_slot);
+  ~peer_link() override;
+
+  const std::string& name() const override { return name_; }
+  std::size_t slot_count() const override { return remote_slots_; }
+  bool remote() const override { return true; }
+
+  void launch();
+  void stop();
+  bool connected() const { return channel_ != nullptr; }
+  const std::string& last_error() const { return last_error_; }
+  std::size_t busy() const { return running_.size(); }
+
+ private:
+  class link_slot;
+  class channel;
+  friend class link_slot;
+  friend class channel;
+
+  net::awaitable<void> supervise();
+  // Dials and authenticates; returns the channel, or null with last_error_ set.
+  net::awaitable<std::shared_ptr<channel>> connect(bool& refused);
+  void set_capacity(std::size_t remote_slots);
+  void send_job(job& j, link_slot& s);
+  void cancel_job(job& j);
+  void on_result(std::string_view payload);
+  void link_lost(const std::string& why);
+
+  net::any_io_executor ex_;
+  scheduler& sched_;
+  std::string host_;
+  std::uint16_t port_;
+  std::string name_;
+  const peer_settings& settings_;
+  std::shared_ptr<net::ssl::context> tls_;
+  std::size_t inflight_per_slot_;
+  std::size_t remote_slots_ = 0;
+  std::vector<std::unique_ptr<link_slot>> slots_;
+  std::unordered_map<std::uint64_t, link_slot*> running_;  // job id (its tag on the link) -> slot
+  std::unordered_map<std::string, int> fn_ids_;            // function hash -> fn_id on this link
+  std::shared_ptr<channel> channel_;
+  std::string last_error_;
+  bool stopped_ = false;
+  std::optional<net::steady_timer> backoff_;
+};
+
+}  // namespace ppgate

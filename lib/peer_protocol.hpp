@@ -1,0 +1,59 @@
+// The peer protocol's wire format and authentication (docs/peers.md).
+//
+// A message is one frame (lib/frame.hpp) whose payload starts with a type byte. Each message goes
+// out in one write, on a socket with TCP_NODELAY.
+//
+// Handshake, dialer D and acceptor A, both holding the cluster secret:
+//   D -> A  hello      "PPGATE <version> <nonce_d> <name of D>"
+//   A -> D  challenge  "<version> <nonce_a> <HMAC(secret, "acceptor" nonce_d nonce_a)>"
+//   D -> A  proof      "<HMAC(secret, "dialer" nonce_a nonce_d)>"
+//   A -> D  welcome    "<slots of A> <name of A>"
+// or `refused` with a reason at any step. Nonces are 32 fresh random bytes from each side, so
+// the secret never crosses the wire and an answer recorded from one handshake fails in the next.
+#pragma once
+
+#include "frame.hpp"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ppgate::peer {
+
+inline constexpr std::uint16_t protocol_version = 1;
+inline constexpr std::string_view magic = "PPGATE";
+
+enum class msg : std::uint8_t {
+  hello = 1,
+  challenge = 2,
+  proof = 3,
+  welcome = 4,
+  refused = 5,   // text: why; the connection closes after it
+  capacity = 6,  // "<slots>": the acceptor's local pool was resized
+  run = 7,       // a batch of jobs in the session format (JSON array with tag and fn_id)
+  result = 8,    // "<tag> <done|failed|cancelled|lost> <run seconds>\n<outcome members>"
+  cancel = 9,    // "<tag>"
+  ping = 10,
+  pong = 11,
+};
+
+void append_message(std::string& out, msg type, std::string_view payload);
+
+struct message {
+  msg type;
+  std::string_view payload;
+};
+
+// Splits a received payload into type and body; false for an empty one.
+bool parse_message(std::string_view frame, message& out);
+
+// 32 random bytes, hex-encoded.
+std::string make_nonce();
+
+// Hex HMAC-SHA256 of label, first and second under `secret`.
+std::string proof_of(std::string_view secret, std::string_view label, std::string_view first,
+                     std::string_view second);
+
+bool equal_in_constant_time(std::string_view a, std::string_view b);
+
+}  // namespace ppgate::peer

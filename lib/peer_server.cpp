@@ -1,0 +1,184 @@
+#include "peer_server.hpp"
+
+#include "log.hpp"
+#include "tagged_jobs.hpp"
+
+#include <charconv>
+#include <sstream>
+
+namespace ppgate {
+
+// One accepted peer: the acceptor's side of the handshake, then its jobs.
+class peer_server::connection : public peer_channel {
+ public:
+  connection(std::unique_ptr<peer_stream> s, peer_server& server)
+      : peer_channel(std::move(s), server.settings_), server_(server) {}
+
+  net::awaitable<void> serve() {
+    auto self = std::static_pointer_cast<connection>(shared_from_this());
+    boost::system::error_code ec;
+    try {
+      peer_name_ = stream_->socket().remote_endpoint().address().to_string() + ":" +
+                   std::to_string(stream_->socket().remote_endpoint().port());
+    } catch (const std::exception&) {
+    }
+    auto [tls_ec, tls_why] = co_await stream_->handshake(/*as_server=*/true);
+    if (tls_ec) {
+      log::warn("peer ", peer_name_, ": ", tls_why);
+      close();
+      co_return;
+    }
+    if (!co_await authenticate()) {
+      close();
+      co_return;
+    }
+    log::info("peer ", peer_name_, " connected");
+    jobs_ = std::make_shared<tagged_jobs>(
+        server_.sched_, [this] { send_frames(jobs_->take_output()); }, tagged_jobs::format::peer_frames);
+    co_await run();
+  }
+
+  void capacity_changed(std::size_t slots) {
+    if (jobs_) send(peer::msg::capacity, std::to_string(slots));  // only once authenticated
+  }
+
+ private:
+  net::awaitable<bool> refuse(const std::string& why) {
+    log::warn("peer ", peer_name_, " refused: ", why);
+    send(peer::msg::refused, why);
+    co_await flush();
+    co_return false;
+  }
+
+  net::awaitable<bool> authenticate() {
+    std::string storage;
+    auto hello = co_await receive(storage);
+    if (!hello || hello->type != peer::msg::hello) co_return co_await refuse("expected a hello");
+    // "PPGATE <version> <nonce> <name>"
+    std::istringstream in{std::string(hello->payload)};
+    std::string word, nonce_d, name;
+    int version = 0;
+    in >> word >> version >> nonce_d >> name;
+    if (word != peer::magic) co_return co_await refuse("not a ppgate peer");
+    if (version != peer::protocol_version)
+      co_return co_await refuse("protocol version mismatch: this node speaks version " +
+                                std::to_string(peer::protocol_version) + ", the peer speaks version " +
+                                std::to_string(version));
+    if (nonce_d.size() != 64) co_return co_await refuse("a malformed hello");
+    if (!name.empty()) peer_name_ = name;
+    const std::string nonce_a = peer::make_nonce();
+    send(peer::msg::challenge, std::to_string(peer::protocol_version) + " " + nonce_a + " " +
+                                   peer::proof_of(settings_.secret, "acceptor", nonce_d, nonce_a));
+    if (!co_await flush()) co_return false;
+    auto proof = co_await receive(storage);
+    if (!proof || proof->type != peer::msg::proof) co_return false;  // the dialer gave up (it says why)
+    const std::string expected = peer::proof_of(settings_.secret, "dialer", nonce_a, nonce_d);
+    if (!peer::equal_in_constant_time(proof->payload, expected))
+      co_return co_await refuse("authentication failed: the peer does not hold this cluster's secret");
+    send(peer::msg::welcome, std::to_string(server_.pool_.size()) + " " + settings_.name);
+    co_return co_await flush();
+  }
+
+  void on_message(const peer::message& m) override {
+    switch (m.type) {
+      case peer::msg::run: {
+        std::string batch(m.payload);
+        jobs_->submit_batch(batch);
+        break;
+      }
+      case peer::msg::cancel: {
+        std::int64_t tag = 0;
+        std::from_chars(m.payload.data(), m.payload.data() + m.payload.size(), tag);
+        jobs_->cancel(tag);
+        break;
+      }
+      case peer::msg::ping: send(peer::msg::pong, {}); break;
+      case peer::msg::pong: break;
+      default: log::warn("peer ", peer_name_, " sent an unexpected message"); break;
+    }
+  }
+
+  void on_closed() override {
+    if (jobs_) {
+      if (jobs_->open_jobs() > 0)
+        log::info("peer ", peer_name_, " left; cancelling its ", jobs_->open_jobs(), " unfinished jobs");
+      jobs_->cancel_all();
+    }
+    log::info("peer ", peer_name_, " disconnected");
+  }
+
+  peer_server& server_;
+  std::shared_ptr<tagged_jobs> jobs_;
+};
+
+peer_server::peer_server(net::any_io_executor ex, scheduler& sched, local_pool& pool,
+                         const peer_settings& settings)
+    : ex_(ex), sched_(sched), pool_(pool), settings_(settings), acceptor_(ex) {
+  if (settings_.tls.enabled()) tls_ = make_tls_context(settings_.tls, /*server=*/true);
+}
+
+peer_server::~peer_server() { stop(); }
+
+void peer_server::listen(const net::ip::tcp::endpoint& endpoint) {
+  acceptor_.open(endpoint.protocol());
+  acceptor_.set_option(net::socket_base::reuse_address(true));
+  acceptor_.bind(endpoint);
+  acceptor_.listen(net::socket_base::max_listen_connections);
+  port_ = acceptor_.local_endpoint().port();
+  net::co_spawn(ex_, accept_loop(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log::error("peer listener: ", ex.what());
+    }
+  });
+}
+
+net::awaitable<void> peer_server::accept_loop() {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor_.async_accept(use_nothrow_awaitable);
+    if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
+    if (ec) {
+      net::steady_timer pause(ex_, std::chrono::milliseconds(100));
+      co_await pause.async_wait(use_nothrow_awaitable);
+      continue;
+    }
+    boost::system::error_code ignored;
+    socket.set_option(net::ip::tcp::no_delay(true), ignored);
+    auto stream = tls_ ? std::make_unique<peer_stream>(std::move(socket), *tls_)
+                       : std::make_unique<peer_stream>(std::move(socket));
+    auto c = std::make_shared<connection>(std::move(stream), *this);
+    std::erase_if(connections_, [](const auto& w) { return w.expired(); });
+    connections_.push_back(c);
+    net::co_spawn(ex_, [c]() { return c->serve(); }, [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::error("peer connection: ", ex.what());
+      }
+    });
+  }
+}
+
+void peer_server::capacity_changed() {
+  for (const auto& w : connections_)
+    if (auto c = w.lock(); c && !c->closed()) c->capacity_changed(pool_.size());
+}
+
+std::size_t peer_server::connected() const {
+  std::size_t n = 0;
+  for (const auto& w : connections_)
+    if (auto c = w.lock(); c && !c->closed()) ++n;
+  return n;
+}
+
+void peer_server::stop() {
+  boost::system::error_code ignored;
+  acceptor_.close(ignored);
+  for (const auto& w : connections_)
+    if (auto c = w.lock()) c->close();
+}
+
+}  // namespace ppgate

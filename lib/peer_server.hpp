@@ -1,0 +1,43 @@
+// The ppserver role: accepts peers on --peer-listen, authenticates them, and runs the jobs they
+// send on this node's own workers, answering with results. It also tells connected peers when
+// the local pool is resized, so their view of this node's capacity follows.
+// Distinct objects: safe. Shared objects: unsafe.
+#pragma once
+
+#include "local_pool.hpp"
+#include "peer_channel.hpp"
+#include "scheduler.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include <memory>
+#include <vector>
+
+namespace ppgate {
+
+class peer_server {
+ public:
+  peer_server(net::any_io_executor ex, scheduler& sched, local_pool& pool, const peer_settings& settings);
+  ~peer_server();
+
+  void listen(const net::ip::tcp::endpoint& endpoint);  // throws when it cannot
+  std::uint16_t port() const { return port_; }
+  void capacity_changed();  // the local pool was resized
+  void stop();
+  std::size_t connected() const;
+
+ private:
+  class connection;
+  net::awaitable<void> accept_loop();
+
+  net::any_io_executor ex_;
+  scheduler& sched_;
+  local_pool& pool_;
+  const peer_settings& settings_;
+  std::shared_ptr<net::ssl::context> tls_;
+  net::ip::tcp::acceptor acceptor_;
+  std::uint16_t port_ = 0;
+  std::vector<std::weak_ptr<connection>> connections_;
+};
+
+}  // namespace ppgate
