@@ -120,6 +120,7 @@ peers (docs/peers.md; peers authenticate each other with the secret):
   --peer-secret-env NAME   the peers' shared secret from variable NAME (default: the secret)
   --peer-secret-file PATH  the peers' shared secret from PATH
   --peer-inflight N        jobs kept in flight per slot of a peer (default 2)
+  --peer-heartbeat SECONDS a ping every SECONDS; a peer silent for 5 of them is cut off (default 1)
   --tls-cert PATH          encrypt peer links with TLS, presenting this certificate (PEM)
   --tls-key PATH           the certificate's private key (PEM)
   --tls-ca PATH            require the other side's certificate to chain to this CA (PEM)
@@ -220,6 +221,13 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       peer_secret_env = take_value();
     } else if (flag == "--peer-secret-file") {
       peer_secret_file = take_value();
+    } else if (flag == "--peer-heartbeat") {
+      const auto v = take_value();
+      double seconds = 0;
+      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), seconds);
+      if (ec != std::errc() || p != v.data() + v.size() || !(seconds >= 0.05) || seconds > 60)
+        throw usage_error("--peer-heartbeat expects a number of seconds from 0.05 to 60");
+      o.peer.heartbeat = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
     } else if (flag == "--peer-inflight") {
       o.peer_inflight = parse_int<std::size_t>(flag, take_value(), 1, 64);
     } else if (flag == "--tls-cert") {

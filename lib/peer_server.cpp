@@ -71,7 +71,13 @@ class peer_server::connection : public peer_channel {
                                    peer::proof_of(settings_.secret, "acceptor", nonce_d, nonce_a));
     if (!co_await flush()) co_return false;
     auto proof = co_await receive(storage);
-    if (!proof || proof->type != peer::msg::proof) co_return false;  // the dialer gave up (it says why)
+    if (proof && proof->type == peer::msg::refused) {
+      // The dialer found that our proof does not match its secret.
+      log::warn("peer ", peer_name_, " refused the handshake: ", proof->payload,
+                " (authentication failed: the secrets differ)");
+      co_return false;
+    }
+    if (!proof || proof->type != peer::msg::proof) co_return false;
     const std::string expected = peer::proof_of(settings_.secret, "dialer", nonce_a, nonce_d);
     if (!peer::equal_in_constant_time(proof->payload, expected))
       co_return co_await refuse("authentication failed: the peer does not hold this cluster's secret");

@@ -68,6 +68,13 @@ class Node:
             raise RuntimeError("ppgate did not start: %r %r" % (line, self.log_text()))
         self.port = int(line.rsplit(":", 1)[1])
         _live_nodes.add(self)
+        self.peer_port = None
+        if "--peer-listen" in self.args:
+            line = self.read_stdout_line(START_TIMEOUT)
+            if not line.startswith("ppgate accepting peers on 127.0.0.1:"):
+                self.kill()
+                raise RuntimeError("ppgate did not accept peers: %r %r" % (line, self.log_text()))
+            self.peer_port = int(line.split()[4].rsplit(":", 1)[1])
 
     def log_text(self):
         self.log.seek(0)

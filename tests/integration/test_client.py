@@ -291,9 +291,11 @@ class TestServerLifetime(unittest.TestCase):
                 self.assertEqual(server.submit(add, (20, 22))(timeout=WAIT), 42)
                 self.assertEqual(server.get_ncpus(), 1)
 
-    def test_ppservers_are_not_supported_yet(self):
-        with self.assertRaises(NotImplementedError):
+    def test_ppservers_need_a_secret_and_ncpus_0_needs_ppservers(self):
+        with self.assertRaisesRegex(ValueError, "secret"):
             pp.Server(1, ppservers=("127.0.0.1:60000",))
+        with self.assertRaisesRegex(ValueError, "ncpus=0 with no ppservers"):
+            pp.Server(0)
 
 
 class TestExecutor(unittest.TestCase):

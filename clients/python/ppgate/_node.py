@@ -35,7 +35,7 @@ class PrivateNode:
     """A ppgate child on a random loopback port with a random token. It stops with stop(), and
     on its own when this process exits, however it exits (--parent-pid)."""
 
-    def __init__(self, ncpus="autodetect", restart=False):
+    def __init__(self, ncpus="autodetect", restart=False, ppservers=(), secret=None):
         self.token = secrets.token_urlsafe(24)
         args = [find_ppgate(), "serve", "--listen", "127.0.0.1:0",
                 "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
@@ -43,6 +43,10 @@ class PrivateNode:
         if restart:
             args.append("--restart")
         env = dict(os.environ, PPGATE_SECRET=self.token)
+        if ppservers:
+            # The remote nodes are this private node's peers; they share the cluster secret.
+            args += ["--peers", ",".join(ppservers), "--peer-secret-env", "PPGATE_PEER_SECRET"]
+            env["PPGATE_PEER_SECRET"] = secret
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)
         line = self._first_line()

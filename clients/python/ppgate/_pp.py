@@ -163,9 +163,14 @@ class Server:
         if not isinstance(ppservers, tuple):
             raise TypeError("ppservers argument must be a tuple")
         _check_ncpus(ncpus)
-        if ppservers:
-            raise NotImplementedError("remote nodes (ppservers) are not supported by this ppgate "
-                                      "version yet; run jobs on the local node, or pass url= of a node")
+        for ppserver in ppservers:
+            if not isinstance(ppserver, str) or ":" not in ppserver:
+                raise ValueError("ppservers are 'host:port' strings, not %r" % (ppserver,))
+        if ppservers and url is None and (not secret or len(secret) < 8):
+            raise ValueError("ppservers need the cluster's secret (8 characters or more): "
+                             "Server(..., ppservers=..., secret=...)")
+        if ncpus == 0 and not ppservers and url is None:
+            raise ValueError("ncpus=0 with no ppservers: no worker would ever run a job")
         self._node = None
         self._session = None
         self._destroyed = False
@@ -181,7 +186,7 @@ class Server:
         self._rest_lock = threading.Lock()
         self._rest = None
         if url is None:
-            self._node = PrivateNode(ncpus, restart)
+            self._node = PrivateNode(ncpus, restart, ppservers, secret)
             url, token = self._node.url, self._node.token
         else:
             token = token if token is not None else (secret or os.environ.get("PPGATE_TOKEN"))
@@ -239,8 +244,10 @@ class Server:
         self._request("PUT", "/v1/workers", {"count": "auto" if ncpus == "autodetect" else ncpus})
 
     def get_active_nodes(self):
-        """{node name: number of workers}, as pp's get_active_nodes()."""
-        return {n["name"]: n["slots"] for n in self._request("GET", "/v1/nodes")["nodes"]}
+        """{node name: number of workers}, as pp's get_active_nodes(): "local" and each connected
+        remote node by host:port."""
+        return {n["name"]: n["slots"] for n in self._request("GET", "/v1/nodes")["nodes"]
+                if n.get("connected", True)}
 
     def get_stats(self):
         """{node name: Statistics}, as pp's get_stats()."""
