@@ -119,7 +119,8 @@ peers (docs/peers.md; peers authenticate each other with the secret):
   --advertise HOST:PORT    the address this node gives peers (default: the --peer-listen one)
   --peer-secret-env NAME   the peers' shared secret from variable NAME (default: the secret)
   --peer-secret-file PATH  the peers' shared secret from PATH
-  --peer-inflight N        jobs kept in flight per slot of a peer (default 2)
+  --peer-inflight N        jobs kept in flight per slot of a peer, beyond the first only jobs
+                           known to be short (default 8)
   --peer-heartbeat SECONDS a ping every SECONDS; a peer silent for 5 of them is cut off (default 1)
   --tls-cert PATH          encrypt peer links with TLS, presenting this certificate (PEM)
   --tls-key PATH           the certificate's private key (PEM)

@@ -39,7 +39,7 @@ struct serve_options {
   std::string peer_listen_host;      // empty: no peer listener
   std::uint16_t peer_listen_port = 0;
   std::vector<std::pair<std::string, std::uint16_t>> peers;  // to dial
-  std::size_t peer_inflight = 2;     // jobs in flight per slot of a peer
+  std::size_t peer_inflight = 8;     // jobs in flight per slot of a peer (beyond one: short jobs)
   peer_settings peer;                // secret, advertised name, TLS
 };
 

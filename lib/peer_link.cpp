@@ -14,7 +14,7 @@ namespace ppgate {
 // A slot of the peer: holds one job in flight at a time.
 class peer_link::link_slot : public slot {
  public:
-  explicit link_slot(peer_link& link) : link_(link) {}
+  link_slot(peer_link& link, bool short_jobs_only) : short_jobs_only(short_jobs_only), link_(link) {}
   node& owner() override { return link_; }
   void start(job& j) override {
     job_ = &j;
@@ -23,10 +23,17 @@ class peer_link::link_slot : public slot {
   void abort(job& j) override {
     link_.cancel_job(j);
     job_ = nullptr;
-    if (!retiring) link_.sched_.slot_ready(*this);
+    if (!retiring) ask_for_work();
+  }
+  void ask_for_work() {
+    if (short_jobs_only)
+      link_.sched_.slot_can_prefetch(*this, scheduler::prefetch_budget_seconds);
+    else
+      link_.sched_.slot_ready(*this);
   }
   job* job_ = nullptr;
   bool retiring = false;
+  const bool short_jobs_only;
 
  private:
   peer_link& link_;
@@ -222,34 +229,39 @@ net::awaitable<void> peer_link::supervise() {
 
 void peer_link::set_capacity(std::size_t remote_slots) {
   remote_slots_ = remote_slots;
-  const std::size_t wanted = channel_ ? remote_slots * inflight_per_slot_ : 0;
-  std::size_t active = 0;
-  for (auto& s : slots_) active += !s->retiring;
-  while (active < wanted) {
-    // Reuse a retiring slot first.
-    auto it = std::find_if(slots_.begin(), slots_.end(), [](auto& s) { return s->retiring; });
-    if (it != slots_.end()) {
-      (*it)->retiring = false;
-      if ((*it)->job_ == nullptr) sched_.slot_ready(**it);
-    } else {
-      slots_.push_back(std::make_unique<link_slot>(*this));
-      sched_.slot_ready(*slots_.back());
+  // Per remote slot: one slot for any job, and inflight_per_slot - 1 for short jobs only.
+  const std::size_t wanted_any = channel_ ? remote_slots : 0;
+  const std::size_t wanted_short = channel_ ? remote_slots * (inflight_per_slot_ - 1) : 0;
+  for (const bool short_only : {false, true}) {
+    const std::size_t wanted = short_only ? wanted_short : wanted_any;
+    std::size_t active = 0;
+    for (auto& s : slots_) active += !s->retiring && s->short_jobs_only == short_only;
+    for (auto& s : slots_) {  // a retiring slot comes back before a new one is made
+      if (active >= wanted) break;
+      if (s->retiring && s->short_jobs_only == short_only) {
+        s->retiring = false;
+        ++active;
+        if (s->job_ == nullptr) s->ask_for_work();
+      }
     }
-    ++active;
-  }
-  for (auto it = slots_.begin(); active > wanted && it != slots_.end();) {
-    auto& s = *it;
-    if (s->retiring) {
-      ++it;
-      continue;
+    for (; active < wanted; ++active) {
+      slots_.push_back(std::make_unique<link_slot>(*this, short_only));
+      slots_.back()->ask_for_work();
     }
-    --active;
-    sched_.slot_gone(*s);
-    if (s->job_ == nullptr) {
-      it = slots_.erase(it);
-    } else {
-      s->retiring = true;  // leaves after its job
-      ++it;
+    for (auto it = slots_.begin(); active > wanted && it != slots_.end();) {
+      auto& s = *it;
+      if (s->retiring || s->short_jobs_only != short_only) {
+        ++it;
+        continue;
+      }
+      --active;
+      sched_.slot_gone(*s);
+      if (s->job_ == nullptr) {
+        it = slots_.erase(it);
+      } else {
+        s->retiring = true;  // leaves after its job
+        ++it;
+      }
     }
   }
 }
@@ -340,7 +352,7 @@ void peer_link::on_result(std::string_view payload) {
     std::erase_if(slots_, [&](auto& p) { return p.get() == &s; });
     return;
   }
-  sched_.slot_ready(s);
+  s.ask_for_work();
 }
 
 void peer_link::link_lost(const std::string& why) {

@@ -1,8 +1,10 @@
 // The pp.Server(ppservers=...) role: a connection to one peer node, seen by the scheduler as a
-// node named "host:port" with slots. It dials, authenticates, and keeps `inflight_per_slot` jobs
-// in flight per slot the peer advertises (so throughput is not bound by the round trip), follows
-// the peer's capacity as it is resized, forwards cancels, and redials with backoff when the link
-// is lost. Jobs in flight on a lost link go back to the queue (scheduler::interrupted).
+// node named "host:port" with slots. It dials, authenticates, and keeps up to `inflight_per_slot`
+// jobs in flight per slot the peer advertises, so throughput is not bound by the round trip: one
+// of them any job, the others only short jobs (scheduler::slot_can_prefetch), so long jobs are
+// not committed to a busy peer while other slots could take them. It follows the peer's capacity
+// as it is resized, forwards cancels, and redials with backoff when the link is lost. Jobs in
+// flight on a lost link go back to the queue (scheduler::interrupted).
 // Owned through shared_ptr. Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
@@ -18,7 +20,7 @@ namespace ppgate {
 
 class peer_link : public node, public std::enable_shared_from_this<peer_link> {
  public:
-  static constexpr std::size_t default_inflight_per_slot = 2;
+  static constexpr std::size_t default_inflight_per_slot = 8;
 
   peer_link(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
             const peer_settings& settings, std::size_t inflight_per_slot = default_inflight_per_slot);
