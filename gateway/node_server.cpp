@@ -68,11 +68,16 @@ void node_server::start() {
     if (opts_.peer_listen_port == 0)  // the name peers know this node by needs the real port
       opts_.peer.name = opts_.peer_listen_host + ":" + std::to_string(peer_server_->port());
   }
-  for (const auto& [host, port] : opts_.peers) {
-    auto link = std::make_shared<peer_link>(io_.get_executor(), scheduler_, host, port, opts_.peer,
-                                            opts_.peer_inflight);
-    peer_links_.push_back(link);
-    link->launch();
+  for (const auto& [host, port] : opts_.peers) add_peer(host, port);
+  if (opts_.discover) {
+    discovery_options d;
+    d.cluster = opts_.cluster;
+    d.port = opts_.discover_port;
+    d.announce = peer_server_ ? opts_.peer.name : std::string{};
+    d.bind_host = opts_.peer_listen_host;
+    discovery_ = std::make_unique<discovery>(
+        io_.get_executor(), d, [this](const std::string& host, std::uint16_t port) { add_peer(host, port); });
+    discovery_->start();
   }
   wait_for_signals();
   net::co_spawn(io_, accept_loop(), [](std::exception_ptr e) { log_if_failed(e, "listener"); });
@@ -102,6 +107,7 @@ void node_server::stop() {
   events_->stop();
   scheduler_.set_event_sink(nullptr);
   if (peer_server_) peer_server_->stop();
+  if (discovery_) discovery_->stop();
   for (auto& link : peer_links_) link->stop();
   pool_.shutdown();
   if (!opts_.pid_file.empty()) ::unlink(opts_.pid_file.c_str());
@@ -111,6 +117,16 @@ void node_server::stop() {
 void node_server::resize_pool(std::optional<std::size_t> workers) {
   pool_.resize(workers ? *workers : local_pool::usable_cpus());
   if (peer_server_) peer_server_->capacity_changed();
+}
+
+void node_server::add_peer(const std::string& host, std::uint16_t port) {
+  const std::string name = host + ":" + std::to_string(port);
+  for (const auto& link : peer_links_)
+    if (link->name() == name) return;
+  auto link = std::make_shared<peer_link>(io_.get_executor(), scheduler_, host, port, opts_.peer,
+                                          opts_.peer_inflight);
+  peer_links_.push_back(link);
+  link->launch();
 }
 
 std::size_t node_server::total_slots() {

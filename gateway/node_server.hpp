@@ -3,6 +3,7 @@
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
+#include "discovery.hpp"
 #include "local_pool.hpp"
 #include "net.hpp"
 #include "options.hpp"
@@ -88,6 +89,8 @@ class node_server {
   std::unique_ptr<event_hub> events_;
   std::unique_ptr<peer_server> peer_server_;
   std::vector<std::shared_ptr<peer_link>> peer_links_;
+  std::unique_ptr<discovery> discovery_;
+  void add_peer(const std::string& host, std::uint16_t port);
   net::ip::tcp::acceptor acceptor_;
   net::signal_set stop_signals_;
   net::signal_set stats_signal_;

@@ -122,6 +122,11 @@ peers (docs/peers.md; peers authenticate each other with the secret):
   --peer-inflight N        jobs kept in flight per slot of a peer, beyond the first only jobs
                            known to be short (default 8)
   --peer-heartbeat SECONDS a ping every SECONDS; a peer silent for 5 of them is cut off (default 1)
+  --discover               find nodes of the same cluster on the local network (UDP broadcast)
+                           and use them once they prove the secret; announce this node if it
+                           has --peer-listen
+  --cluster NAME           the cluster discovery looks for (default ppgate)
+  --discover-port PORT     the UDP port discovery uses (default 7099)
   --tls-cert PATH          encrypt peer links with TLS, presenting this certificate (PEM)
   --tls-key PATH           the certificate's private key (PEM)
   --tls-ca PATH            require the other side's certificate to chain to this CA (PEM)
@@ -229,6 +234,15 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       if (ec != std::errc() || p != v.data() + v.size() || !(seconds >= 0.05) || seconds > 60)
         throw usage_error("--peer-heartbeat expects a number of seconds from 0.05 to 60");
       o.peer.heartbeat = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
+    } else if (flag == "--discover") {
+      no_value();
+      o.discover = true;
+    } else if (flag == "--cluster") {
+      o.cluster = take_value();
+      if (o.cluster.empty() || o.cluster.find_first_of(" \t\n") != std::string::npos)
+        throw usage_error("--cluster expects a name without spaces");
+    } else if (flag == "--discover-port") {
+      o.discover_port = parse_int<std::uint16_t>(flag, take_value(), 1, 65535);
     } else if (flag == "--peer-inflight") {
       o.peer_inflight = parse_int<std::size_t>(flag, take_value(), 1, 64);
     } else if (flag == "--tls-cert") {
@@ -274,7 +288,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
   }
   if (!o.secret.empty() && o.secret.size() < 8)
     throw usage_error("the secret must be at least 8 characters long");
-  const bool peering = !o.peer_listen_host.empty() || !o.peers.empty();
+  const bool peering = !o.peer_listen_host.empty() || !o.peers.empty() || o.discover;
   if (o.peer.secret.empty()) o.peer.secret = o.secret;
   if (peering && o.peer.secret.empty())
     throw usage_error("peers authenticate each other with a shared secret: give --secret-file, "

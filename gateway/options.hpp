@@ -41,6 +41,9 @@ struct serve_options {
   std::vector<std::pair<std::string, std::uint16_t>> peers;  // to dial
   std::size_t peer_inflight = 8;     // jobs in flight per slot of a peer (beyond one: short jobs)
   peer_settings peer;                // secret, advertised name, TLS
+  bool discover = false;             // find peers of the same cluster by UDP broadcast
+  std::string cluster = "ppgate";
+  std::uint16_t discover_port = 7099;
 };
 
 enum class command { serve, help, version };
