@@ -30,14 +30,7 @@ event_hub::event_hub(node_server& server, std::chrono::milliseconds interval)
 
 void event_hub::start() {
   ticker_.emplace(server_.executor());
-  net::co_spawn(server_.executor(), tick_loop(), [](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      log::error("event stream: ", ex.what());
-    }
-  });
+  net::co_spawn(server_.executor(), tick_loop(), log::on_failure("event stream"));
 }
 
 void event_hub::stop() {

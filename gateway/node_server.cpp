@@ -16,19 +16,6 @@
 
 namespace ppgate {
 
-namespace {
-
-void log_if_failed(std::exception_ptr e, const char* what) {
-  if (!e) return;
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    log::error(what, ": ", ex.what());
-  }
-}
-
-}  // namespace
-
 node_server::node_server(net::io_context& io, serve_options opts, std::string worker_binary)
     : io_(io),
       opts_(std::move(opts)),
@@ -80,9 +67,9 @@ void node_server::start() {
     discovery_->start();
   }
   wait_for_signals();
-  net::co_spawn(io_, accept_loop(), [](std::exception_ptr e) { log_if_failed(e, "listener"); });
+  net::co_spawn(io_, accept_loop(), log::on_failure("listener"));
   if (opts_.idle_exit)
-    net::co_spawn(io_, idle_watch(), [](std::exception_ptr e) { log_if_failed(e, "idle watch"); });
+    net::co_spawn(io_, idle_watch(), log::on_failure("idle watch"));
 
   // Tests and scripts read the real port from this first line when they ask for port 0.
   const bool v6 = endpoint.address().is_v6();
@@ -214,7 +201,7 @@ net::awaitable<void> node_server::accept_loop() {
     boost::system::error_code ignored;
     socket.set_option(net::ip::tcp::no_delay(true), ignored);
     net::co_spawn(io_, run_http_session(std::move(socket), *this),
-                  [](std::exception_ptr e) { log_if_failed(e, "http session"); });
+                  log::on_failure("http session"));
   }
 }
 

@@ -28,6 +28,18 @@ Int parse_int(std::string_view flag, std::string_view text, Int min, Int max) {
   return value;
 }
 
+// A number of seconds from min to max, as milliseconds.
+std::chrono::milliseconds parse_seconds(std::string_view flag, std::string_view text, double min, double max) {
+  double seconds = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), seconds);
+  if (ec != std::errc() || p != text.data() + text.size() || !(seconds >= min) || seconds > max) {
+    std::ostringstream message;
+    message << flag << " expects a number of seconds from " << min << " to " << max;
+    throw usage_error(message.str());
+  }
+  return std::chrono::milliseconds(static_cast<long>(seconds * 1000));
+}
+
 std::string read_secret_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw usage_error("--secret-file: cannot read '" + path + "'");
@@ -228,12 +240,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else if (flag == "--peer-secret-file") {
       peer_secret_file = take_value();
     } else if (flag == "--peer-heartbeat") {
-      const auto v = take_value();
-      double seconds = 0;
-      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), seconds);
-      if (ec != std::errc() || p != v.data() + v.size() || !(seconds >= 0.05) || seconds > 60)
-        throw usage_error("--peer-heartbeat expects a number of seconds from 0.05 to 60");
-      o.peer.heartbeat = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
+      o.peer.heartbeat = parse_seconds(flag, take_value(), 0.05, 60);
     } else if (flag == "--discover") {
       no_value();
       o.discover = true;
@@ -252,12 +259,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else if (flag == "--tls-ca") {
       o.peer.tls.ca_file = take_value();
     } else if (flag == "--stats-interval") {
-      const auto v = take_value();
-      double seconds = 0;
-      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), seconds);
-      if (ec != std::errc() || p != v.data() + v.size() || !(seconds >= 0.05) || seconds > 60)
-        throw usage_error("--stats-interval expects a number of seconds from 0.05 to 60");
-      o.stats_interval = std::chrono::milliseconds(static_cast<long>(seconds * 1000));
+      o.stats_interval = parse_seconds(flag, take_value(), 0.05, 60);
     } else if (flag == "--parent-pid") {
       o.parent_pid = parse_int<long>(flag, take_value(), 1, 1L << 30);
     } else if (flag == "--log-level") {

@@ -45,14 +45,7 @@ void discovery::start() {
   socket_.set_option(net::socket_base::broadcast(true));
   socket_.bind({net::ip::address_v4::any(), opts_.port});
   if (!opts_.announce.empty()) known_.insert(opts_.announce);  // never dial ourselves
-  net::co_spawn(ex_, listen_loop(), [](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      log::error("discovery: ", ex.what());
-    }
-  });
+  net::co_spawn(ex_, listen_loop(), log::on_failure("discovery"));
   if (!opts_.announce.empty()) announce();
 }
 

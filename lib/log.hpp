@@ -1,6 +1,7 @@
 // Leveled logging to stderr. The level is set once at start-up.
 #pragma once
 
+#include <exception>
 #include <iostream>
 #include <sstream>
 #include <string_view>
@@ -25,5 +26,18 @@ template <class... P> void debug(const P&... p) { emit(level::debug, p...); }
 template <class... P> void info(const P&... p) { emit(level::info, p...); }
 template <class... P> void warn(const P&... p) { emit(level::warn, p...); }
 template <class... P> void error(const P&... p) { emit(level::error, p...); }
+
+// The completion handler for a coroutine given to co_spawn: an exception that ends it is logged,
+// with `what` saying whose it was, instead of being lost.
+inline auto on_failure(const char* what) {
+  return [what](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      error(what, ": ", ex.what());
+    }
+  };
+}
 
 }  // namespace ppgate::log

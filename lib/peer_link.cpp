@@ -152,14 +152,7 @@ peer_link::~peer_link() = default;
 void peer_link::launch() {
   backoff_.emplace(ex_);
   net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
-                [](std::exception_ptr e) {
-                  if (!e) return;
-                  try {
-                    std::rethrow_exception(e);
-                  } catch (const std::exception& ex) {
-                    log::error("peer link: ", ex.what());
-                  }
-                });
+                log::on_failure("peer link"));
 }
 
 void peer_link::stop() {

@@ -131,14 +131,7 @@ void peer_server::listen(const net::ip::tcp::endpoint& endpoint) {
   acceptor_.bind(endpoint);
   acceptor_.listen(net::socket_base::max_listen_connections);
   port_ = acceptor_.local_endpoint().port();
-  net::co_spawn(ex_, accept_loop(), [](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      log::error("peer listener: ", ex.what());
-    }
-  });
+  net::co_spawn(ex_, accept_loop(), log::on_failure("peer listener"));
 }
 
 net::awaitable<void> peer_server::accept_loop() {
@@ -157,14 +150,7 @@ net::awaitable<void> peer_server::accept_loop() {
     auto c = std::make_shared<connection>(std::move(stream), *this);
     std::erase_if(connections_, [](const auto& w) { return w.expired(); });
     connections_.push_back(c);
-    net::co_spawn(ex_, [c]() { return c->serve(); }, [](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        log::error("peer connection: ", ex.what());
-      }
-    });
+    net::co_spawn(ex_, [c]() { return c->serve(); }, log::on_failure("peer connection"));
   }
 }
 

@@ -74,15 +74,7 @@ node& worker_link::owner() { return pool_; }
 
 void worker_link::launch() {
   net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
-                [](std::exception_ptr e) {
-                  if (e) {
-                    try {
-                      std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                      log::error("worker supervisor ended: ", ex.what());
-                    }
-                  }
-                });
+                log::on_failure("worker supervisor"));
 }
 
 net::awaitable<void> worker_link::supervise() {
