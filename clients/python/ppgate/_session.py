@@ -21,6 +21,7 @@ from ._errors import JobLostError, SubmitError
 from ._websocket import WebSocket
 
 _MAX_BATCH = 5000
+_FOREGROUND_GRACE = 0.005  # seconds the background reader defers to a thread that just read
 
 
 class Session:
@@ -41,6 +42,9 @@ class Session:
         self._turn = threading.Condition(self._lock)  # signalled when the reading role is free
         self._reading = False                 # a thread holds the reading role
         self._foreground = 0                  # threads waiting for a job that read themselves
+        self._role_waiters = 0                # of those, the ones waiting for the reading role
+        self._last_foreground = 0.0           # when the last of them left (time.monotonic)
+        self._bg_selecting = False            # the background reader is blocked in select()
         self._wake_r, self._wake_w = os.pipe()  # gets the background reader out of select()
         os.set_blocking(self._wake_w, False)
         self._sending = False                 # a thread is writing to the socket
@@ -165,10 +169,12 @@ class Session:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._foreground += 1
-        try:
-            os.write(self._wake_w, b"\0")  # the background reader steps aside meanwhile
-        except BlockingIOError:
-            pass
+            evict = self._bg_selecting
+        if evict:
+            try:
+                os.write(self._wake_w, b"\0")  # the background reader steps aside meanwhile
+            except BlockingIOError:
+                pass
         try:
             while not predicate():
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -179,7 +185,11 @@ class Session:
                         self._turn.wait(0.05)  # _fail_all is ending every job
                         continue
                     if self._reading:
-                        self._turn.wait(remaining)  # the reader hands out results, maybe ours
+                        self._role_waiters += 1
+                        try:
+                            self._turn.wait(remaining)  # the reader hands out results, maybe ours
+                        finally:
+                            self._role_waiters -= 1
                         continue
                     self._reading = True
                 try:
@@ -194,25 +204,39 @@ class Session:
         finally:
             with self._lock:
                 self._foreground -= 1
-                self._turn.notify_all()
+                self._last_foreground = time.monotonic()
 
     def _release_reading(self):
         with self._lock:
             self._reading = False
-            self._turn.notify_all()
+            # Only threads waiting for the role are woken; the background reader polls (below),
+            # so a loop of submit and job() never wakes it.
+            if self._role_waiters:
+                self._turn.notify_all()
 
     def _read_loop(self):
         try:
             while True:
                 with self._lock:
-                    while (self._foreground or self._reading) and self._error is None:
-                        self._turn.wait()
+                    while self._error is None:
+                        if self._foreground or self._reading:
+                            self._turn.wait(_FOREGROUND_GRACE)
+                        elif time.monotonic() - self._last_foreground < _FOREGROUND_GRACE:
+                            # A thread that just read its own result is likely to wait again at
+                            # once (a loop of submit and job()): stay out of its way a moment, so
+                            # it need not wake this thread to take the role back.
+                            self._turn.wait(_FOREGROUND_GRACE)
+                        else:
+                            break
                     if self._error is not None:
                         return
                     self._reading = True
+                    self._bg_selecting = not self._ws.buffered()
                 try:
-                    if not self._ws.buffered():
+                    if self._bg_selecting:
                         ready = select.select([self._ws, self._wake_r], [], [])[0]
+                        with self._lock:
+                            self._bg_selecting = False
                         if self._wake_r in ready:
                             os.read(self._wake_r, 4096)
                         if self._ws not in ready:

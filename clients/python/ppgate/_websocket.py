@@ -41,6 +41,7 @@ class WebSocket:
         self._sock = socket.create_connection((host, port), timeout=timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._send_lock = threading.Lock()
+        self._keys = b""  # masking keys, drawn from os.urandom a thousand at a time
         self._buffer = bytearray()
         key = base64.b64encode(os.urandom(16)).decode()
         lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port), "Upgrade: websocket",
@@ -108,8 +109,10 @@ class WebSocket:
             header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
         else:
             header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-        key = os.urandom(4)
         with self._send_lock:
+            if not self._keys:
+                self._keys = os.urandom(4096)
+            key, self._keys = self._keys[:4], self._keys[4:]
             self._sock.sendall(header + key + _mask(payload, key))
 
     def send_text(self, payload):
