@@ -104,7 +104,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, session_func
       fn_id = id;
     } else if (key == "args" || key == "kwargs" || key == "globals") {
       const bool is_args = key == "args";
-      od::json_type type;
+      od::json_type type{};
       check(v.type().get(type), key, "an array, an object or a string");
       std::string_view raw;
       bool is_string = false;
@@ -209,7 +209,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
   if (ec) fail(std::string("invalid JSON: ") + simdjson::error_message(ec));
 
   job_submission out;
-  od::json_type type;
+  od::json_type type{};
   if ((ec = doc.type().get(type))) fail(std::string("invalid JSON: ") + simdjson::error_message(ec));
   if (type == od::json_type::array) {
     out.batch = true;

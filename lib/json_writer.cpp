@@ -114,7 +114,7 @@ std::string python_float_repr(double v) {
   }
   std::string mantissa = digits.substr(0, 1);
   if (digits.size() > 1) mantissa += "." + digits.substr(1);
-  char exp_buf[8];
+  char exp_buf[16];
   std::snprintf(exp_buf, sizeof exp_buf, "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
   return sign + mantissa + exp_buf;
 }

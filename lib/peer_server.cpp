@@ -15,8 +15,6 @@ class peer_server::connection : public peer_channel {
       : peer_channel(std::move(s), server.settings_), server_(server) {}
 
   net::awaitable<void> serve() {
-    auto self = std::static_pointer_cast<connection>(shared_from_this());
-    boost::system::error_code ec;
     try {
       peer_name_ = stream_->socket().remote_endpoint().address().to_string() + ":" +
                    std::to_string(stream_->socket().remote_endpoint().port());

@@ -280,19 +280,14 @@ void worker_link::abort(job& j) {
 
 void worker_link::retire() {
   retiring_ = true;
-  if (idle_) {
-    idle_ = false;
-    sched_.slot_gone(*this);
-  }
-  sched_.slot_gone(*this);  // no more prefetching either
+  idle_ = false;
+  sched_.slot_gone(*this);  // neither idle nor offering to prefetch any more
   if (in_flight_.empty() && proc_) proc_->kill();
 }
 
 void worker_link::stop_now() {
   retiring_ = true;
-  if (idle_) {
-    idle_ = false;
-  }
+  idle_ = false;
   sched_.slot_gone(*this);
   deadline_.cancel();
   if (proc_) proc_->kill_and_reap();
