@@ -68,19 +68,11 @@ class Session:
                 return
             # The connection is idle: send now, from this thread, saving a thread hand-off on
             # the latency of a lone job.
-            items, self._outgoing = self._outgoing, []
-            messages = self._encode(items)
-            self._sending = True
+            messages = self._take_outgoing()
         try:
-            for message in messages:
-                self._ws.send_text(message)
+            self._send_taken(messages)
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
-        finally:
-            with self._lock:
-                self._sending = False
-                if self._outgoing:
-                    self._wake.notify()
 
     def cancel(self, job):
         with self._lock:
@@ -116,17 +108,28 @@ class Session:
                         self._wake.wait()
                     if self._error is not None:
                         return
-                    items, self._outgoing = self._outgoing, []
-                    messages = self._encode(items)
-                    self._sending = True
-                try:
-                    for message in messages:
-                        self._ws.send_text(message)
-                finally:
-                    with self._lock:
-                        self._sending = False
+                    messages = self._take_outgoing()
+                self._send_taken(messages)
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
+
+    def _take_outgoing(self):
+        """Encodes what is queued and claims the socket for sending it. Runs under the lock."""
+        items, self._outgoing = self._outgoing, []
+        self._sending = True
+        return self._encode(items)
+
+    def _send_taken(self, messages):
+        """Sends what _take_outgoing returned, then hands the socket back (to the writer thread
+        if more has been queued meanwhile)."""
+        try:
+            for message in messages:
+                self._ws.send_text(message)
+        finally:
+            with self._lock:
+                self._sending = False
+                if self._outgoing:
+                    self._wake.notify()
 
     def _encode(self, items):
         """Turns queued items into messages. Each job gets a tag, which its result will carry;
