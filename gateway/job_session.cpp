@@ -1,6 +1,5 @@
 #include "job_session.hpp"
 
-#include "json_writer.hpp"
 #include "log.hpp"
 #include "node_server.hpp"
 
@@ -16,7 +15,6 @@ namespace ppgate {
 
 namespace websocket = beast::websocket;
 using namespace net::experimental::awaitable_operators;
-
 
 job_session::job_session(node_server& server) : server_(server) {}
 
