@@ -12,7 +12,6 @@ Usage: python3 bench/bench_client.py [--jobs N] [--repeats N]
 """
 
 import argparse
-import math
 import multiprocessing
 import os
 import statistics
@@ -20,34 +19,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clients", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ppgate  # noqa: E402
+from pp_example import INPUTS, isprime, sum_primes  # noqa: E402
 
 
 def f(x):
     return x + 1
-
-
-def isprime(n):
-    """Returns True if n is prime and False otherwise"""
-    if n < 2:
-        return False
-    if n == 2:
-        return True
-    max = int(math.ceil(math.sqrt(n)))
-    i = 2
-    while i <= max:
-        if n % i == 0:
-            return False
-        i += 1
-    return True
-
-
-def sum_primes(n):
-    """Calculates sum of all primes below given integer n"""
-    return sum([x for x in range(2, n) if isprime(x)])
-
-
-INPUTS = [100000 + 100 * i for i in range(8)]
 
 
 def throughput_pool(pool, jobs):

@@ -13,6 +13,7 @@ Usage: python3 bench/bench_rest.py [--workers N] [--jobs N] [--batch N]
 
 import argparse
 import http.client
+import inspect
 import json
 import os
 import subprocess
@@ -21,29 +22,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import pp_example  # noqa: E402
 
-SUM_PRIMES = '''
-def isprime(n):
-    """Returns True if n is prime and False otherwise"""
-    if not isinstance(n, int):
-        raise TypeError("argument passed to is_prime is not of 'int' type")
-    if n < 2:
-        return False
-    if n == 2:
-        return True
-    max = int(math.ceil(math.sqrt(n)))
-    i = 2
-    while i <= max:
-        if n % i == 0:
-            return False
-        i += 1
-    return True
-
-def sum_primes(n):
-    """Calculates sum of all primes below given integer n"""
-    return sum([x for x in range(2, n) if isprime(x)])
-'''
-INPUTS = [100000 + 100 * i for i in range(8)]
+# The source a REST client would send: the same functions the serial baseline runs.
+SUM_PRIMES = inspect.getsource(pp_example.isprime) + "\n" + inspect.getsource(pp_example.sum_primes)
+INPUTS = pp_example.INPUTS
 TRIVIAL = "def f(x):\n    return x+1\n"
 
 
@@ -68,8 +52,7 @@ def post(conn, path, body):
 
 
 def bench_sum_primes(port, repeats):
-    namespace = {}
-    exec("import math\n" + SUM_PRIMES, namespace)
+    serial = pp_example.sum_primes
     serial_best = rest_best = float("inf")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     batch = json.dumps([{"source": SUM_PRIMES, "function": "sum_primes", "modules": ["math"], "args": [n]}
@@ -77,7 +60,7 @@ def bench_sum_primes(port, repeats):
     expected = None
     for _ in range(repeats):
         t = time.perf_counter()
-        expected = [namespace["sum_primes"](n) for n in INPUTS]
+        expected = [serial(n) for n in INPUTS]
         serial_best = min(serial_best, time.perf_counter() - t)
         t = time.perf_counter()
         data = post(conn, "/v1/jobs?wait=300", batch)

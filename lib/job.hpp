@@ -84,6 +84,13 @@ struct job {
   std::weak_ptr<job_observer> observer;
 };
 
+// Appends `["math","from os import path"]`.
+void append_modules_json(std::string& out, const std::vector<std::string>& modules);
+
+// Appends `,"codec":"...","args":...` and, when present, `,"kwargs":...,"globals":...`: raw JSON
+// under codec json, base64 strings under codec pickle. Worker messages and peer messages share it.
+void append_arguments_json(std::string& out, const job_spec& spec);
+
 // The members of a failed job's outcome, for errors raised by ppgate itself rather than the job.
 std::string error_outcome(std::string_view type, std::string_view message,
                           std::string_view traceback = {});

@@ -111,25 +111,13 @@ net::awaitable<void> peer_channel::run() {
   serving_ = true;
   write_next();
   last_heard_ = steady_clock::now();
-  // Messages that arrived with the end of the handshake are already buffered.
-  std::string_view frame;
-  try {
-    while (!closed_ && reader_.next(frame)) {
-      peer::message m;
-      if (peer::parse_message(frame, m)) on_message(m);
-    }
-  } catch (const frame_error& e) {
-    log::warn("peer ", peer_name_, ": ", e.what());
-    close();
-  }
-  if (!closed_) co_await read_loop();
-  close();
+  co_await read_loop();
   on_closed();
 }
 
 net::awaitable<void> peer_channel::read_loop() {
-  while (!closed_) {
-    if (!co_await read_more()) break;
+  // Messages that arrived with the end of the handshake are already buffered: they go first.
+  for (;;) {
     std::string_view frame;
     try {
       while (!closed_ && reader_.next(frame)) {
@@ -140,6 +128,8 @@ net::awaitable<void> peer_channel::read_loop() {
       log::warn("peer ", peer_name_, " sent a bad frame: ", e.what());
       break;
     }
+    if (closed_) break;
+    if (!co_await read_more()) break;
   }
   close();
 }

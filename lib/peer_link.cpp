@@ -278,28 +278,10 @@ void peer_link::send_job(job& j, link_slot& s) {
       m += ",\"source\":";
       append_json_string(m, f.source);
     }
-    m += ",\"modules\":[";
-    for (std::size_t i = 0; i < f.modules.size(); ++i) {
-      if (i > 0) m += ',';
-      append_json_string(m, f.modules[i]);
-    }
-    m += ']';
+    m += ",\"modules\":";
+    append_modules_json(m, f.modules);
   }
-  const bool json = j.spec.codec == arg_codec::json;
-  m += ",\"codec\":\"";
-  m += to_string(j.spec.codec);
-  m += '"';
-  auto field = [&](const char* key, const std::string& value) {
-    if (value.empty()) return;
-    m += ",\"";
-    m += key;
-    m += "\":";
-    if (json) m += value;
-    else append_json_string(m, value);
-  };
-  field("args", j.spec.args);
-  field("kwargs", j.spec.kwargs);
-  field("globals", j.spec.globals);
+  append_arguments_json(m, j.spec);
   if (j.spec.timeout) {
     m += ",\"timeout\":";
     append_json_number(m, std::chrono::duration<double>(*j.spec.timeout).count());

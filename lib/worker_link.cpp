@@ -25,37 +25,10 @@ std::string build_run_message(const job& j, bool include_source) {
     append_json_string(m, f.entry);
     m += ",\"source\":";
     append_json_string(m, f.source);
-    m += ",\"modules\":[";
-    for (std::size_t i = 0; i < f.modules.size(); ++i) {
-      if (i > 0) m += ',';
-      append_json_string(m, f.modules[i]);
-    }
-    m += ']';
+    m += ",\"modules\":";
+    append_modules_json(m, f.modules);
   }
-  m += ",\"codec\":\"";
-  m += to_string(j.spec.codec);
-  m += "\",\"args\":";
-  if (j.spec.codec == arg_codec::json) {
-    m += j.spec.args.empty() ? std::string_view("[]") : std::string_view(j.spec.args);
-    if (!j.spec.kwargs.empty()) {
-      m += ",\"kwargs\":";
-      m += j.spec.kwargs;
-    }
-    if (!j.spec.globals.empty()) {
-      m += ",\"globals\":";
-      m += j.spec.globals;
-    }
-  } else {
-    append_json_string(m, j.spec.args);
-    if (!j.spec.kwargs.empty()) {
-      m += ",\"kwargs\":";
-      append_json_string(m, j.spec.kwargs);
-    }
-    if (!j.spec.globals.empty()) {
-      m += ",\"globals\":";
-      append_json_string(m, j.spec.globals);
-    }
-  }
+  append_arguments_json(m, j.spec);
   m += '}';
   return m;
 }
