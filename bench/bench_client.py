@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ppgate  # noqa: E402
 from pp_example import INPUTS, isprime, sum_primes  # noqa: E402
+from sampling import latencies  # noqa: E402
 
 
 def f(x):
@@ -44,17 +45,6 @@ def throughput_ppgate(server, jobs):
     elapsed = time.perf_counter() - t
     assert results == [i + 1 for i in range(jobs)]
     return jobs / elapsed
-
-
-def latencies(calls, n):
-    """Median round trip of each call, sampled alternately so machine noise hits all alike."""
-    samples = [[] for _ in calls]
-    for i in range(n):
-        for call, out in zip(calls, samples):
-            t = time.perf_counter()
-            assert call(i) == i + 1
-            out.append(time.perf_counter() - t)
-    return [statistics.median(s) for s in samples]
 
 
 def main():
@@ -80,7 +70,7 @@ def main():
 
         pool_lat, pp_lat = latencies([lambda i: pool.apply_async(f, (i,)).get(),
                                       lambda i: server.submit(f, (i,))()], 1000)
-        print("one trivial job's round trip (median of 1000, sampled alternately):")
+        print("one trivial job's round trip (median of 1000, sampled in alternating blocks of 50):")
         print("  Pool apply_async().get()  %7.1f us" % (pool_lat * 1e6))
         print("  ppgate submit()()         %7.1f us" % (pp_lat * 1e6))
         print("  ratio                     %7.2fx   (target <= 1.0x)" % (pp_lat / pool_lat))

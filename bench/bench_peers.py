@@ -19,7 +19,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ppgate  # noqa: E402
+from sampling import latencies  # noqa: E402
 
 SECRET = "bench-cluster-secret"
 
@@ -66,14 +68,8 @@ def main():
             print("  via a remote node (2 workers)   %8.0f jobs/s" % rr)
             print("  ratio                           %8.2fx   (target >= 0.5x)" % (rr / lr))
 
-            lat = {"local": [], "remote": []}
-            for i in range(500):
-                for name, server in (("local", local), ("remote", via)):
-                    t = time.perf_counter()
-                    assert server.submit(f, (i,))() == i + 1
-                    lat[name].append(time.perf_counter() - t)
-            ll, rl = statistics.median(lat["local"]), statistics.median(lat["remote"])
-            print("one trivial job's round trip (median of 500, sampled alternately):")
+            ll, rl = latencies([lambda i: local.submit(f, (i,))(), lambda i: via.submit(f, (i,))()], 500)
+            print("one trivial job's round trip (median of 500, sampled in alternating blocks of 50):")
             print("  local %.1f us, via the remote node %.1f us, ratio %.2fx   (target <= 2x)"
                   % (ll * 1e6, rl * 1e6, rl / ll))
     finally:

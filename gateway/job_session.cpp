@@ -64,6 +64,7 @@ net::awaitable<void> job_session::write_loop(ws_stream& ws) {
     ws.text(true);
     auto [ec, n] = co_await ws.async_write(net::buffer(message), use_nothrow_awaitable);
     if (ec) co_return;
+    server_.session_replied();
   }
 }
 

@@ -1,4 +1,5 @@
 // ppgate: the node executable. Parses the command line and runs a node_server until it stops.
+#include "event_loop.hpp"
 #include "log.hpp"
 #include "node_server.hpp"
 #include "options.hpp"
@@ -34,7 +35,7 @@ int main(int argc, char** argv) {
     net::io_context io(1);
     node_server server(io, cmd.serve, worker);
     server.start();
-    io.run();
+    run_event_loop(io, [&server] { return server.should_poll(); });
     server.stop();
   } catch (const usage_error& e) {
     std::fprintf(stderr, "ppgate: %s\n", e.what());

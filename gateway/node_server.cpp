@@ -27,7 +27,10 @@ node_server::node_server(net::io_context& io, serve_options opts, std::string wo
       acceptor_(io),
       stop_signals_(io, SIGINT, SIGTERM),
       stats_signal_(io, SIGUSR1),
-      parent_watch_(io) {}
+      parent_watch_(io) {
+  // On a single CPU, polling would only hold up the client whose next message it waits for.
+  if (local_pool::usable_cpus() > 1) busy_poll_ = opts_.busy_poll;
+}
 
 node_server::~node_server() { scheduler_.set_event_sink(nullptr); }
 

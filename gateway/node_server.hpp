@@ -60,6 +60,14 @@ class node_server {
 
   const serve_options& options() const { return opts_; }
   scheduler& jobs() { return scheduler_; }
+  // Whether the event loop should poll rather than sleep (lib/event_loop.hpp): for --busy-poll
+  // after a job session received results, while no job runs, so the client's next job is seen
+  // at once. Never while a job runs: the poll would take a CPU from its worker. Jobs from peers
+  // never start it: on a machine shared with the peer, it would take the CPU the peer needs.
+  bool should_poll() const {
+    return scheduler_.running() == 0 && steady_clock::now() - last_session_reply_ < busy_poll_;
+  }
+  void session_replied() { last_session_reply_ = steady_clock::now(); }
   local_pool& pool() { return pool_; }
   rest_api& api() { return *api_; }
   event_hub& events() { return *events_; }
@@ -98,6 +106,8 @@ class node_server {
   std::uint16_t port_ = 0;
   std::shared_ptr<connection_tracker> connections_ = std::make_shared<connection_tracker>();
   bool stopped_ = false;
+  steady_clock::duration busy_poll_{};  // --busy-poll; zero on a single CPU
+  steady_clock::time_point last_session_reply_{};
 };
 
 }  // namespace ppgate

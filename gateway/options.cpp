@@ -144,6 +144,9 @@ peers (docs/peers.md; peers authenticate each other with the secret):
   --tls-ca PATH            require the other side's certificate to chain to this CA (PEM)
   --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
   --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
+  --busy-poll MICROSECONDS  after sending results to a job session, while no job runs, poll
+                         this long before sleeping, so the client's next job is seen at once
+                         (default 100; 0 disables; off on a single CPU)
 
 signals: SIGINT and SIGTERM stop the node and its workers; SIGUSR1 prints pp's statistics table.
 The REST API is described in docs/rest.md.
@@ -260,6 +263,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.peer.tls.ca_file = take_value();
     } else if (flag == "--stats-interval") {
       o.stats_interval = parse_seconds(flag, take_value(), 0.05, 60);
+    } else if (flag == "--busy-poll") {
+      o.busy_poll = std::chrono::microseconds(parse_int<long>(flag, take_value(), 0, 10000));
     } else if (flag == "--parent-pid") {
       o.parent_pid = parse_int<long>(flag, take_value(), 1, 1L << 30);
     } else if (flag == "--log-level") {

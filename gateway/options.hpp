@@ -34,6 +34,9 @@ struct serve_options {
   std::string log_level = "info";
   long parent_pid = 0;  // stop when this process exits (0: no such watch)
   std::chrono::milliseconds stats_interval{1000};  // between snapshots on /v1/events
+  // How long the event loop polls after results went to a job session, while no job runs
+  // (node_server::should_poll). 0 disables it; it is off on a single CPU.
+  std::chrono::microseconds busy_poll{100};
 
   // Peers (docs/peers.md).
   std::string peer_listen_host;      // empty: no peer listener

@@ -26,7 +26,8 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(r.returncode, 0)
         for flag in ("--listen", "--workers", "--secret-file", "--secret-env", "--insecure", "--restart",
                      "--pid-file", "--idle-exit", "--max-body", "--max-header", "--max-connections",
-                     "--idle-timeout", "--keep-finished", "--worker-binary", "--log-level"):
+                     "--idle-timeout", "--keep-finished", "--worker-binary", "--log-level", "--busy-poll",
+                     "--stats-interval", "--parent-pid"):
             self.assertIn(flag, r.stdout)
 
     def test_bad_flags_get_a_clear_error(self):
@@ -37,6 +38,9 @@ class TestCommandLine(unittest.TestCase):
             (["serve", "--listen", "127.0.0.1:99999"], "--listen port"),
             (["serve", "--secret", "abc"], "use --secret-file or --secret-env"),
             (["serve", "--log-level", "loud"], "--log-level"),
+            (["serve", "--busy-poll", "-5"], "--busy-poll"),
+            (["serve", "--busy-poll", "20000"], "--busy-poll"),
+            (["serve", "--busy-poll", "soon"], "--busy-poll"),
             (["serve", "--listen", "0.0.0.0:0"], "not a loopback address"),
             (["frobnicate"], "unknown command"),
             ([], "missing command"),

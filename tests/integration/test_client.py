@@ -298,6 +298,43 @@ class TestServerLifetime(unittest.TestCase):
             pp.Server(0)
 
 
+class TestLoneJobLatencyPath(unittest.TestCase):
+    """A loop of submit(...)() on short jobs makes the client poll its socket and the node poll its
+    event loop (docs/architecture.md, "Latency"); neither may change a result or keep polling."""
+
+    def test_lone_jobs_short_and_long_all_end_right(self):
+        with Node(workers=1, env={"PPGATE_SECRET": "a-shared-secret"}) as node:
+            with pp.Server(url="http://127.0.0.1:%d" % node.port, token="a-shared-secret") as server:
+                for i in range(300):  # short waits: the client polls for each result
+                    self.assertEqual(server.submit(add, (i, 1))(timeout=WAIT), i + 1)
+                # A job longer than the poll: the wait falls back to sleeping, and the result
+                # still arrives; then short jobs poll again.
+                self.assertEqual(server.submit(nap, (0.05,))(timeout=WAIT), 0.05)
+                for i in range(50):
+                    self.assertEqual(server.submit(add, (i, 2))(timeout=WAIT), i + 2)
+                    if i % 10 == 0:
+                        self.assertEqual(server.submit(nap, (0.002,))(timeout=WAIT), 0.002)
+
+    def test_an_idle_node_stops_polling(self):
+        with Node(workers=1, env={"PPGATE_SECRET": "a-shared-secret"}) as node:
+            with pp.Server(url="http://127.0.0.1:%d" % node.port, token="a-shared-secret") as server:
+                for i in range(300):
+                    self.assertEqual(server.submit(add, (i, 1))(timeout=WAIT), i + 1)
+                time.sleep(0.2)
+                before = cpu_seconds(node.proc.pid)
+                time.sleep(1.0)
+                used = cpu_seconds(node.proc.pid) - before
+                # A node that kept polling would use about a second of CPU here.
+                self.assertLess(used, 0.3)
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of process `pid`, from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class TestExecutor(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

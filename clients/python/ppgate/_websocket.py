@@ -77,6 +77,17 @@ class WebSocket:
         """True when received bytes wait in this object (select() on the socket would not see them)."""
         return bool(self._buffer)
 
+    def poll(self):
+        """Takes in whatever bytes have arrived, without blocking; True if there were any."""
+        try:
+            chunk = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            raise ConnectionClosed("the server closed the connection")
+        self._buffer += chunk
+        return True
+
     def _fill(self):
         chunk = self._sock.recv(1 << 16)
         if not chunk:
