@@ -105,7 +105,7 @@ def main():
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--jobs", type=int, default=40000)
     ap.add_argument("--batch", type=int, default=2000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
     proc, port = start_node(args.workers)
