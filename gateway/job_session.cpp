@@ -1,5 +1,6 @@
 #include "job_session.hpp"
 
+#include "job_request.hpp"
 #include "log.hpp"
 #include "node_server.hpp"
 
@@ -9,7 +10,6 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket.hpp>
 
-#include <charconv>
 
 namespace ppgate {
 
@@ -75,20 +75,11 @@ void job_session::handle_message(std::string& text) {
     jobs_->submit_batch(text);
     return;
   }
-  // {"cancel": TAG}
-  constexpr std::string_view cancel_prefix = "{\"cancel\":";
-  std::string_view rest(text);
-  rest.remove_prefix(first == std::string::npos ? rest.size() : first);
-  if (rest.starts_with(cancel_prefix)) {
-    rest.remove_prefix(cancel_prefix.size());
-    std::int64_t tag = 0;
-    auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), tag);
-    if (ec == std::errc() && std::string_view(p, static_cast<std::size_t>(rest.data() + rest.size() - p)) == "}") {
-      jobs_->cancel(tag);
-      return;
-    }
+  try {
+    jobs_->cancel(parse_cancel_message(text));
+  } catch (const request_error& e) {
+    jobs_->refuse(e.what());
   }
-  jobs_->refuse("a session message is a JSON array of jobs or {\"cancel\":TAG}");
 }
 
 }  // namespace ppgate

@@ -2,6 +2,7 @@
 
 #include <simdjson.h>
 
+#include <charconv>
 #include <cmath>
 #include <optional>
 
@@ -199,14 +200,99 @@ job_spec parse_one(od::object obj, const function_interner& intern, session_func
 
 }  // namespace
 
-job_submission parse_job_submission(std::string& body, const function_interner& intern,
-                                    session_functions* functions) {
+namespace {
+
+od::document iterate(std::string& body) {
   thread_local od::parser parser;
   const std::size_t length = body.size();
   body.reserve(length + simdjson::SIMDJSON_PADDING);
   od::document doc;
-  auto ec = parser.iterate(body.data(), length, body.capacity()).get(doc);
-  if (ec) fail(std::string("invalid JSON: ") + simdjson::error_message(ec));
+  if (auto ec = parser.iterate(body.data(), length, body.capacity()).get(doc))
+    fail(std::string("invalid JSON: ") + simdjson::error_message(ec));
+  return doc;
+}
+
+void check_no_trailing_content(od::document& doc) {
+  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS)
+    fail("invalid JSON: trailing content after the body");
+}
+
+// "tag" <spaces> : <spaces> N, wherever it appears; for batches too broken to parse.
+std::vector<std::int64_t> scan_for_tags(std::string_view text) {
+  std::vector<std::int64_t> tags;
+  constexpr std::string_view key = "\"tag\"";
+  for (auto at = text.find(key); at != std::string_view::npos; at = text.find(key, at + 1)) {
+    std::size_t i = at + key.size();
+    auto skip_spaces = [&] {
+      while (i < text.size() && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) ++i;
+    };
+    skip_spaces();
+    if (i >= text.size() || text[i] != ':') continue;
+    ++i;
+    skip_spaces();
+    std::int64_t tag = 0;
+    if (std::from_chars(text.data() + i, text.data() + text.size(), tag).ec == std::errc())
+      tags.push_back(tag);
+  }
+  return tags;
+}
+
+}  // namespace
+
+std::vector<std::int64_t> tags_of_refused_batch(std::string& body) {
+  try {
+    std::vector<std::int64_t> tags;
+    od::document doc = iterate(body);
+    od::array arr;
+    if (doc.get_array().get(arr)) fail("not an array");
+    for (auto element : arr) {
+      od::object obj;
+      if (element.get_object().get(obj)) fail("not an object");
+      std::int64_t tag = 0;
+      if (obj.find_field_unordered("tag").get_int64().get(tag) == simdjson::SUCCESS) tags.push_back(tag);
+    }
+    check_no_trailing_content(doc);
+    return tags;
+  } catch (const request_error&) {
+    return scan_for_tags(body);
+  }
+}
+
+std::int64_t parse_cancel_message(std::string& body) {
+  constexpr std::string_view expected = "a session message is a JSON array of jobs or {\"cancel\": TAG}";
+  od::document doc;
+  try {
+    doc = iterate(body);
+  } catch (const request_error& e) {
+    fail(std::string(expected) + "; this one is " + e.what());
+  }
+  od::object obj;
+  if (auto ec = doc.get_object().get(obj))
+    fail(ec == simdjson::INCORRECT_TYPE
+             ? std::string(expected)
+             : std::string(expected) + "; this one is invalid JSON: " + simdjson::error_message(ec));
+  std::int64_t tag = 0;
+  std::size_t fields = 0;
+  for (auto field : obj) {
+    std::string_view key;
+    if (field.unescaped_key().get(key) || key != "cancel") fail(std::string(expected));
+    od::value v;
+    if (field.value().get(v) || v.get_int64().get(tag)) fail("\"cancel\" takes a job's tag, an integer");
+    ++fields;
+  }
+  if (fields != 1) fail(std::string(expected));
+  try {
+    check_no_trailing_content(doc);
+  } catch (const request_error& e) {
+    fail(std::string(expected) + "; this one is " + e.what());
+  }
+  return tag;
+}
+
+job_submission parse_job_submission(std::string& body, const function_interner& intern,
+                                    session_functions* functions) {
+  od::document doc = iterate(body);
+  simdjson::error_code ec;
 
   job_submission out;
   od::json_type type{};
@@ -239,7 +325,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
   } else {
     fail("the body must be a job object or an array of job objects");
   }
-  if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) fail("invalid JSON: trailing content after the body");
+  check_no_trailing_content(doc);
   return out;
 }
 

@@ -35,4 +35,13 @@ using session_functions = std::unordered_map<std::int64_t, std::shared_ptr<const
 job_submission parse_job_submission(std::string& body, const function_interner& intern,
                                     session_functions* functions = nullptr);
 
+// The "tag" of each job of a session batch that parse_job_submission refused, so the client can
+// fail exactly those jobs. Valid JSON is read element by element; malformed JSON is scanned
+// leniently for "tag": N. `body` gets padding as above.
+std::vector<std::int64_t> tags_of_refused_batch(std::string& body);
+
+// A session message that is not a batch: {"cancel": TAG}, any valid JSON spelling. Returns TAG;
+// throws request_error otherwise. `body` gets padding as above.
+std::int64_t parse_cancel_message(std::string& body);
+
 }  // namespace ppgate

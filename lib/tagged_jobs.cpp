@@ -3,29 +3,11 @@
 #include "json_writer.hpp"
 #include "peer_protocol.hpp"
 
-#include <charconv>
 #include <utility>
 
 namespace ppgate {
 
 namespace {
-
-// The "tag" values of a batch the parser refused, found leniently (the batch may be malformed),
-// as a JSON array: the client fails those jobs with the parser's message.
-std::string tags_of_batch(std::string_view text) {
-  std::string out = "[";
-  constexpr std::string_view key = "\"tag\":";
-  for (auto at = text.find(key); at != std::string_view::npos; at = text.find(key, at + key.size())) {
-    std::int64_t tag = 0;
-    const char* begin = text.data() + at + key.size();
-    auto [p, ec] = std::from_chars(begin, text.data() + text.size(), tag);
-    if (ec != std::errc()) continue;
-    if (out.size() > 1) out += ',';
-    out += std::to_string(tag);
-  }
-  out += ']';
-  return out;
-}
 
 // A framed peer `result` message: "<tag> <state> <run seconds>\n<outcome members>".
 std::string peer_result(std::string_view tag, std::string_view state, double run_seconds,
@@ -61,23 +43,20 @@ void tagged_jobs::submit_batch(std::string& text) {
       by_tag_[submission.tags[i]] = j.id;
     }
   } catch (const request_error& e) {
+    const auto tags = tags_of_refused_batch(text);
     if (format_ == format::peer_frames) {
       // Each job of the batch ends failed, with the reason.
-      const std::string tags = tags_of_batch(text);
-      std::string_view list(tags);
-      list = list.substr(1, list.size() - 2);
-      while (!list.empty()) {
-        const auto comma = list.find(',');
-        const std::string_view tag = list.substr(0, comma);
-        results_ += peer_result(tag, "failed", 0, error_outcome("SubmitError", e.what()));
-        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
-      }
+      for (const auto tag : tags)
+        results_ += peer_result(std::to_string(tag), "failed", 0, error_outcome("SubmitError", e.what()));
       output_ready_();
       return;
     }
-    std::string rejected = "{\"rejected\":";
-    rejected += tags_of_batch(text);
-    rejected += ",\"error\":{\"message\":";
+    std::string rejected = "{\"rejected\":[";
+    for (std::size_t i = 0; i < tags.size(); ++i) {
+      if (i > 0) rejected += ',';
+      rejected += std::to_string(tags[i]);
+    }
+    rejected += "],\"error\":{\"message\":";
     append_json_string(rejected, e.what());
     rejected += "}}";
     replies_.push_back(std::move(rejected));

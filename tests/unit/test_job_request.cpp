@@ -75,3 +75,39 @@ TEST_CASE("an importable reference needs no source") {
   CHECK(s.jobs[0].function->entry == "math:sqrt");
   CHECK(s.jobs[0].function->source.empty());
 }
+
+namespace {
+std::string cancel_error(std::string text) {
+  try {
+    parse_cancel_message(text);
+  } catch (const request_error& e) {
+    return e.what();
+  }
+  return "";
+}
+std::vector<std::int64_t> refused_tags(std::string text) { return tags_of_refused_batch(text); }
+}  // namespace
+
+TEST_CASE("a cancel message is read in any valid JSON spelling") {
+  std::string compact = R"({"cancel":7})", spaced = " { \"cancel\" : 42 }\n";
+  CHECK(parse_cancel_message(compact) == 7);
+  CHECK(parse_cancel_message(spaced) == 42);
+  CHECK(cancel_error("hello").find("a JSON array of jobs or") != std::string::npos);
+  CHECK(cancel_error(R"({"cancel":"x"})") == "\"cancel\" takes a job's tag, an integer");
+  CHECK(cancel_error(R"({"cancel":1,"also":2})").find("a JSON array of jobs or") != std::string::npos);
+  CHECK(cancel_error(R"({"stop":1})").find("a JSON array of jobs or") != std::string::npos);
+  CHECK(cancel_error("{}").find("a JSON array of jobs or") != std::string::npos);
+  CAPTURE(cancel_error(R"({"cancel":1} x)"));
+  CHECK(cancel_error(R"({"cancel":1} x)").find("invalid JSON") != std::string::npos);
+  CHECK(cancel_error(R"({"cancel":1} {})").find("invalid JSON") != std::string::npos);
+}
+
+TEST_CASE("the tags of a refused batch are found, well-formed or not") {
+  // Valid JSON: per element, and only the top-level "tag" of each.
+  CHECK(refused_tags(R"([{"tag": 5, "fn_id": 9}, {"kwargs": {"tag": 99}, "tag":6}])") ==
+        std::vector<std::int64_t>{5, 6});
+  // Malformed: a lenient scan, spaces allowed around the colon.
+  CHECK(refused_tags(R"([{"tag" : 7,"function":"f"},{"tag":8,"function":)") ==
+        std::vector<std::int64_t>{7, 8});
+  CHECK(refused_tags("not json").empty());
+}
