@@ -70,7 +70,7 @@ def main():
 
         pool_lat, pp_lat = latencies([lambda i: pool.apply_async(f, (i,)).get(),
                                       lambda i: server.submit(f, (i,))()], 1000)
-        print("one trivial job's round trip (median of 1000, sampled in alternating blocks of 50):")
+        print("one trivial job's round trip (median of 1000, sampled in alternating blocks of 250):")
         print("  Pool apply_async().get()  %7.1f us" % (pool_lat * 1e6))
         print("  ppgate submit()()         %7.1f us" % (pp_lat * 1e6))
         print("  ratio                     %7.2fx   (target <= 1.0x)" % (pp_lat / pool_lat))

@@ -68,8 +68,8 @@ def main():
             print("  via a remote node (2 workers)   %8.0f jobs/s" % rr)
             print("  ratio                           %8.2fx   (target >= 0.5x)" % (rr / lr))
 
-            ll, rl = latencies([lambda i: local.submit(f, (i,))(), lambda i: via.submit(f, (i,))()], 500)
-            print("one trivial job's round trip (median of 500, sampled in alternating blocks of 50):")
+            ll, rl = latencies([lambda i: local.submit(f, (i,))(), lambda i: via.submit(f, (i,))()], 1000)
+            print("one trivial job's round trip (median of 1000, sampled in alternating blocks of 250):")
             print("  local %.1f us, via the remote node %.1f us, ratio %.2fx   (target <= 2x)"
                   % (ll * 1e6, rl * 1e6, rl / ll))
     finally:

@@ -4,11 +4,13 @@ import statistics
 import time
 
 
-def latencies(calls, n, block=50):
+def latencies(calls, n, block=250):
     """Median round trip of each call, sampled in alternating blocks of `block` calls, so machine
-    noise hits all alike. Blocks rather than single calls: each system's own idle behaviour (Pool's
-    handler threads, ppgate's busy polling right after a job) would otherwise fall on the other's
-    samples."""
+    noise hits all alike. Blocks rather than single calls, and long ones: each measures a loop of
+    calls in its steady state. Switching between them costs each a transient (the kernel places the
+    processes of the one that was idle anew; ppgate's polling restarts), and each one's idle
+    behaviour (Pool's handler threads, ppgate's polling right after a job) falls on the other's
+    first samples."""
     samples = [[] for _ in calls]
     for start in range(0, n, block):
         for call, out in zip(calls, samples):
