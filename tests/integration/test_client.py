@@ -291,6 +291,31 @@ class TestServerLifetime(unittest.TestCase):
                 self.assertEqual(server.submit(add, (20, 22))(timeout=WAIT), 42)
                 self.assertEqual(server.get_ncpus(), 1)
 
+    def test_jobs_in_flight_when_the_node_dies_end_lost_and_nothing_hangs(self):
+        node = Node(workers=1, env={"PPGATE_SECRET": "a-shared-secret"})
+        node.start()
+        node.token = "a-shared-secret"
+        try:
+            server = pp.Server(url="http://127.0.0.1:%d" % node.port, token="a-shared-secret")
+            running = server.submit(nap, (30,))
+            queued = server.submit(add, (1, 2))
+            called = []
+            with_callback = server.submit(add, (3, 4), callback=called.append)
+            node.wait_until(lambda: node.request("GET", "/v1/stats")[1]["jobs"]["running"] == 1,
+                            what="the first job to start")
+            node.kill()
+            for job in (running, queued, with_callback):
+                with self.assertRaises(pp.JobLostError) as caught:
+                    job(timeout=WAIT)
+                self.assertIn("connection to the node was lost", caught.exception.message)
+            server.wait()  # returns: every job has ended
+            self.assertEqual(called, [])
+            with self.assertRaises(pp.JobLostError):
+                server.submit(add, (5, 6))
+            server.destroy()
+        finally:
+            node.kill()
+
     def test_ppservers_need_a_secret_and_ncpus_0_needs_ppservers(self):
         with self.assertRaisesRegex(ValueError, "secret"):
             pp.Server(1, ppservers=("127.0.0.1:60000",))
