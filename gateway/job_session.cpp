@@ -10,7 +10,6 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket.hpp>
 
-
 namespace ppgate {
 
 namespace websocket = beast::websocket;

@@ -198,10 +198,6 @@ job_spec parse_one(od::object obj, const function_interner& intern, session_func
   return spec;
 }
 
-}  // namespace
-
-namespace {
-
 od::document iterate(std::string& body) {
   thread_local od::parser parser;
   const std::size_t length = body.size();
