@@ -63,9 +63,9 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
     stream.expires_never();  // ?wait=S long-polls are bounded by S instead
     const auto [path, query] = split_target(req.target());
     if (beast::websocket::is_upgrade(req) && (path == "/v1/session" || path == "/v1/events")) {
-      // Browsers cannot set headers on a WebSocket: the event stream also takes ?access_token=.
+      // Browsers cannot set headers on a WebSocket: both also take the token as ?access_token=.
       const auto token = query_param(query, "access_token");
-      if (path == "/v1/events" && token && req[http::field::authorization].empty())
+      if (token && req[http::field::authorization].empty())
         req.set(http::field::authorization, "Bearer " + std::string(*token));
       if (auto denied = server.api().check_access(req, path)) {
         denied->keep_alive(false);

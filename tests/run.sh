@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds ppgate and runs every test suite: the Catch2 unit tests, the Python integration tests
-# (real ppgate processes on loopback) and the stats page in headless Chromium.
+# (real ppgate processes on loopback), the JavaScript client in Node.js, and the stats page and
+# the JavaScript client in headless Chromium.
 # Ends with one line: "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -44,18 +45,18 @@ else
   echo "integration tests ended without a summary (exit $integration_rc)"; failed=$((failed + 1))
 fi
 
-# The browser test: node's test runner prints "# pass N" and "# fail N".
+# Node's test runner (the JS client in Node.js, then in the browser) prints "# pass N" and "# fail N".
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund) || { echo "cannot install the browser test's npm packages"; }
 fi
 export PPGATE_ARTIFACTS="$PWD/$BUILD/test-artifacts"
-timeout 600 node --test tests/browser/ 2>&1 | tee "$logs/browser.log"
+timeout 900 node --test tests/js/ tests/browser/ 2>&1 | tee "$logs/browser.log"
 browser_pass=$(grep -oE "^# pass [0-9]+" "$logs/browser.log" | grep -oE "[0-9]+")
 browser_fail=$(grep -oE "^# fail [0-9]+" "$logs/browser.log" | grep -oE "[0-9]+")
 if [ -n "$browser_pass" ] && [ -n "$browser_fail" ]; then
   passed=$((passed + browser_pass)); failed=$((failed + browser_fail))
 else
-  echo "browser tests ended without a summary"; failed=$((failed + 1))
+  echo "the JS and browser tests ended without a summary"; failed=$((failed + 1))
 fi
 
 echo "$passed passed, $failed failed"

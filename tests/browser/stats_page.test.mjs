@@ -3,32 +3,9 @@
 // The screenshot is kept as a test artifact (build/test-artifacts/stats-page.png).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
-
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const ppgate = process.env.PPGATE_BINARY ?? path.join(root, "build", "gateway", "ppgate");
-const artifacts = process.env.PPGATE_ARTIFACTS ?? path.join(root, "build", "test-artifacts");
-const WAIT = 20000;  // ms: the bound on every wait in this test
-
-function startNode() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(ppgate, ["serve", "--listen", "127.0.0.1:0", "--workers", "2",
-                                 "--stats-interval", "0.25", "--log-level", "warn"],
-                        { stdio: ["ignore", "pipe", "inherit"] });
-    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error("ppgate did not start")); }, WAIT);
-    let out = "";
-    child.stdout.on("data", (chunk) => {
-      out += chunk;
-      const m = out.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
-      if (m) { clearTimeout(timer); resolve({ child, url: m[1] }); }
-    });
-    child.on("exit", (code) => { clearTimeout(timer); reject(new Error("ppgate exited with " + code)); });
-  });
-}
+import { artifacts, launchChromium, startNode, WAIT } from "./helpers.mjs";
 
 async function submit(url, jobs) {
   const r = await fetch(url + "/v1/jobs?wait=20", { method: "POST", body: JSON.stringify(jobs),
@@ -40,13 +17,8 @@ async function submit(url, jobs) {
 const text = (page, id) => page.locator("#" + id).textContent();
 
 test("the stats page follows the node: counts, pp's table, failures, workers, resize", async () => {
-  const { child, url } = await startNode();
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: WAIT,
-  });
+  const { child, url } = await startNode(["--workers", "2", "--stats-interval", "0.25"]);
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1300, height: 1100 } });
     page.setDefaultTimeout(WAIT);

@@ -1,0 +1,225 @@
+// The JavaScript client (clients/js/ppgate.mjs) in Node.js against real ppgate nodes.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  connect, JobCancelledError, JobError, JobLostError, JobTimeoutError, SubmitError, WorkerDiedError,
+} from "../../clients/js/ppgate.mjs";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+const ppgate = process.env.PPGATE_BINARY ?? path.join(root, "build", "gateway", "ppgate");
+const WAIT = 30000;  // ms: the bound on every wait in these tests
+const LIMIT = { timeout: 120000 };  // and on each test as a whole
+
+const SQ = "def sq(x):\n    return x*x\n";
+const NAP = "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n";
+
+function startNode(args = [], env = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(ppgate, ["serve", "--listen", "127.0.0.1:0", "--log-level", "warn", ...args],
+                        { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...env } });
+    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error("ppgate did not start")); }, WAIT);
+    let out = "";
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
+      if (m) { clearTimeout(timer); resolve({ child, url: m[1] }); }
+    });
+    child.on("exit", (code) => { clearTimeout(timer); reject(new Error("ppgate exited with " + code)); });
+  });
+}
+
+function stopNode(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const timer = setTimeout(() => child.kill("SIGKILL"), WAIT);
+    child.once("exit", () => { clearTimeout(timer); resolve(); });
+    child.kill("SIGTERM");
+  });
+}
+
+// Settles with the job's outcome, or fails the test if it takes longer than WAIT.
+function within(promise, what = "the job") {
+  let timer;
+  const bound = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not end within ${WAIT} ms`)), WAIT);
+  });
+  return Promise.race([Promise.resolve(promise), bound]).finally(() => clearTimeout(timer));
+}
+
+async function withNode(args, env, body) {
+  const { child, url } = await startNode(args, env);
+  try {
+    await body(url, child);
+  } finally {
+    await stopNode(child);
+  }
+}
+
+test("a job's result comes back, and a defined function's source crosses once", LIMIT, async () => {
+  await withNode(["--workers", "2"], {}, async (url) => {
+    const node = await connect(url);
+    try {
+      assert.equal(await within(node.submit({ source: SQ, function: "sq", args: [7] })), 49);
+      const sent = [];
+      const send = node._session._socket.send;
+      node._session._socket.send = (text) => { sent.push(text); send(text); };
+      const sq = node.define(SQ, "sq");
+      assert.deepEqual(await within(node.map(sq, [1, 2, 3])), [1, 4, 9]);
+      assert.equal(await within(sq(12)), 144);
+      const withSource = sent.filter((t) => t.includes("def sq"));
+      assert.equal(withSource.length, 1, "the source went once");
+      const job = sq(5);
+      await within(job);
+      assert.equal(job.status, "done");
+      assert.ok(Number.isInteger(job.id));
+      assert.ok(job.runSeconds >= 0);
+    } finally {
+      node.close();
+    }
+  });
+});
+
+test("2000 jobs go out in a few pipelined batches and all come back right", LIMIT, async () => {
+  await withNode(["--workers", "2"], {}, async (url) => {
+    const node = await connect(url);
+    try {
+      let messages = 0;
+      const send = node._session._socket.send;
+      node._session._socket.send = (text) => { messages++; send(text); };
+      const inc = node.define("def inc(x):\n    return x+1\n", "inc");
+      const inputs = Array.from({ length: 2000 }, (_, i) => i);
+      const results = await within(node.map(inc, inputs), "2000 jobs");
+      assert.deepEqual(results, inputs.map((i) => i + 1));
+      assert.ok(messages <= 2, `2000 jobs went out in ${messages} messages`);
+    } finally {
+      node.close();
+    }
+  });
+});
+
+test("kwargs, modules, depfuncs and per-call options reach the function", LIMIT, async () => {
+  await withNode(["--workers", "1"], {}, async (url) => {
+    const node = await connect(url);
+    try {
+      const hyp = node.define("def hyp(a, b=0, *, scale=1):\n    return scale * sqrt(twice(a*a + b*b) / 2)\n",
+                              "hyp", { modules: ["from math import sqrt"], depfuncs: ["def twice(x):\n    return 2*x\n"] });
+      assert.equal(await within(hyp(3, 4)), 5);
+      assert.equal(await within(hyp.withKwargs({ scale: 10 })(3, 4)), 50);
+      const nap = node.define(NAP, "nap");
+      await assert.rejects(within(nap.withOptions({ timeout: 0.3 })(30)), JobTimeoutError);
+    } finally {
+      node.close();
+    }
+  });
+});
+
+test("errors are loud: raised, crashed, timed out, cancelled, refused", LIMIT, async () => {
+  await withNode(["--workers", "2"], {}, async (url) => {
+    const node = await connect(url);
+    try {
+      const raised = await within(node.submit({
+        source: "def f(d):\n    print('looking')\n    return d['missing']\n", function: "f", args: [{}],
+      }).then(() => null, (e) => e));
+      assert.ok(raised instanceof JobError);
+      assert.equal(raised.type, "KeyError");
+      assert.equal(raised.remoteMessage, "'missing'");
+      assert.match(raised.traceback, /return d\['missing'\]/);
+      assert.equal(raised.stdout, "looking\n");
+
+      await assert.rejects(within(node.submit({ source: "import os\ndef f():\n    os._exit(3)\n", function: "f" })),
+                           WorkerDiedError);
+
+      const long = node.submit({ source: NAP, function: "nap", args: [30] });
+      setTimeout(() => long.cancel(), 100);
+      await assert.rejects(within(long), JobCancelledError);
+      assert.equal(long.status, "cancelled");
+
+      const refused = await within(node.submit({ source: SQ, function: "sq; rm -rf", args: [1] }).then(() => null, (e) => e));
+      assert.ok(refused instanceof SubmitError);
+      assert.match(refused.message, /not a Python name/);
+      assert.throws(() => node.submit({ source: SQ }), TypeError);
+
+      // The session goes on after all of that.
+      assert.equal(await within(node.submit({ source: SQ, function: "sq", args: [9] })), 81);
+    } finally {
+      node.close();
+    }
+  });
+});
+
+test("the token is required when the node has a secret", LIMIT, async () => {
+  await withNode(["--workers", "1"], { PPGATE_SECRET: "a-js-secret-1" }, async (url) => {
+    await assert.rejects(connect(url, { token: "" }), /HTTP 401/);
+    await assert.rejects(connect(url, { token: "wrong-secret" }), /HTTP 401/);
+    const node = await connect(url, { token: "a-js-secret-1" });
+    try {
+      assert.equal(await within(node.submit({ source: SQ, function: "sq", args: [6] })), 36);
+      assert.equal(await node.workers(), 1);
+    } finally {
+      node.close();
+    }
+  });
+});
+
+test("REST helpers: workers, resize, stats, pp's table, nodes", LIMIT, async () => {
+  await withNode(["--workers", "1"], {}, async (url) => {
+    const node = await connect(url);
+    try {
+      await within(node.submit({ source: SQ, function: "sq", args: [2] }));
+      await node.setWorkers(3);
+      assert.equal(await node.workers(), 3);
+      const stats = await node.stats();
+      assert.equal(stats.jobs.done, 1);
+      assert.match(await node.statsTable(), /Job execution statistics/);
+      assert.equal((await node.nodes()).nodes[0].name, "local");
+      await assert.rejects(node.setWorkers(-1), /HTTP 400/);
+    } finally {
+      node.close();
+    }
+  });
+});
+
+test("jobs in flight when the node dies are rejected as lost, none hangs", LIMIT, async () => {
+  const { child, url } = await startNode(["--workers", "1"]);
+  try {
+    const node = await connect(url);
+    const jobs = [node.submit({ source: NAP, function: "nap", args: [30] }),
+                  node.submit({ source: SQ, function: "sq", args: [3] })];
+    await new Promise((r) => setTimeout(r, 200));
+    child.kill("SIGKILL");
+    for (const job of jobs) {
+      const error = await within(job.then(() => null, (e) => e));
+      assert.ok(error instanceof JobLostError, String(error));
+      assert.match(error.message, /connection to the node was lost/);
+    }
+    assert.throws(() => node.submit({ source: SQ, function: "sq", args: [1] }), JobLostError);
+  } finally {
+    await stopNode(child);
+  }
+});
+
+test("closing the client cancels its unfinished jobs on the node", LIMIT, async () => {
+  await withNode(["--workers", "1"], {}, async (url) => {
+    const node = await connect(url);
+    const job = node.submit({ source: NAP, function: "nap", args: [30] });
+    const other = await connect(url);
+    try {
+      const deadline = Date.now() + WAIT;
+      while ((await other.stats()).jobs.running < 1) {
+        assert.ok(Date.now() < deadline, "the job did not start");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      node.close();
+      await assert.rejects(within(job), JobLostError);
+      while ((await other.stats()).jobs.cancelled < 1) {
+        assert.ok(Date.now() < deadline, "the node did not cancel the abandoned job");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } finally {
+      other.close();
+    }
+  });
+});
