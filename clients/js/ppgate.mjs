@@ -445,7 +445,11 @@ async function nodeWebSocket(host, port, path, token, timeout) {
       onFrames();
     });
     socket.on("error", (e) => { clearTimeout(timer); if (!upgraded) reject(e); else fail(e.message); });
-    socket.on("close", () => { if (upgraded) fail("the node closed the connection"); });
+    socket.on("close", () => {
+      clearTimeout(timer);
+      if (upgraded) fail("the node closed the connection");
+      else reject(new Error("the node closed the connection before the WebSocket upgrade"));  // no-op once settled
+    });
   });
 }
 
