@@ -223,3 +223,23 @@ test("closing the client cancels its unfinished jobs on the node", LIMIT, async 
     }
   });
 });
+
+test("the sum_primes example prints pp's known sums", LIMIT, async () => {
+  await withNode(["--workers", "2"], { PPGATE_SECRET: "an-example-secret" }, async (url) => {
+    const example = path.join(root, "clients", "js", "examples", "sum_primes.mjs");
+    const run = spawn(process.execPath, [example, url], {
+      stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PPGATE_TOKEN: "an-example-secret" },
+    });
+    let out = "", err = "";
+    run.stdout.on("data", (c) => { out += c; });
+    run.stderr.on("data", (c) => { err += c; });
+    const code = await within(new Promise((resolve) => run.on("exit", resolve)), "the example");
+    assert.equal(code, 0, err);
+    const expected = { 100000: 454396537, 100100: 454996777, 100200: 455898156, 100300: 456700218,
+                       100400: 457603451, 100500: 458407033, 100600: 459412387, 100700: 460217613 };
+    for (const [n, total] of Object.entries(expected))
+      assert.ok(out.includes(`Sum of primes below ${n} is ${total}\n`), out);
+    assert.match(out, /Starting with 2 workers/);
+    assert.match(out, /Job execution statistics:/);
+  });
+});
