@@ -3,42 +3,16 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import {
   connect, JobCancelledError, JobError, JobLostError, JobTimeoutError, SubmitError, WorkerDiedError,
 } from "../../clients/js/ppgate.mjs";
+import { root, startNode, stopNode } from "./harness.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const ppgate = process.env.PPGATE_BINARY ?? path.join(root, "build", "gateway", "ppgate");
 const WAIT = 30000;  // ms: the bound on every wait in these tests
 const LIMIT = { timeout: 120000 };  // and on each test as a whole
 
 const SQ = "def sq(x):\n    return x*x\n";
 const NAP = "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n";
-
-function startNode(args = [], env = {}) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(ppgate, ["serve", "--listen", "127.0.0.1:0", "--log-level", "warn", ...args],
-                        { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...env } });
-    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error("ppgate did not start")); }, WAIT);
-    let out = "";
-    child.stdout.on("data", (chunk) => {
-      out += chunk;
-      const m = out.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
-      if (m) { clearTimeout(timer); resolve({ child, url: m[1] }); }
-    });
-    child.on("exit", (code) => { clearTimeout(timer); reject(new Error("ppgate exited with " + code)); });
-  });
-}
-
-function stopNode(child) {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    const timer = setTimeout(() => child.kill("SIGKILL"), WAIT);
-    child.once("exit", () => { clearTimeout(timer); resolve(); });
-    child.kill("SIGTERM");
-  });
-}
 
 // Settles with the job's outcome, or fails the test if it takes longer than WAIT.
 function within(promise, what = "the job") {
