@@ -168,12 +168,12 @@ class Session {
       }
       return;
     }
-    const text_ = message.error?.message ?? `the node sent ${text}`;
+    const reason = message.error?.message ?? `the node sent ${text}`;
     for (const tag of message.rejected ?? []) {
       const job = this._jobs.get(tag);
       if (!job) continue;
       this._jobs.delete(tag);
-      job._fail(new SubmitError("SubmitError", text_, { status: "failed" }));
+      job._fail(new SubmitError("SubmitError", reason, { status: "failed" }));
     }
   }
 
@@ -220,12 +220,14 @@ export class Client {
     const defaults = pick(options, ["group", "timeout", "retries"]);
     let fnId = null;
     const call = (extra, args) => {
-      let fields = { ...defaults, ...extra, args };
-      if (fnId === null) {
-        fnId = this._session.newFnId();
-        fields = { ...definition, ...fields };  // the first job carries the source
-      }
-      return this._session.submit({ ...fields, fn_id: fnId });
+      const fields = { ...defaults, ...extra, args };
+      if (fnId !== null) return this._session.submit({ ...fields, fn_id: fnId });
+      // The first job carries the source. If the node refuses that job, it has not defined the
+      // function either: the next call sends the source again.
+      const id = fnId = this._session.newFnId();
+      const job = this._session.submit({ ...definition, ...fields, fn_id: id });
+      job.catch((e) => { if (e instanceof SubmitError && fnId === id) fnId = null; });
+      return job;
     };
     const f = (...args) => call({}, args);
     f.withOptions = (opts) => (...args) => call(pick(opts, ["group", "timeout", "retries"]), args);

@@ -217,3 +217,17 @@ test("the sum_primes example prints pp's known sums", LIMIT, async () => {
     assert.match(out, /Job execution statistics:/);
   });
 });
+
+test("a defined function whose first job is refused is sent again with the next call", LIMIT, async () => {
+  await withNode(["--workers", "1"], {}, async (url) => {
+    const node = await connect(url);
+    try {
+      const sq = node.define(SQ, "sq");
+      await assert.rejects(within(sq.withOptions({ timeout: -1 })(3)), SubmitError);
+      assert.equal(await within(sq(4)), 16);
+      assert.equal(await within(sq(5)), 25);
+    } finally {
+      node.close();
+    }
+  });
+});
