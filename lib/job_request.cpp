@@ -67,7 +67,24 @@ void check_entry_name(std::string_view name, bool reference) {
       fail("field 'function' is not a Python name: \"" + std::string(name) + "\"");
 }
 
-job_spec parse_one(od::object obj, const function_interner& intern, session_functions* functions,
+// A session's functions while one of its batches is parsed: the batch's own definitions are kept
+// apart and become the session's only if the whole batch is accepted, so a refused batch defines
+// nothing (its client will send the sources again).
+struct batch_functions {
+  session_functions* session = nullptr;  // null: not a session
+  session_functions staged;
+
+  std::shared_ptr<const function_def> find(std::int64_t id) const {
+    if (auto it = staged.find(id); it != staged.end()) return it->second;
+    if (auto it = session->find(id); it != session->end()) return it->second;
+    return nullptr;
+  }
+  void commit() {
+    for (auto& [id, f] : staged) (*session)[id] = std::move(f);
+  }
+};
+
+job_spec parse_one(od::object obj, const function_interner& intern, batch_functions& functions,
                    std::int64_t& tag) {
   job_spec spec;
   function_def def;
@@ -97,11 +114,11 @@ job_spec parse_one(od::object obj, const function_interner& intern, session_func
           fail("field 'modules' holds a module name or one import statement per entry");
     } else if (key == "tag") {
       check(v.get_int64().get(tag), key, "an integer");
-      if (functions == nullptr) fail("field 'tag' is accepted on a session (/v1/session) only");
+      if (functions.session == nullptr) fail("field 'tag' is accepted on a session (/v1/session) only");
     } else if (key == "fn_id") {
       std::int64_t id = 0;
       check(v.get_int64().get(id), key, "an integer");
-      if (functions == nullptr) fail("field 'fn_id' is accepted on a session (/v1/session) only");
+      if (functions.session == nullptr) fail("field 'fn_id' is accepted on a session (/v1/session) only");
       fn_id = id;
     } else if (key == "args" || key == "kwargs" || key == "globals") {
       const bool is_args = key == "args";
@@ -180,9 +197,8 @@ job_spec parse_one(od::object obj, const function_interner& intern, session_func
     // A reference to a function this session defined earlier.
     if (have_source || !depfuncs.empty() || !def.modules.empty())
       fail("a job that references 'fn_id' without 'function' carries no source, depfuncs or modules");
-    auto known = functions->find(*fn_id);
-    if (known == functions->end()) fail("unknown fn_id " + std::to_string(*fn_id));
-    spec.function = known->second;
+    spec.function = functions.find(*fn_id);
+    if (!spec.function) fail("unknown fn_id " + std::to_string(*fn_id));
     return spec;
   }
   if (!have_function) fail("field 'function' is required");
@@ -194,7 +210,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, session_func
   }
   def.hash = function_hash(def.entry, def.modules, def.source);
   spec.function = intern(std::move(def));
-  if (fn_id) (*functions)[*fn_id] = spec.function;
+  if (fn_id) functions.staged[*fn_id] = spec.function;
   return spec;
 }
 
@@ -286,9 +302,10 @@ std::int64_t parse_cancel_message(std::string& body) {
 }
 
 job_submission parse_job_submission(std::string& body, const function_interner& intern,
-                                    session_functions* functions) {
+                                    session_functions* session) {
   od::document doc = iterate(body);
   simdjson::error_code ec;
+  batch_functions functions{session, {}};
 
   job_submission out;
   od::json_type type{};
@@ -322,6 +339,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
     fail("the body must be a job object or an array of job objects");
   }
   check_no_trailing_content(doc);
+  if (session != nullptr) functions.commit();
   return out;
 }
 

@@ -200,6 +200,15 @@ class TestErrors(SharedServer):
         with self.assertRaises(pp.JobCancelledError):
             job(timeout=WAIT)
 
+    def test_a_refused_job_is_a_submit_error_and_its_function_still_works(self):
+        triple = lambda x: 3 * x  # noqa: E731 - new to this session: its first job defines it
+        with self.assertRaises(pp.SubmitError) as caught:
+            self.server.submit(triple, (2,), timeout=-1)(timeout=WAIT)
+        self.assertIn("timeout", caught.exception.message)
+        # The refused job carried the function's source; the next one must send it again.
+        self.assertEqual(self.server.submit(triple, (2,))(timeout=WAIT), 6)
+        self.assertEqual(self.server.submit(triple, (3,))(timeout=WAIT), 9)
+
     def test_a_raising_callback_is_reported_and_hangs_nothing(self):
         def bad_callback(result):
             raise RuntimeError("callback broke")

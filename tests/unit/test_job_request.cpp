@@ -111,3 +111,35 @@ TEST_CASE("the tags of a refused batch are found, well-formed or not") {
         std::vector<std::int64_t>{7, 8});
   CHECK(refused_tags("not json").empty());
 }
+
+TEST_CASE("a session's functions: defined by fn_id, referenced later, never by a refused batch") {
+  session_functions session;
+  auto intern = [](function_def d) { return std::make_shared<const function_def>(std::move(d)); };
+  auto submit = [&](std::string body) { return parse_job_submission(body, intern, &session); };
+
+  // Defined and referenced in one batch; tags come back per job.
+  auto s = submit(R"([{"tag":1,"fn_id":1,"source":"def f(x): return x","function":"f","args":[1]},
+                      {"tag":2,"fn_id":1,"args":[2]}])");
+  REQUIRE(s.jobs.size() == 2);
+  CHECK(s.tags == std::vector<std::int64_t>{1, 2});
+  CHECK(s.jobs[0].function == s.jobs[1].function);
+  CHECK(session.count(1) == 1);
+
+  // A refused batch defines nothing, not even the functions of its well-formed jobs.
+  CHECK_THROWS_AS(submit(R"([{"tag":3,"fn_id":2,"source":"def g(): pass","function":"g"},
+                             {"tag":4,"fn_id":3,"source":"def h(): pass","function":"h","timeout":-1}])"),
+                  request_error);
+  CHECK(session.count(2) == 0);
+  CHECK(session.count(3) == 0);
+  std::string unknown = R"([{"tag":5,"fn_id":2}])";
+  try {
+    parse_job_submission(unknown, intern, &session);
+    FAIL("an unknown fn_id was accepted");
+  } catch (const request_error& e) {
+    CHECK(std::string(e.what()).find("unknown fn_id 2") != std::string::npos);
+  }
+  // Earlier definitions stay.
+  CHECK(submit(R"([{"tag":6,"fn_id":1,"args":[3]}])").jobs[0].function->entry == "f");
+  // Outside a session, fn_id and tag are refused.
+  CHECK(error_of(R"({"fn_id":1,"function":"f","source":"def f(): pass"})").find("session") != std::string::npos);
+}

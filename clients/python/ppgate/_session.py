@@ -43,7 +43,9 @@ class Session:
         self._outgoing = []                   # ("job", job, function, fields) or ("cancel", job)
         self._jobs = {}                       # tag -> job, from sending until its result arrives
         self._next_tag = 1
+        self._next_fn_id = 1
         self._fn_ids = {}                     # function key -> fn_id defined on this connection
+        self._defining = {}                   # tag -> function key, for jobs carrying a definition
         self._on_results = on_results        # called after each batch of results is handed out
         self._error = None                    # set once the connection is gone
         self._turn = threading.Condition(self._lock)  # signalled when the reading role is free
@@ -159,12 +161,14 @@ class Session:
                 continue
             _, job, function, fields = item
             fn_id = self._fn_ids.get(function.key)
-            if fn_id is None:
-                fn_id = self._fn_ids[function.key] = len(self._fn_ids) + 1
-                fields.update(function.definition)
-            fields["fn_id"] = fn_id
             job._tag = fields["tag"] = self._next_tag
             self._next_tag += 1
+            if fn_id is None:
+                fn_id = self._fn_ids[function.key] = self._next_fn_id
+                self._next_fn_id += 1
+                fields.update(function.definition)
+                self._defining[job._tag] = function.key
+            fields["fn_id"] = fn_id
             self._jobs[job._tag] = job
             batch.append(fields)
             if len(batch) >= _MAX_BATCH:
@@ -283,6 +287,9 @@ class Session:
         if results is not None:
             with self._lock:
                 finished = [(self._jobs.pop(r["tag"], None), r) for r in results]
+                if self._defining:
+                    for r in results:  # its batch was accepted: the node has the function now
+                        self._defining.pop(r["tag"], None)
             for job, data in finished:
                 if job is not None:
                     job.id = data["id"]
@@ -293,6 +300,12 @@ class Session:
         text = message.get("error", {}).get("message", "the node sent %r" % message)
         with self._lock:
             refused = [self._jobs.pop(tag, None) for tag in message.get("rejected", ())]
+            for tag in message.get("rejected", ()):
+                # A refused batch defines nothing on the node: the function's next job sends its
+                # source again.
+                key = self._defining.pop(tag, None)
+                if key is not None:
+                    self._fn_ids.pop(key, None)
         for job in refused:
             if job is not None:
                 job._fail(SubmitError("SubmitError", text))
