@@ -202,6 +202,7 @@ net::awaitable<void> peer_link::supervise() {
       delay = std::chrono::milliseconds(250);
       channel_ = c;
       fn_ids_.clear();
+      defining_.clear();
       set_capacity(remote_slots_);
       co_await c->serve();
       channel_.reset();
@@ -269,9 +270,11 @@ void peer_link::send_job(job& j, link_slot& s) {
   running_[j.id] = &s;
   const function_def& f = *j.spec.function;
   std::string m = "[{\"tag\":" + std::to_string(j.id);
-  auto [known, inserted] = fn_ids_.try_emplace(f.hash, static_cast<int>(fn_ids_.size()) + 1);
+  auto [known, inserted] = fn_ids_.try_emplace(f.hash, next_fn_id_);
   m += ",\"fn_id\":" + std::to_string(known->second);
   if (inserted) {  // the function's source crosses the link once
+    ++next_fn_id_;
+    defining_[j.id] = f.hash;
     m += ",\"function\":";
     append_json_string(m, f.entry);
     if (!f.source.empty()) {
@@ -311,6 +314,13 @@ void peer_link::on_result(std::string_view payload) {
   if (space != std::string_view::npos) std::from_chars(rest.data() + space + 1, rest.data() + rest.size(), seconds);
   const std::string_view state = rest.substr(1, space == std::string_view::npos ? 0 : space - 1);
 
+  if (auto d = defining_.find(tag); d != defining_.end()) {
+    // The peer refused the message that defined a function: it did not keep the definition
+    // either, so the function's next job carries its source again.
+    if (state == "failed" && outcome.find("\"type\":\"SubmitError\"") != std::string_view::npos)
+      fn_ids_.erase(d->second);
+    defining_.erase(d);
+  }
   auto it = running_.find(tag);
   if (it == running_.end()) return;  // cancelled here meanwhile
   link_slot& s = *it->second;

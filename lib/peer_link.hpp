@@ -63,6 +63,8 @@ class peer_link : public node, public std::enable_shared_from_this<peer_link> {
   std::vector<std::unique_ptr<link_slot>> slots_;
   std::unordered_map<std::uint64_t, link_slot*> running_;  // job id (its tag on the link) -> slot
   std::unordered_map<std::string, int> fn_ids_;            // function hash -> fn_id on this link
+  int next_fn_id_ = 1;
+  std::unordered_map<std::uint64_t, std::string> defining_;  // job id -> hash its message defines
   std::shared_ptr<channel> channel_;
   std::string last_error_;
   bool stopped_ = false;

@@ -151,7 +151,7 @@ def send_message(sock, kind, payload):
     sock.sendall(struct.pack("<I", len(body)) + body)
 
 
-HELLO, CHALLENGE, PROOF, WELCOME, REFUSED = 1, 2, 3, 4, 5
+HELLO, CHALLENGE, PROOF, WELCOME, REFUSED, CAPACITY, RUN, RESULT, CANCEL, PING, PONG = range(1, 12)
 
 
 def proof(secret, label, first, second):
@@ -206,6 +206,82 @@ class TestHandshake(unittest.TestCase):
                 self.assertEqual(kind, REFUSED)
                 self.assertEqual(payload, b"expected a hello")
             self.assertEqual(a.run(NAP, "nap", [3])["result"], 9)
+
+
+class FakePeer:
+    """The acceptor side of the peer protocol, played by the test: it proves the secret, offers
+    one slot, and answers each job of a `run` message with whatever `answer(job)` returns."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.jobs = []  # every job object received, in order
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(20)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(20)
+            kind, payload = read_message(conn)
+            assert kind == HELLO, kind
+            _, version, nonce_d, _ = payload.decode().split(" ", 3)
+            nonce_a = os.urandom(32).hex()
+            send_message(conn, CHALLENGE, ("%s %s %s" % (version, nonce_a,
+                                                        proof(SECRET, "acceptor", nonce_d, nonce_a))).encode())
+            kind, payload = read_message(conn)
+            assert kind == PROOF and payload.decode() == proof(SECRET, "dialer", nonce_a, nonce_d)
+            send_message(conn, WELCOME, b"1 fake-peer")
+            while True:
+                try:
+                    kind, payload = read_message(conn)
+                except OSError:
+                    return
+                if kind is None:
+                    return
+                if kind == PING:
+                    send_message(conn, PONG, b"")
+                elif kind == RUN:
+                    for job in json.loads(payload):
+                        self.jobs.append(job)
+                        state, outcome = self.answer(job)
+                        send_message(conn, RESULT, ("%d %s 0.001\n%s" % (job["tag"], state, outcome)).encode())
+
+    def close(self):
+        self.listener.close()
+
+
+class TestPeerProtocolEdges(unittest.TestCase):
+    def test_a_function_whose_defining_job_the_peer_refused_is_sent_again(self):
+        refused_once = []
+
+        def answer(job):
+            if "source" in job and not refused_once:
+                refused_once.append(job["tag"])
+                return "failed", '"error":{"type":"SubmitError","message":"refused by the test"},"stdout":"","stderr":""'
+            return "done", '"result":%d,"stdout":"","stderr":""' % (job["args"][0] * job["args"][0])
+
+        peer = FakePeer(answer)
+        try:
+            with Node("--peers", "127.0.0.1:%d" % peer.port, "--peer-heartbeat", "0.2", workers=0,
+                      env={"PPGATE_SECRET": SECRET}) as node:
+                node.token = SECRET
+                wait_connected(node, 1)
+                first = node.run(NAP, "nap", [3])
+                self.assertEqual(first["status"], "failed")
+                self.assertEqual(first["error"]["type"], "SubmitError")
+                self.assertEqual(node.run(NAP, "nap", [4])["result"], 16)
+                self.assertEqual(node.run(NAP, "nap", [5])["result"], 25)
+                # The source went with the refused job and once more with the next; not again.
+                self.assertEqual(["source" in j for j in peer.jobs], [True, True, False])
+                self.assertNotEqual(peer.jobs[0]["fn_id"], peer.jobs[1]["fn_id"])
+        finally:
+            peer.close()
 
 
 def make_certificates(directory):
