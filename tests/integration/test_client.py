@@ -337,7 +337,12 @@ class TestLoneJobLatencyPath(unittest.TestCase):
     event loop (docs/architecture.md, "Latency"); neither may change a result or keep polling."""
 
     def test_lone_jobs_short_and_long_all_end_right(self):
-        with Node(workers=1, env={"PPGATE_SECRET": "a-shared-secret"}) as node:
+        for flags in ((), ("--busy-poll", "0")):
+            with self.subTest(flags=flags):
+                self.check_lone_jobs(flags)
+
+    def check_lone_jobs(self, flags):
+        with Node(*flags, workers=1, env={"PPGATE_SECRET": "a-shared-secret"}) as node:
             with pp.Server(url="http://127.0.0.1:%d" % node.port, token="a-shared-secret") as server:
                 for i in range(300):  # short waits: the client polls for each result
                     self.assertEqual(server.submit(add, (i, 1))(timeout=WAIT), i + 1)
