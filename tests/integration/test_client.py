@@ -393,6 +393,23 @@ class TestExecutor(unittest.TestCase):
         with self.assertRaises(concurrent.futures.TimeoutError):
             list(self.executor.map(nap, [5], timeout=0.2))
 
+    def test_result_and_exception_honour_their_timeouts_and_can_wait_again(self):
+        future = self.executor.submit(nap, 0.5)
+        with self.assertRaises(concurrent.futures.TimeoutError):
+            future.result(timeout=0.05)
+        with self.assertRaises(concurrent.futures.TimeoutError):
+            future.exception(timeout=0.05)
+        self.assertIsNone(future.exception(timeout=WAIT))
+        self.assertEqual(future.result(timeout=WAIT), 0.5)
+        # From another thread while this one also waits: both get the result.
+        future = self.executor.submit(nap, 0.2)
+        got = []
+        other = threading.Thread(target=lambda: got.append(future.result(WAIT)))
+        other.start()
+        self.assertEqual(future.result(WAIT), 0.2)
+        other.join(WAIT)
+        self.assertEqual(got, [0.2])
+
     def test_exceptions_reach_the_future(self):
         future = self.executor.submit(fail, "x")
         self.assertIsInstance(future.exception(WAIT), pp.JobError)

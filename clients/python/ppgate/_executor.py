@@ -14,6 +14,28 @@ def _cancel_job_of(future, job):
         job.cancel()
 
 
+class _JobFuture(concurrent.futures.Future):
+    """A future whose result() and exception() read the job's result on the waiting thread, as
+    job() does (docs/python-client.md, "Speed"), rather than wait for the session's background
+    reader to hand it over: one thread wake-up less on every call."""
+
+    def __init__(self, session):
+        super().__init__()
+        self._session = session
+
+    def _read_until_done(self, timeout):
+        if not self.done():
+            self._session.wait_for(self.done, timeout)
+        # Done, or the timeout has passed: the base class answers at once either way.
+        return None if self.done() else 0
+
+    def result(self, timeout=None):
+        return super().result(self._read_until_done(timeout))
+
+    def exception(self, timeout=None):
+        return super().exception(self._read_until_done(timeout))
+
+
 class Executor(concurrent.futures.Executor):
     """Runs calls on a ppgate node; the futures work with concurrent.futures.wait/as_completed.
 
@@ -34,7 +56,7 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = concurrent.futures.Future()
+            future = _JobFuture(self._server._session)
             job = Job(self._server, future=future)
             self._futures.add(future)
         future.add_done_callback(self._forget)
