@@ -69,12 +69,15 @@ def main():
         print("  ppgate.Server.submit              %8.0f jobs/s" % pp_rate)
         print("  ratio                             %8.2fx   (target >= 1.0x)" % (pp_rate / pool_rate))
 
-        pool_lat, pp_lat = latencies([lambda i: pool.apply_async(f, (i,)).get(),
-                                      lambda i: server.submit(f, (i,))()], 1000)
+        with ppgate.Executor(url=server.url, token=server._token) as executor:  # the same node
+            pool_lat, pp_lat, ex_lat = latencies([lambda i: pool.apply_async(f, (i,)).get(),
+                                                  lambda i: server.submit(f, (i,))(),
+                                                  lambda i: executor.submit(f, i).result()], 1000)
         print("one trivial job's round trip (median of 1000, sampled in alternating blocks of 250):")
         print("  Pool apply_async().get()  %7.1f us" % (pool_lat * 1e6))
         print("  ppgate submit()()         %7.1f us" % (pp_lat * 1e6))
         print("  ratio                     %7.2fx   (target <= 1.0x)" % (pp_lat / pool_lat))
+        print("  (ppgate.Executor submit().result(): %.1f us, %.2fx Pool)" % (ex_lat * 1e6, ex_lat / pool_lat))
 
         serial_best = parallel_best = pool_best = float("inf")
         for _ in range(args.repeats):  # best of: noise only ever slows a run down
