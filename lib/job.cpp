@@ -4,6 +4,7 @@
 
 #include <openssl/evp.h>
 
+#include <charconv>
 #include <stdexcept>
 
 namespace ppgate {
@@ -76,6 +77,21 @@ void append_arguments_json(std::string& out, const job_spec& spec) {
     if (raw) out += value;
     else append_json_string(out, value);
   }
+}
+
+reported_end parse_reported_end(std::string_view message) {
+  reported_end r;
+  const auto newline = message.find('\n');
+  const std::string_view head = message.substr(0, newline);
+  if (newline != std::string_view::npos) r.outcome = message.substr(newline + 1);
+  const auto [p, ec] = std::from_chars(head.data(), head.data() + head.size(), r.id);
+  std::string_view rest = head.substr(static_cast<std::size_t>(p - head.data()));
+  if (rest.starts_with(' ')) rest.remove_prefix(1);
+  const auto space = rest.find(' ');
+  r.word = rest.substr(0, space);
+  if (space != std::string_view::npos)
+    std::from_chars(rest.data() + space + 1, rest.data() + rest.size(), r.seconds);
+  return r;
 }
 
 std::string error_outcome(std::string_view type, std::string_view message,

@@ -91,6 +91,16 @@ void append_modules_json(std::string& out, const std::vector<std::string>& modul
 // under codec json, base64 strings under codec pickle. Worker messages and peer messages share it.
 void append_arguments_json(std::string& out, const job_spec& spec);
 
+// A job's end as a worker reports it ("<id> ok|error|skipped <seconds>") and as a peer does
+// ("<tag> done|failed|cancelled|lost <seconds>"): one header line, then the outcome's JSON members.
+struct reported_end {
+  std::uint64_t id = 0;
+  std::string_view word;     // ok, error, done, failed, ...
+  double seconds = 0;        // the job's run time
+  std::string_view outcome;  // "result":...,"stdout":...,"stderr":... or "error":{...},...
+};
+reported_end parse_reported_end(std::string_view message);
+
 // The members of a failed job's outcome, for errors raised by ppgate itself rather than the job.
 std::string error_outcome(std::string_view type, std::string_view message,
                           std::string_view traceback = {});

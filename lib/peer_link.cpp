@@ -302,17 +302,7 @@ void peer_link::cancel_job(job& j) {
 }
 
 void peer_link::on_result(std::string_view payload) {
-  // "<tag> <state> <run seconds>\n<outcome>"
-  const auto newline = payload.find('\n');
-  const std::string_view head = payload.substr(0, newline);
-  const std::string_view outcome = newline == std::string_view::npos ? std::string_view{} : payload.substr(newline + 1);
-  std::uint64_t tag = 0;
-  double seconds = 0;
-  auto [p, ec] = std::from_chars(head.data(), head.data() + head.size(), tag);
-  const std::string_view rest = head.substr(static_cast<std::size_t>(p - head.data()));
-  const auto space = rest.rfind(' ');
-  if (space != std::string_view::npos) std::from_chars(rest.data() + space + 1, rest.data() + rest.size(), seconds);
-  const std::string_view state = rest.substr(1, space == std::string_view::npos ? 0 : space - 1);
+  const auto [tag, state, seconds, outcome] = parse_reported_end(payload);  // "<tag> <state> <s>"
 
   if (auto d = defining_.find(tag); d != defining_.end()) {
     // The peer refused the message that defined a function: it did not keep the definition

@@ -7,7 +7,6 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/write.hpp>
 
-#include <charconv>
 
 namespace ppgate {
 
@@ -178,17 +177,8 @@ void worker_link::become_running(job& j) {
 }
 
 void worker_link::on_reply(std::string_view frame) {
-  // "<id> <ok|error|skipped> <seconds>\n<outcome members>"
-  const auto newline = frame.find('\n');
-  const std::string_view head = frame.substr(0, newline);
-  const std::string_view outcome = newline == std::string_view::npos ? std::string_view{} : frame.substr(newline + 1);
-  std::uint64_t id = 0;
-  double seconds = 0;
-  auto [p, ec] = std::from_chars(head.data(), head.data() + head.size(), id);
-  const bool ok = head.substr(static_cast<std::size_t>(p - head.data())).starts_with(" ok ");
-  const auto last_space = head.rfind(' ');
-  if (last_space != std::string_view::npos)
-    std::from_chars(head.data() + last_space + 1, head.data() + head.size(), seconds);
+  const auto [id, word, seconds, outcome] = parse_reported_end(frame);  // "<id> ok|error|skipped <s>"
+  const bool ok = word == "ok";
   if (in_flight_.empty() || in_flight_.front().id != id) {
     // Replies come in the order the jobs went out; anything else is a broken worker.
     log::error("worker ", proc_->pid(), " answered job ", id, " out of turn");

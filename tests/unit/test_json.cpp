@@ -1,3 +1,4 @@
+#include "job.hpp"
 #include "json_writer.hpp"
 #include "stats_format.hpp"
 
@@ -46,4 +47,19 @@ TEST_CASE("the stats table has pp's print_stats layout") {
       "3 active tasks, 4 cores\n"
       "\n";
   CHECK(format_stats_table(s, 4) == expected);
+}
+
+TEST_CASE("a reported job end is read from a worker's reply and from a peer's result") {
+  const auto w = parse_reported_end("7 ok 1.5e-06\n\"result\":49,\"stdout\":\"\",\"stderr\":\"\"");
+  CHECK(w.id == 7);
+  CHECK(w.word == "ok");
+  CHECK(w.seconds == Approx(1.5e-06));
+  CHECK(w.outcome == "\"result\":49,\"stdout\":\"\",\"stderr\":\"\"");
+  const auto p = parse_reported_end("12 cancelled 0\n\"error\":{}");
+  CHECK(p.id == 12);
+  CHECK(p.word == "cancelled");
+  CHECK(p.seconds == 0);
+  const auto bare = parse_reported_end("3 skipped 0");
+  CHECK(bare.word == "skipped");
+  CHECK(bare.outcome.empty());
 }
