@@ -76,14 +76,11 @@ net::awaitable<void> worker_link::supervise() {
     log::debug("worker ", proc_->pid(), " started");
 
     co_await serve();
+    // EOF or a kill: whatever happens next, this process takes no more jobs.
+    leave_scheduler();
 
     const std::string why = co_await proc_->wait_exit();
     log::debug("worker ", proc_->pid(), " ", why);
-    if (idle_) {
-      idle_ = false;
-      sched_.slot_gone(*this);
-    }
-    deadline_.cancel();
     // The front job was running when the process died; the ones behind it had not started.
     std::deque<in_flight> lost;
     lost.swap(in_flight_);
@@ -102,6 +99,7 @@ net::awaitable<void> worker_link::supervise() {
 }
 
 net::awaitable<void> worker_link::serve() {
+  accepting_ = true;
   ask_for_work();
   char buf[64 * 1024];
   auto& sock = proc_->socket();
@@ -114,7 +112,7 @@ net::awaitable<void> worker_link::serve() {
       while (reader_.next(frame)) on_reply(frame);
     } catch (const std::exception& e) {
       log::error("worker ", proc_->pid(), " sent a bad frame: ", e.what());
-      proc_->kill();
+      replace_process();
       co_return;
     }
   }
@@ -122,9 +120,10 @@ net::awaitable<void> worker_link::serve() {
 
 void worker_link::ask_for_work() {
   if (retiring_) {
-    if (in_flight_.empty()) proc_->kill();
+    if (in_flight_.empty()) replace_process();
     return;
   }
+  if (!accepting_) return;
   if (in_flight_.empty()) {
     idle_ = true;
     sched_.slot_ready(*this);  // may call start() right away
@@ -150,7 +149,7 @@ void worker_link::write_outbox() {
                    [self = shared_from_this(), gen = generation_](boost::system::error_code ec, std::size_t) {
                      if (gen != self->generation_ || !self->proc_) return;  // an earlier process
                      if (ec) {
-                       self->proc_->kill();
+                       self->replace_process();
                        return;
                      }
                      self->writing_.clear();
@@ -159,6 +158,13 @@ void worker_link::write_outbox() {
 }
 
 void worker_link::start(job& j) {
+  if (!accepting_) {
+    // The scheduler forgets a slot before its process is replaced, so this is a bug; the job
+    // must not be sent to a process that is going away.
+    log::error("worker slot was given job ", j.id, " while replacing its process");
+    sched_.requeue(j);
+    return;
+  }
   idle_ = false;
   in_flight_.push_back({j.id, &j});
   const bool include_source = known_functions_.insert(j.spec.function->hash).second;
@@ -182,7 +188,7 @@ void worker_link::on_reply(std::string_view frame) {
   if (in_flight_.empty() || in_flight_.front().id != id) {
     // Replies come in the order the jobs went out; anything else is a broken worker.
     log::error("worker ", proc_->pid(), " answered job ", id, " out of turn");
-    proc_->kill();
+    replace_process();
     return;
   }
   job* j = in_flight_.front().j;
@@ -194,15 +200,31 @@ void worker_link::on_reply(std::string_view frame) {
   }
   if (!in_flight_.empty() && in_flight_.front().j != nullptr) become_running(*in_flight_.front().j);
   if (opts_.restart_after_each_job) {
-    proc_->kill();  // serve() sees EOF; supervise() starts a fresh process
+    replace_process();  // serve() sees EOF; supervise() starts a fresh process
     return;
   }
   ask_for_work();
 }
 
+void worker_link::leave_scheduler() {
+  accepting_ = false;
+  idle_ = false;
+  sched_.slot_gone(*this);
+}
+
+void worker_link::replace_process() {
+  // Leave the scheduler before anything can be requeued: a job handed to this slot now would be
+  // written to a process that is about to die. supervise() offers the slot again once a fresh
+  // process serves.
+  leave_scheduler();
+  deadline_.cancel();
+  if (proc_) proc_->kill();
+}
+
 void worker_link::stop_process_and_requeue_waiting() {
-  // The running job has been dealt with by the caller; the ones behind it never started.
-  proc_->kill();
+  // The running job has been dealt with by the caller; the ones behind it never started, so they
+  // go back to the queue (to another slot, or to this one's next process) with no attempt spent.
+  replace_process();
   std::deque<in_flight> waiting;
   waiting.swap(in_flight_);
   for (auto it = waiting.rbegin(); it != waiting.rend(); ++it)
@@ -243,15 +265,15 @@ void worker_link::abort(job& j) {
 
 void worker_link::retire() {
   retiring_ = true;
+  // Neither idle nor offering to prefetch any more; the running job (and those behind it) finish.
   idle_ = false;
-  sched_.slot_gone(*this);  // neither idle nor offering to prefetch any more
-  if (in_flight_.empty() && proc_) proc_->kill();
+  sched_.slot_gone(*this);
+  if (in_flight_.empty()) replace_process();
 }
 
 void worker_link::stop_now() {
   retiring_ = true;
-  idle_ = false;
-  sched_.slot_gone(*this);
+  leave_scheduler();
   deadline_.cancel();
   if (proc_) proc_->kill_and_reap();
 }

@@ -68,6 +68,10 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   void send(std::string_view payload);
   void write_outbox();
   void stop_process_and_requeue_waiting();
+  // Takes the slot out of the scheduler (no idle offer, no prefetch offer, start() refused).
+  void leave_scheduler();
+  // Leaves the scheduler and kills the process; supervise() reaps it and starts a fresh one.
+  void replace_process();
 
   net::any_io_executor ex_;
   scheduler& sched_;
@@ -83,6 +87,9 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   std::deque<in_flight> in_flight_;  // front: running (or about to); at most max_in_flight_
   std::size_t max_in_flight_;
   bool idle_ = false;
+  // True while the current process serves and the slot may be given jobs; false from the moment
+  // the process is to be replaced (killed, crashed, timed out) until a fresh one serves.
+  bool accepting_ = false;
   bool retiring_ = false;
   std::uint64_t jobs_run_ = 0;
   std::uint64_t sources_sent_ = 0;
