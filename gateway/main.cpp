@@ -31,9 +31,17 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);  // a closed peer is an error code on write, not a death
   log::parse_level(cmd.serve.log_level, log::threshold());
   try {
-    const std::string worker = locate_worker_binary(cmd.serve.worker_binary);
+    worker_options workers;
+    workers.command.script = locate_worker_script(cmd.serve.worker_dir);
+    // Refuse an interpreter that cannot run the worker now, with its reason, rather than
+    // restarting workers that die forever.
+    const python_info python = probe_python(cmd.serve.python, workers.command.script);
+    workers.command.python = python.executable;
+    workers.python_version = python.version;
+    workers.restart_after_each_job = cmd.serve.restart_workers;
+    log::info("workers run Python ", python.version, " (", python.executable, ")");
     net::io_context io(1);
-    node_server server(io, cmd.serve, worker);
+    node_server server(io, cmd.serve, std::move(workers));
     server.start();
     run_event_loop(io, [&server] { return server.should_poll(); });
     server.stop();

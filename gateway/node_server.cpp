@@ -16,12 +16,11 @@
 
 namespace ppgate {
 
-node_server::node_server(net::io_context& io, serve_options opts, std::string worker_binary)
+node_server::node_server(net::io_context& io, serve_options opts, worker_options workers)
     : io_(io),
       opts_(std::move(opts)),
       scheduler_(scheduler::options{opts_.keep_finished}),
-      pool_(io.get_executor(), scheduler_,
-            worker_options{std::move(worker_binary), opts_.restart_workers}),
+      pool_(io.get_executor(), scheduler_, std::move(workers)),
       api_(std::make_unique<rest_api>(*this)),
       events_(std::make_unique<event_hub>(*this, opts_.stats_interval)),
       acceptor_(io),
@@ -135,6 +134,8 @@ std::string node_server::nodes_json() {
   for (const auto& link : peer_links_) {
     out += ",{\"name\":";
     append_json_string(out, link->name());
+    out += ",\"python\":";
+    append_json_string(out, link->python_version());
     out += ",\"kind\":\"remote\",\"slots\":" + std::to_string(link->slot_count()) +
            ",\"busy\":" + std::to_string(link->busy()) + ",\"connected\":";
     out += link->connected() ? "true" : "false";

@@ -50,7 +50,7 @@ struct connection_tracker {
 
 class node_server {
  public:
-  node_server(net::io_context& io, serve_options opts, std::string worker_binary);
+  node_server(net::io_context& io, serve_options opts, worker_options workers);
   ~node_server();
 
   // Binds the listener, starts the workers and the accept loop. Throws when it cannot listen.

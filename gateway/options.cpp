@@ -114,6 +114,9 @@ serve options:
                          (PPGATE_SECRET is read when neither option is given)
   --insecure             allow a non-loopback --listen address without a secret
                          (anyone who can connect can run code on this machine)
+  --python PATH          the Python interpreter workers run (default python3 on PATH): any
+                         CPython 3.8 or later, a venv's or a conda env's; jobs import what it can.
+                         Checked at start: one that cannot run the worker is refused, saying why
   --restart              start a fresh worker process after every job (pp's restart=True)
   --pid-file PATH        write the process id to PATH; removed at exit
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
@@ -122,8 +125,15 @@ serve options:
   --max-connections N    simultaneous HTTP connections (default 512); more get 503
   --idle-timeout SECONDS close a connection idle or sending slower than this (default 60)
   --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
-  --worker-binary PATH   the ppgate-worker executable (default: found next to ppgate)
+  --worker-dir DIR       the folder of ppgate_worker.py and its extension module (default:
+                         found next to ppgate, in its build tree, or in ../libexec/ppgate;
+                         also PPGATE_WORKER_DIR)
   --log-level LEVEL      debug, info, warn or error (default info)
+  --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
+  --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
+  --busy-poll MICROSECONDS  after sending results to a job session, while no job runs, poll
+                         this long before sleeping, so the client's next job is seen at once
+                         (default 100; 0 disables; off on a single CPU)
 
 peers (docs/peers.md; peers authenticate each other with the secret):
   --peer-listen HOST:PORT  accept peers here: run their jobs on this node's workers (ppserver)
@@ -142,11 +152,6 @@ peers (docs/peers.md; peers authenticate each other with the secret):
   --tls-cert PATH          encrypt peer links with TLS, presenting this certificate (PEM)
   --tls-key PATH           the certificate's private key (PEM)
   --tls-ca PATH            require the other side's certificate to chain to this CA (PEM)
-  --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
-  --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
-  --busy-poll MICROSECONDS  after sending results to a job session, while no job runs, poll
-                         this long before sleeping, so the client's next job is seen at once
-                         (default 100; 0 disables; off on a single CPU)
 
 signals: SIGINT and SIGTERM stop the node and its workers; SIGUSR1 prints pp's statistics table.
 The REST API is described in docs/rest.md.
@@ -219,8 +224,11 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.idle_timeout = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400));
     } else if (flag == "--keep-finished") {
       o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
-    } else if (flag == "--worker-binary") {
-      o.worker_binary = take_value();
+    } else if (flag == "--worker-dir") {
+      o.worker_dir = take_value();
+    } else if (flag == "--python") {
+      o.python = take_value();
+      if (o.python.empty()) throw usage_error("--python: give the path or name of a Python interpreter");
     } else if (flag == "--peer-listen") {
       serve_options scratch;
       parse_listen(take_value(), scratch);
@@ -316,25 +324,32 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
   return out;
 }
 
-std::string locate_worker_binary(const std::string& configured) {
+std::string locate_worker_script(const std::string& configured) {
   namespace fs = std::filesystem;
-  auto executable = [](const fs::path& p) { return ::access(p.c_str(), X_OK) == 0; };
-  if (!configured.empty()) {
-    if (!executable(configured)) throw usage_error("--worker-binary: '" + configured + "' is not executable");
-    return configured;
-  }
-  if (const char* env = std::getenv("PPGATE_WORKER"); env != nullptr && *env != '\0') {
-    if (!executable(env)) throw usage_error(std::string("PPGATE_WORKER: '") + env + "' is not executable");
-    return env;
-  }
+  static constexpr const char* script = "ppgate_worker.py";
+  auto complete = [](const fs::path& dir) {
+    std::error_code ec;
+    return fs::is_regular_file(dir / script, ec) && fs::is_regular_file(dir / "_ppgate_worker.abi3.so", ec) &&
+           fs::is_regular_file(dir / "ppgate_worker_runtime.py", ec);
+  };
+  const auto given = [&](const std::string& dir, const std::string& what) {
+    if (!complete(dir))
+      throw usage_error(what + ": '" + dir + "' does not hold " + script +
+                        ", _ppgate_worker.abi3.so and ppgate_worker_runtime.py");
+    return fs::absolute(fs::path(dir) / script).string();
+  };
+  if (!configured.empty()) return given(configured, "--worker-dir");
+  if (const char* env = std::getenv("PPGATE_WORKER_DIR"); env != nullptr && *env != '\0')
+    return given(env, "PPGATE_WORKER_DIR");
   std::error_code ec;
   const fs::path self = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {
-    for (const fs::path& candidate : {self.parent_path() / "ppgate-worker",
-                                      self.parent_path().parent_path() / "worker" / "ppgate-worker"})
-      if (executable(candidate)) return candidate;
+    const fs::path bin = self.parent_path();
+    for (const fs::path& dir : {bin, bin.parent_path() / "worker", bin.parent_path() / "libexec" / "ppgate"})
+      if (complete(dir)) return (dir / script).string();
   }
-  throw usage_error("cannot find ppgate-worker next to ppgate; give --worker-binary or PPGATE_WORKER");
+  throw usage_error("cannot find the worker (ppgate_worker.py and _ppgate_worker.abi3.so) next to ppgate; "
+                    "give --worker-dir or PPGATE_WORKER_DIR");
 }
 
 }  // namespace ppgate

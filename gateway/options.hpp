@@ -23,7 +23,8 @@ struct serve_options {
   std::string secret;                  // bearer token; empty: none
   bool insecure = false;
   bool restart_workers = false;
-  std::string worker_binary;
+  std::string python = "python3";  // the interpreter workers run (--python)
+  std::string worker_dir;          // where the worker's files are; empty: found (locate_worker_script)
   std::string pid_file;
   std::optional<std::chrono::seconds> idle_exit;
   std::size_t max_body_bytes = 64u * 1024 * 1024;
@@ -61,7 +62,8 @@ parsed_command parse_command_line(int argc, const char* const* argv);
 
 std::string help_text();
 
-// Finds ppgate-worker: --worker-binary, $PPGATE_WORKER, next to this executable, the build tree.
-std::string locate_worker_binary(const std::string& configured);
+// Finds the worker's bootstrap, ppgate_worker.py (with its extension module and runtime beside
+// it): --worker-dir, $PPGATE_WORKER_DIR, next to this executable, the build tree, ../libexec/ppgate.
+std::string locate_worker_script(const std::string& configured_dir);
 
 }  // namespace ppgate

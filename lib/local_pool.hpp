@@ -18,6 +18,7 @@ class local_pool : public node {
 
   const std::string& name() const override { return name_; }
   std::size_t slot_count() const override { return links_.size(); }
+  const std::string& python_version() const override { return opts_.python_version; }
 
   // Grows by starting workers; shrinks by retiring idle workers first, then busy ones after their
   // current job.

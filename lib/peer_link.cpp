@@ -102,8 +102,13 @@ class peer_link::channel : public peer_channel {
                     : "no welcome from the peer";
       co_return 0;
     }
+    // "<slots> <python version> <name>"
+    const std::string_view w = welcome->payload;
     std::size_t slots = 0;
-    std::from_chars(welcome->payload.data(), welcome->payload.data() + welcome->payload.size(), slots);
+    const auto [after_slots, ec] = std::from_chars(w.data(), w.data() + w.size(), slots);
+    std::string_view rest(after_slots, static_cast<std::size_t>(w.data() + w.size() - after_slots));
+    if (rest.starts_with(' ')) rest.remove_prefix(1);
+    link_.python_version_ = std::string(rest.substr(0, rest.find(' ')));
     co_return slots;  // 0 is a valid, if idle, peer
   }
 

@@ -28,6 +28,7 @@ class peer_link : public node, public std::enable_shared_from_this<peer_link> {
 
   const std::string& name() const override { return name_; }
   std::size_t slot_count() const override { return remote_slots_; }
+  const std::string& python_version() const override { return python_version_; }
   bool remote() const override { return true; }
 
   void launch();
@@ -56,6 +57,7 @@ class peer_link : public node, public std::enable_shared_from_this<peer_link> {
   std::string host_;
   std::uint16_t port_;
   std::string name_;
+  std::string python_version_;  // as the peer's welcome said
   const peer_settings& settings_;
   std::shared_ptr<net::ssl::context> tls_;
   std::size_t inflight_per_slot_;

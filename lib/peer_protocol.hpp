@@ -7,7 +7,7 @@
 //   D -> A  hello      "PPGATE <version> <nonce_d> <name of D>"
 //   A -> D  challenge  "<version> <nonce_a> <HMAC(secret, "acceptor" nonce_d nonce_a)>"
 //   D -> A  proof      "<HMAC(secret, "dialer" nonce_a nonce_d)>"
-//   A -> D  welcome    "<slots of A> <name of A>"
+//   A -> D  welcome    "<slots of A> <Python version of A's workers> <name of A>"
 // or `refused` with a reason at any step. Nonces are 32 fresh random bytes from each side, so
 // the secret never crosses the wire and an answer recorded from one handshake fails in the next.
 #pragma once
@@ -20,7 +20,7 @@
 
 namespace ppgate::peer {
 
-inline constexpr std::uint16_t protocol_version = 1;
+inline constexpr std::uint16_t protocol_version = 2;  // 2: the welcome names the Python version
 inline constexpr std::string_view magic = "PPGATE";
 
 enum class msg : std::uint8_t {

@@ -79,7 +79,8 @@ class peer_server::connection : public peer_channel {
     const std::string expected = peer::proof_of(settings_.secret, "dialer", nonce_a, nonce_d);
     if (!peer::equal_in_constant_time(proof->payload, expected))
       co_return co_await refuse("authentication failed: the peer does not hold this cluster's secret");
-    send(peer::msg::welcome, std::to_string(server_.pool_.size()) + " " + settings_.name);
+    send(peer::msg::welcome, std::to_string(server_.pool_.size()) + " " + server_.pool_.python_version() +
+                                  " " + settings_.name);
     co_return co_await flush();
   }
 

@@ -287,7 +287,7 @@ void scheduler::remember_finished(job& j) {
 node_counters& scheduler::counters_for(const std::string& node_name) {
   for (auto& n : counters_.nodes)
     if (n.name == node_name) return n;
-  counters_.nodes.push_back(node_counters{node_name});
+  counters_.nodes.emplace_back().name = node_name;
   return counters_.nodes.back();
 }
 
@@ -301,7 +301,10 @@ scheduler_stats scheduler::stats() const {
   s.elapsed_seconds = std::chrono::duration<double>(steady_clock::now() - created_).count();
   for (const node* n : nodes_)
     for (auto& c : s.nodes)
-      if (c.name == n->name()) c.ncpus = n->slot_count();
+      if (c.name == n->name()) {
+        c.ncpus = n->slot_count();
+        c.python = n->python_version();
+      }
   return s;
 }
 

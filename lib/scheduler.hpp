@@ -26,6 +26,8 @@ class node {
   virtual ~node() = default;
   virtual const std::string& name() const = 0;
   virtual std::size_t slot_count() const = 0;
+  // The version of the Python its workers run ("3.12.1"); empty while unknown.
+  virtual const std::string& python_version() const = 0;
   virtual bool remote() const { return false; }  // a peer: jobs marked local_only never go there
 };
 
@@ -44,6 +46,7 @@ class slot {
 
 struct node_counters {
   std::string name;
+  std::string python;        // the node's Python version, when known
   std::size_t ncpus = 0;     // the node's slots now
   std::uint64_t njobs = 0;   // jobs that ran to completion (done or failed by the job itself)
   double job_time = 0;       // sum of their run times, seconds

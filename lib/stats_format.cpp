@@ -2,7 +2,10 @@
 
 #include "json_writer.hpp"
 
+#include <algorithm>
 #include <cstdio>
+#include <utility>
+#include <vector>
 
 namespace ppgate {
 
@@ -21,6 +24,15 @@ std::string format_stats_table(const scheduler_stats& s, std::size_t ncpus) {
   }
   out += "Time elapsed since server creation " + python_float_repr(s.elapsed_seconds) + "\n";
   out += std::to_string(s.queued + s.running) + " active tasks, " + std::to_string(ncpus) + " cores\n";
+  // Not in pp's table: which Python each node's workers run, one line per version.
+  std::vector<std::pair<std::string, std::string>> pythons;  // version, node names
+  for (const auto& n : s.nodes) {
+    if (n.python.empty()) continue;
+    auto it = std::find_if(pythons.begin(), pythons.end(), [&](auto& p) { return p.first == n.python; });
+    if (it == pythons.end()) pythons.emplace_back(n.python, n.name);
+    else it->second += ", " + n.name;
+  }
+  for (const auto& [version, names] : pythons) out += "Python " + version + " on " + names + "\n";
   // pp warns here when jobs were rescheduled after a node was lost: their time was counted twice.
   if (s.retried > 0)
     out += "WARNING: statistics provided above is not accurate due to job rescheduling\n";
@@ -47,6 +59,8 @@ std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus) {
     first = false;
     out += "{\"name\":";
     append_json_string(out, n.name);
+    out += ",\"python\":";
+    append_json_string(out, n.python);
     out += ",\"ncpus\":" + std::to_string(n.ncpus) + ",\"njobs\":" + std::to_string(n.njobs) + ",\"time\":";
     append_json_number(out, n.job_time);
     out += ",\"time_per_job\":";
@@ -71,6 +85,8 @@ std::string format_nodes_json(const local_pool& pool) {
   }
   std::string out = "[{\"name\":";
   append_json_string(out, pool.name());
+  out += ",\"python\":";
+  append_json_string(out, pool.python_version());
   out += ",\"kind\":\"local\",\"slots\":" + std::to_string(workers.size()) +
          ",\"busy\":" + std::to_string(busy) + ",\"workers\":[" + list + "]}]";
   return out;

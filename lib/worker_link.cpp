@@ -55,7 +55,7 @@ net::awaitable<void> worker_link::supervise() {
   while (!retiring_) {
     std::string spawn_error;
     try {
-      proc_ = std::make_unique<worker_process>(ex_, opts_.binary);
+      proc_ = std::make_unique<worker_process>(ex_, opts_.command);
       consecutive_spawn_failures = 0;
     } catch (const std::exception& e) {
       spawn_error = e.what();

@@ -1,4 +1,4 @@
-// A slot of the local node: one ppgate-worker process at a time, replaced whenever it dies, is
+// A slot of the local node: one worker process at a time, replaced whenever it dies, is
 // timed out, is cancelled, or (with restart_after_each_job) finishes a job.
 //
 // The worker runs one job at a time, in the order the jobs were written to it. Behind the running
@@ -25,7 +25,8 @@ namespace ppgate {
 class local_pool;
 
 struct worker_options {
-  std::string binary;                    // path of ppgate-worker
+  worker_command command;                // how a worker process starts
+  std::string python_version;            // of command.python, as probe_python found it
   bool restart_after_each_job = false;   // pp's restart=True
 };
 

@@ -2,7 +2,10 @@
 
 #include <boost/asio/local/connect_pair.hpp>
 
+#include <simdjson.h>
+
 #include <cerrno>
+#include <poll.h>
 #include <csignal>
 #include <cstring>
 #include <fcntl.h>
@@ -25,7 +28,7 @@ namespace {
 
 }  // namespace
 
-worker_process::worker_process(net::any_io_executor ex, const std::string& binary)
+worker_process::worker_process(net::any_io_executor ex, const worker_command& command)
     : socket_(ex), pidfd_(ex) {
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
@@ -59,15 +62,17 @@ worker_process::worker_process(net::any_io_executor ex, const std::string& binar
 
   char fd_arg[] = "3";
   char fd_flag[] = "--fd";
-  std::string bin = binary;
-  char* argv[] = {bin.data(), fd_flag, fd_arg, nullptr};
-  const int rc = ::posix_spawn(&pid_, binary.c_str(), &actions, &attr, argv, environ);
+  char node_flag[] = "--node-pid";
+  std::string node_pid = std::to_string(::getpid());
+  std::string python = command.python, script = command.script;
+  char* argv[] = {python.data(), script.data(), fd_flag, fd_arg, node_flag, node_pid.data(), nullptr};
+  const int rc = ::posix_spawn(&pid_, python.c_str(), &actions, &attr, argv, environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   ::close(child_fd);
   if (rc != 0) {
     ::close(fds[0]);
-    throw_errno(rc, ("cannot start worker " + binary).c_str());
+    throw_errno(rc, ("cannot start a worker with " + python).c_str());
   }
 
   // glibc 2.36's <sys/pidfd.h> lacks extern "C" for C++, so call the system call directly.
@@ -88,12 +93,16 @@ worker_process::~worker_process() {
 }
 
 void worker_process::kill() {
-  if (!reaped_) ::kill(pid_, SIGKILL);
+  // The group is the worker's own (setpgroup above); while it has members its id is not reused.
+  if (!reaped_) {
+    ::kill(-pid_, SIGKILL);
+    ::kill(pid_, SIGKILL);  // in case the worker left its group
+  }
 }
 
 void worker_process::kill_and_reap() {
   if (reaped_) return;
-  ::kill(pid_, SIGKILL);
+  kill();
   while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
   reaped_ = true;
@@ -127,6 +136,86 @@ std::string worker_process::describe_status(int status) {
            (abbrev != nullptr ? abbrev : "?") + ")";
   }
   return "ended with wait status " + std::to_string(status);
+}
+
+python_info probe_python(const std::string& python, const std::string& script,
+                         std::chrono::milliseconds limit) {
+  const std::string what = "--python " + python + ": ";
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) throw_errno(errno, "pipe2");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 2);
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  std::string py = python, path = script;
+  char check[] = "--check";
+  char* argv[] = {py.data(), path.data(), check, nullptr};
+  pid_t pid = -1;
+  // posix_spawnp looks a bare name up on PATH, as a shell would.
+  const int rc = ::posix_spawnp(&pid, py.c_str(), &actions, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out[1]);
+  if (rc != 0) {
+    ::close(out[0]);
+    throw std::runtime_error(what + "cannot run it (" + std::strerror(rc) + ")");
+  }
+
+  // Read everything it prints, within the limit.
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  bool timed_out = false;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd p{out[0], POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) {
+      timed_out = ready == 0;
+      break;
+    }
+    char buf[4096];
+    const ssize_t n = ::read(out[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (text.size() < 64 * 1024) text.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(out[0]);
+  if (timed_out) ::kill(pid, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (timed_out)
+    throw std::runtime_error(what + "no answer from `" + python + " " + script + " --check` within " +
+                             std::to_string(limit.count()) + " ms");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    // A shell's "exec: not found" (127), an old Python's SyntaxError, a failed extension import:
+    // the interpreter's own words say why.
+    throw std::runtime_error(what + "it cannot run the ppgate worker (" + worker_process::describe_status(status) +
+                             ")" + (text.empty() ? "" : ":\n" + text));
+  }
+  // The last line is the report: {"version": "3.12.1", "implementation": "CPython", "executable": "..."}
+  const std::string_view report = std::string_view(text).substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  python_info info;
+  std::string_view implementation;
+  std::string_view version, executable;
+  if (parser.parse(report.data(), report.size()).get(doc) || doc["version"].get(version) ||
+      doc["executable"].get(executable) || doc["implementation"].get(implementation))
+    throw std::runtime_error(what + "unexpected answer to --check: " + std::string(report));
+  if (implementation != "CPython")
+    throw std::runtime_error(what + "it is " + std::string(implementation) + "; workers need CPython 3.8 or later");
+  info.version = version;
+  // An interpreter that cannot tell its own path (embedded, odd installs) is run as given.
+  info.executable = executable.empty() ? python : std::string(executable);
+  return info;
 }
 
 }  // namespace ppgate

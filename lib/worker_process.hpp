@@ -1,5 +1,6 @@
-// One ppgate-worker child process: spawned with posix_spawn (never fork in a process that runs
-// C++ afterwards), connected by a socketpair on the child's fd 3, supervised through a pidfd.
+// One worker child process, `<python> ppgate_worker.py --fd 3 --node-pid P`: spawned with posix_spawn
+// (never fork in a process that runs C++ afterwards), in a process group of its own, connected by a
+// socketpair on the child's fd 3, supervised through a pidfd.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
@@ -8,16 +9,36 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <sys/types.h>
 
 namespace ppgate {
 
+// How a worker is started: the interpreter jobs run on, and the worker's bootstrap script
+// (worker/ppgate_worker.py, with the loop's extension module and the runtime beside it).
+struct worker_command {
+  std::string python;  // an absolute path, as probe_python resolved it
+  std::string script;
+};
+
+// What probe_python learnt of an interpreter.
+struct python_info {
+  std::string executable;  // its sys.executable: the path workers are started with
+  std::string version;     // platform.python_version(), e.g. "3.12.1"
+};
+
+// Runs `python script --check` (python is looked up on PATH when it has no slash) and returns
+// what it reports. Throws std::runtime_error saying why when that interpreter cannot run the
+// worker: not found, not a CPython 3.8+, the extension module does not load, no answer in time.
+python_info probe_python(const std::string& python, const std::string& script,
+                         std::chrono::milliseconds limit = std::chrono::seconds(30));
+
 class worker_process {
  public:
-  // Starts `binary --fd 3`. Throws std::system_error when the process cannot be started.
-  worker_process(net::any_io_executor ex, const std::string& binary);
+  // Starts `python script --fd 3 --node-pid <this process>`. Throws std::system_error when the process cannot be started.
+  worker_process(net::any_io_executor ex, const worker_command& command);
   ~worker_process();  // kills and reaps the child if it is still there
   worker_process(const worker_process&) = delete;
   worker_process& operator=(const worker_process&) = delete;
@@ -25,7 +46,9 @@ class worker_process {
   pid_t pid() const { return pid_; }
   net::local::stream_protocol::socket& socket() { return socket_; }
 
-  void kill();  // SIGKILL; the socket then reads EOF
+  // SIGKILL to the worker's whole process group (whatever its jobs started goes with it); the
+  // socket then reads EOF.
+  void kill();
 
   // Waits until the child has exited and reaps it. Returns a description such as
   // "exited with status 3" or "was killed by signal 11 (SIGSEGV)".

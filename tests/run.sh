@@ -30,7 +30,7 @@ else
 fi
 
 # Integration tests: unittest prints "Ran N tests" and "OK" or "FAILED (failures=F, errors=E)".
-export PPGATE_BINARY="$PWD/$BUILD/gateway/ppgate" PPGATE_WORKER="$PWD/$BUILD/worker/ppgate-worker"
+export PPGATE_BINARY="$PWD/$BUILD/gateway/ppgate"
 timeout 1800 python3 -m unittest discover -v -s tests/integration -t tests/integration 2>&1 | tee "$logs/integration.log"
 integration_rc=${PIPESTATUS[0]}
 ran=$(grep -oE "^Ran [0-9]+ test" "$logs/integration.log" | tail -n 1 | grep -oE "[0-9]+")

@@ -26,7 +26,7 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(r.returncode, 0)
         for flag in ("--listen", "--workers", "--secret-file", "--secret-env", "--insecure", "--restart",
                      "--pid-file", "--idle-exit", "--max-body", "--max-header", "--max-connections",
-                     "--idle-timeout", "--keep-finished", "--worker-binary", "--log-level", "--busy-poll",
+                     "--idle-timeout", "--keep-finished", "--worker-dir", "--python", "--log-level", "--busy-poll",
                      "--stats-interval", "--parent-pid"):
             self.assertIn(flag, r.stdout)
 

@@ -172,7 +172,7 @@ class TestHandshake(unittest.TestCase):
         with serving_node() as a:
             nonce_d = os.urandom(32).hex()
             with socket.create_connection(("127.0.0.1", a.peer_port), timeout=10) as s:
-                send_message(s, HELLO, ("PPGATE 1 %s eavesdropped" % nonce_d).encode())
+                send_message(s, HELLO, ("PPGATE 2 %s eavesdropped" % nonce_d).encode())
                 kind, payload = read_message(s)
                 self.assertEqual(kind, CHALLENGE)
                 _, nonce_a, _ = payload.decode().split()
@@ -181,7 +181,7 @@ class TestHandshake(unittest.TestCase):
                 self.assertEqual(read_message(s)[0], WELCOME)
             # Replaying the same hello and proof on a new connection: a fresh nonce_a defeats it.
             with socket.create_connection(("127.0.0.1", a.peer_port), timeout=10) as s:
-                send_message(s, HELLO, ("PPGATE 1 %s eavesdropped" % nonce_d).encode())
+                send_message(s, HELLO, ("PPGATE 2 %s eavesdropped" % nonce_d).encode())
                 kind, payload = read_message(s)
                 self.assertEqual(kind, CHALLENGE)
                 send_message(s, PROOF, recorded)
@@ -195,7 +195,7 @@ class TestHandshake(unittest.TestCase):
                 send_message(s, HELLO, ("PPGATE 99 %s future-node" % os.urandom(32).hex()).encode())
                 kind, payload = read_message(s)
                 self.assertEqual(kind, REFUSED)
-                self.assertIn(b"protocol version mismatch: this node speaks version 1, the peer speaks version 99",
+                self.assertIn(b"protocol version mismatch: this node speaks version 2, the peer speaks version 99",
                               payload)
 
     def test_garbage_on_the_peer_port_is_refused_and_the_node_serves_on(self):
@@ -236,7 +236,7 @@ class FakePeer:
                                                         proof(SECRET, "acceptor", nonce_d, nonce_a))).encode())
             kind, payload = read_message(conn)
             assert kind == PROOF and payload.decode() == proof(SECRET, "dialer", nonce_a, nonce_d)
-            send_message(conn, WELCOME, b"1 fake-peer")
+            send_message(conn, WELCOME, b"1 3.11.2 fake-peer")
             while True:
                 try:
                     kind, payload = read_message(conn)

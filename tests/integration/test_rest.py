@@ -225,7 +225,8 @@ class TestRoutes(SharedNode):
         self.assertRegex(lines[2], r"^    [ \d]{6} \|        [ \d]{3}\.\d\d \|     [ \d]{3}\.\d{4} \|  [ \d]{4}\.\d{6} \| local$")
         self.assertRegex(lines[3], r"^Time elapsed since server creation \d+\.\d+(e[-+]\d+)?$")
         self.assertRegex(lines[4], r"^\d+ active tasks, 2 cores$")
-        self.assertEqual(lines[5:], ["", ""])
+        self.assertRegex(lines[5], r"^Python 3\.\d+\.\d+\S* on local$")  # the workers' Python
+        self.assertEqual(lines[6:], ["", ""])
 
     def test_nodes_lists_the_local_node_and_its_workers(self):
         status, data, _ = self.node.request("GET", "/v1/nodes")

@@ -35,9 +35,9 @@ TEST_CASE("the stats table has pp's print_stats layout") {
   s.elapsed_seconds = 1.5;
   s.queued = 1;
   s.running = 2;
-  s.nodes.push_back({"local", 2, 3, 0.75});
-  s.nodes.push_back({"idle-node", 1, 0, 0});
-  s.nodes.push_back({"10.0.0.2:60000", 2, 1, 0.25});
+  s.nodes.push_back({"local", "3.11.2", 2, 3, 0.75});
+  s.nodes.push_back({"idle-node", "3.12.1", 1, 0, 0});
+  s.nodes.push_back({"10.0.0.2:60000", "", 2, 1, 0.25});  // a node whose Python is not known
   const std::string expected =
       "Job execution statistics:\n"
       " job count | % of all jobs | job time sum | time per job | job server\n"
@@ -45,6 +45,8 @@ TEST_CASE("the stats table has pp's print_stats layout") {
       "         1 |         25.00 |       0.2500 |     0.250000 | 10.0.0.2:60000\n"
       "Time elapsed since server creation 1.5\n"
       "3 active tasks, 4 cores\n"
+      "Python 3.11.2 on local\n"
+      "Python 3.12.1 on idle-node\n"
       "\n";
   CHECK(format_stats_table(s, 4) == expected);
 }

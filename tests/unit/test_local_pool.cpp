@@ -1,4 +1,4 @@
-// The local pool with real ppgate-worker processes: supervision, timeouts, cancel, resize.
+// The local pool with real worker processes: supervision, timeouts, cancel, resize.
 #include "job_request.hpp"
 #include "local_pool.hpp"
 
@@ -29,8 +29,11 @@ struct fixture {
   std::unique_ptr<local_pool> pool;
 
   explicit fixture(std::size_t workers, bool restart = false) {
-    pool = std::make_unique<local_pool>(io.get_executor(), sched,
-                                        worker_options{PPGATE_TEST_WORKER, restart});
+    worker_options opts;
+    opts.command = {PPGATE_TEST_PYTHON, PPGATE_TEST_WORKER_SCRIPT};
+    opts.python_version = "3";
+    opts.restart_after_each_job = restart;
+    pool = std::make_unique<local_pool>(io.get_executor(), sched, std::move(opts));
     pool->resize(workers);
   }
   ~fixture() { pool->shutdown(); }

@@ -13,6 +13,7 @@ struct test_node : node {
   explicit test_node(std::string name) : n(std::move(name)) {}
   const std::string& name() const override { return n; }
   std::size_t slot_count() const override { return 1; }
+  const std::string& python_version() const override { return n; }
 };
 
 struct recording_slot : slot {

@@ -1,10 +1,12 @@
 """Finding the ppgate binary and running a private node for Server() without a url."""
 
+import json
 import os
 import select
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 
 _START_TIMEOUT = 30.0
@@ -33,16 +35,22 @@ def find_ppgate():
 
 class PrivateNode:
     """A ppgate child on a random loopback port with a random token. It stops with stop(), and
-    on its own when this process exits, however it exits (--parent-pid)."""
+    on its own when this process exits, however it exits (--parent-pid).
+
+    Its workers run this very interpreter (sys.executable) with this process's sys.path and
+    working directory, as pp's do: a job imports whatever the calling script can."""
 
     def __init__(self, ncpus="autodetect", restart=False, ppservers=(), secret=None):
         self.token = secrets.token_urlsafe(24)
         args = [find_ppgate(), "serve", "--listen", "127.0.0.1:0",
                 "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
                 "--parent-pid", str(os.getpid()), "--log-level", "warn"]
+        if sys.executable:
+            args += ["--python", sys.executable]
         if restart:
             args.append("--restart")
-        env = dict(os.environ, PPGATE_SECRET=self.token)
+        env = dict(os.environ, PPGATE_SECRET=self.token,
+                   PPGATE_SYS_PATH=json.dumps([os.path.abspath(p) if p else os.getcwd() for p in sys.path]))
         if ppservers:
             # The remote nodes are this private node's peers; they share the cluster secret.
             args += ["--peers", ",".join(ppservers), "--peer-secret-env", "PPGATE_PEER_SECRET"]

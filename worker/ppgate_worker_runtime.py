@@ -1,7 +1,7 @@
-"""The Python half of ppgate-worker: runs one job per message.
+"""The Python half of the worker: runs one job per message.
 
-ppgate-worker (C++) reads a frame from its gateway, calls handle(payload) and writes the bytes it
-returns as the reply frame. A message is JSON:
+The worker loop (C++, _ppgate_worker) reads a frame from its node, calls handle(payload) and writes
+the bytes it returns as the reply frame. A message is JSON:
 
     {"id": 7, "fn": "<hash>", "entry": "sq", "source": "def sq(x): ...", "modules": ["math"],
      "codec": "json", "args": [7], "kwargs": {}, "globals": {}}
@@ -21,13 +21,14 @@ import importlib
 import io
 import json
 import linecache
+import os
 import pickle
 import sys
 import time
 import traceback
 import types
 
-_RUNTIME_FILE = "<ppgate-worker>"
+_RUNTIME_FILE = __file__
 
 _functions = {}  # function hash -> _Function (compiled once per process)
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
@@ -172,6 +173,19 @@ def _run(msg):
 
 
 _EMPTY_TUPLE = base64.b64encode(pickle.dumps(()))
+
+
+def own_link(fd):
+    """Keeps the worker's link to its node out of the processes that jobs start."""
+    os.set_inheritable(fd, False)  # not inherited by exec'd children (os.system, subprocess)
+
+    def close_in_child():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    os.register_at_fork(after_in_child=close_in_child)  # nor kept open by forked ones
 
 
 def handle(payload):

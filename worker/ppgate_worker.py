@@ -1,0 +1,72 @@
+"""Starts a ppgate worker in this interpreter; the node runs it as
+`<python> ppgate_worker.py --fd 3 --node-pid PID`.
+
+The worker loop is C++ (the extension module _ppgate_worker, stable ABI, beside this file) and the
+job runtime is Python (ppgate_worker_runtime.py, beside it too). Both are loaded from this folder
+by path, so nothing of ppgate's shadows the user's modules on sys.path.
+
+Jobs see the caller's environment: with $PPGATE_SYS_PATH (a JSON list, set by the client that
+started a private node) sys.path becomes exactly the caller's; otherwise it is this interpreter's
+own with the working directory first, as for `python -c`.
+
+`--check` prints what the node needs to know about this interpreter as one JSON line, after
+loading both halves, so a node whose interpreter cannot run the worker fails at start.
+This file runs on every CPython from 3.8 on.
+"""
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import platform
+import sys
+
+
+def _load(name, filename):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
+    if filename.endswith(".so"):
+        loader = importlib.machinery.ExtensionFileLoader(name, path)
+        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    else:
+        spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _use_callers_path():
+    given = os.environ.pop("PPGATE_SYS_PATH", None)
+    if given:
+        sys.path[:] = [p for p in json.loads(given) if isinstance(p, str)]
+    else:
+        sys.path[0] = os.getcwd()  # was this file's folder
+
+
+def main(argv):
+    if sys.version_info < (3, 8) or sys.implementation.name != "cpython":
+        sys.stderr.write("ppgate workers need CPython 3.8 or later; this is %s %s\n"
+                         % (platform.python_implementation(), platform.python_version()))
+        return 78
+    _use_callers_path()
+    loop = _load("_ppgate_worker", "_ppgate_worker.abi3.so")
+    runtime = _load("ppgate_worker_runtime", "ppgate_worker_runtime.py")
+    if argv[1:] == ["--check"]:
+        print(json.dumps({"version": platform.python_version(),
+                          "implementation": platform.python_implementation(),
+                          "executable": sys.executable}))
+        return 0
+    if (len(argv) != 5 or argv[1] != "--fd" or argv[3] != "--node-pid"
+            or not argv[2].isdigit() or not argv[4].isdigit()):
+        sys.stderr.write("usage: python ppgate_worker.py --fd N --node-pid PID | --check\n"
+                         "Runs Python jobs for the ppgate node PID over the socket on fd N; "
+                         "it is started by `ppgate serve`, not by hand.\n")
+        return 64
+    fd = int(argv[2])
+    runtime.own_link(fd)
+    loop.serve(fd, runtime.handle, int(argv[4]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

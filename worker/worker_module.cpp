@@ -1,0 +1,201 @@
+// _ppgate_worker: the worker loop, a CPython extension module that runs inside the caller's own
+// interpreter (started by the node as `<python> ppgate_worker.py --fd 3 --node-pid PID`).
+//
+// It is built against the stable ABI (Py_LIMITED_API, CPython 3.8), so one build loads in every
+// CPython from 3.8 on. serve(fd, handle) reads length-prefixed frames (lib/frame.hpp) from the
+// node on the socketpair `fd`, hands each run message to handle(payload: bytes) -> bytes (the
+// Python runtime, runtime.py) and writes the reply back as one frame. It returns when the node
+// closes the socket.
+//
+// The GIL is held except around blocking reads and writes, so threads a job started still run
+// while the worker waits for the next job.
+#include "frame.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <unordered_set>
+#include <utility>
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+namespace {
+
+// An owned (strong) reference. Construct it only from C-API calls that return a new reference.
+class py_ref {
+ public:
+  explicit py_ref(PyObject* owned) : p_(owned) {}
+  py_ref(const py_ref&) = delete;
+  py_ref& operator=(const py_ref&) = delete;
+  ~py_ref() { Py_XDECREF(p_); }
+  PyObject* get() const { return p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  PyObject* p_;
+};
+
+// Thrown to leave serve() with the Python exception that is already set.
+struct python_error {};
+
+// Thrown to leave serve() with an OSError built from errno.
+struct os_error {
+  int err;
+};
+
+void write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = ::write(fd, data.data(), data.size());
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw os_error{errno};
+    }
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+// Reads what has arrived; with `wait`, blocks until something does (without the GIL). Without
+// `wait`, returns -1 with errno EAGAIN when nothing has.
+ssize_t read_some(int fd, char* buf, std::size_t size, bool wait) {
+  ssize_t n;
+  if (!wait) {
+    do {
+      n = ::recv(fd, buf, size, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EWOULDBLOCK) errno = EAGAIN;
+    return n;
+  }
+  do {
+    Py_BEGIN_ALLOW_THREADS
+    n = ::read(fd, buf, size);
+    Py_END_ALLOW_THREADS
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
+// The id a run message starts with: {"id":N,...}
+std::uint64_t job_id_of(std::string_view frame) {
+  constexpr std::string_view prefix = "{\"id\":";
+  std::uint64_t id = 0;
+  if (frame.starts_with(prefix))
+    std::from_chars(frame.data() + prefix.size(), frame.data() + frame.size(), id);
+  return id;
+}
+
+// Runs one job: handle(payload) must return bytes, the reply.
+void run_job(int fd, PyObject* handle, std::string_view frame, std::string& out) {
+  static const pid_t worker_pid = ::getpid();
+  py_ref payload(PyBytes_FromStringAndSize(frame.data(), static_cast<Py_ssize_t>(frame.size())));  // new ref
+  if (!payload) throw python_error{};
+  py_ref reply(PyObject_CallFunctionObjArgs(handle, payload.get(), nullptr));  // new ref
+  // A child the job forked (os.fork) that returned from the job must never answer for the worker
+  // nor read its link: it ends here.
+  if (::getpid() != worker_pid) ::_exit(0);
+  if (!reply) throw python_error{};
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(reply.get(), &data, &size) != 0) throw python_error{};
+  ppgate::append_frame(out, std::string_view(data, static_cast<std::size_t>(size)));
+  write_all(fd, out);
+}
+
+// Frames are run messages (JSON) and "skip <id>" notes: the node took that job back before it
+// started. Jobs run one at a time in arrival order; between two jobs the worker picks up whatever
+// has arrived meanwhile, so a skip note reaches it before the job it names.
+void serve_loop(int fd, PyObject* handle) {
+  ppgate::frame_reader reader;
+  std::deque<std::string> pending;
+  std::unordered_set<std::uint64_t> skip;
+  std::deque<std::uint64_t> recently_done;  // a skip note for one of these came too late
+  std::string out;
+  std::string buf(64 * 1024, '\0');
+  for (;;) {
+    const ssize_t n = read_some(fd, buf.data(), buf.size(), /*wait=*/pending.empty());
+    if (n == 0) return;  // the node closed the link: a normal stop
+    if (n < 0 && errno != EAGAIN) throw os_error{errno};
+    if (n > 0) {
+      reader.feed(buf.data(), static_cast<std::size_t>(n));
+      std::string_view frame;
+      while (reader.next(frame)) {
+        if (frame.starts_with("skip ")) {
+          std::uint64_t id = 0;
+          std::from_chars(frame.data() + 5, frame.data() + frame.size(), id);
+          if (std::find(recently_done.begin(), recently_done.end(), id) == recently_done.end())
+            skip.insert(id);
+        } else {
+          pending.emplace_back(frame);
+        }
+      }
+    }
+    if (pending.empty()) continue;
+
+    const std::string frame = std::move(pending.front());
+    pending.pop_front();
+    const std::uint64_t id = job_id_of(frame);
+    recently_done.push_back(id);
+    if (recently_done.size() > 16) recently_done.pop_front();
+    out.clear();
+    if (skip.erase(id) > 0) {
+      ppgate::append_frame(out, std::to_string(id) + " skipped 0\n");
+      write_all(fd, out);
+      continue;
+    }
+    run_job(fd, handle, frame, out);
+  }
+}
+
+PyObject* serve(PyObject*, PyObject* args) {
+  int fd = -1;
+  PyObject* handle = nullptr;
+  long node_pid = 0;
+  if (!PyArg_ParseTuple(args, "iOl:serve", &fd, &handle, &node_pid)) return nullptr;
+  if (!PyCallable_Check(handle)) {
+    PyErr_SetString(PyExc_TypeError, "serve: handle must be callable");
+    return nullptr;
+  }
+  // Die with the node even when a job keeps this process from reading the socket (EOF on the
+  // socket covers a node that died before this line).
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // A node that died before that line sends no signal: this worker would run the jobs already in
+  // its socket for nobody.
+  if (::getppid() != static_cast<pid_t>(node_pid)) Py_RETURN_NONE;
+  try {
+    serve_loop(fd, handle);
+  } catch (const python_error&) {
+    return nullptr;
+  } catch (const os_error& e) {
+    errno = e.err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"serve", serve, METH_VARARGS,
+     "serve(fd, handle, node_pid): run jobs from the node on socket fd until it closes the link."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_ppgate_worker", "The ppgate worker loop (C++ over the stable ABI).",
+    -1, methods, nullptr, nullptr, nullptr, nullptr,
+};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__ppgate_worker() { return PyModule_Create(&module_def); }
