@@ -23,6 +23,7 @@ import json
 import linecache
 import os
 import pickle
+import platform
 import sys
 import time
 import traceback
@@ -69,7 +70,7 @@ def _import_statement(module):
 
 
 def _resolve(function, namespace):
-    if function.code is None:
+    if ":" in function.entry:
         module_name, _, qualname = function.entry.partition(":")
         target = importlib.import_module(module_name)
         parts = qualname.split(".")
@@ -95,8 +96,13 @@ def _format_error(exc):
     if kind.__module__ not in ("builtins", "__main__", _RUNTIME_MODULE):
         name = kind.__module__ + "." + name
     text = "".join(traceback.format_exception(kind, exc, tb))
+    message = str(exc)
+    if isinstance(exc, ImportError):
+        # What was missing is only half the story: say where the worker looked.
+        message += " (the worker runs Python %s, %s, with sys.path = %r)" % (
+            platform.python_version(), sys.executable, sys.path)
     return '"error":{"type":%s,"message":%s,"traceback":%s}' % (
-        _quote(name), _quote(str(exc)), _quote(text))
+        _quote(name), _quote(message), _quote(text))
 
 
 _RUNTIME_MODULE = __name__

@@ -9,6 +9,11 @@ pp programs change only their import line::
 
 Unlike pp, a job whose function raised makes ``job()`` raise ppgate.JobError with the remote
 type, message and traceback (pp returned None).
+
+Programs written for ppft, pathos's ParallelPool among them, run on ppgate once ``ppft`` names it::
+
+    import sys, ppgate
+    sys.modules["ppft"] = ppgate
 """
 
 from ._errors import (DestroyedServerError, JobCancelledError, JobError, JobLostError,
@@ -16,6 +21,8 @@ from ._errors import (DestroyedServerError, JobCancelledError, JobError, JobLost
 from ._executor import Executor
 from ._node import find_ppgate
 from ._pp import Job, Server, Statistics, Template
+
+_Task = Job  # pp's and ppft's name for the job class (pathos imports it)
 
 version = __version__ = "0.1.0"
 

@@ -7,16 +7,21 @@ imported first. Better than pp:
   importable reference (``"math:sqrt"``) and need no source;
 * lambdas, nested functions and staticmethods work: their source is cut out of the defining file;
 * a closure's captured variables travel (pickled) and a variable that cannot be pickled raises an
-  error that names it;
+  error that names it; so do the module-level values (constants, tables) the function reads;
 * modules, functions and classes the function refers to by a global name are found and sent
   (pp needed them in ``modules``/``depfuncs``);
 * a bound method ships its class's source and goes as ``Class.method`` with the instance first in
-  the arguments, as pp does.
+  the arguments, as pp does;
+* classes (and functions) that the node cannot import, defined in ``__main__`` or in a module of
+  the program, travel as source with the function when their objects are in the arguments, however
+  deeply nested (``dumps_noting_sources``, ``with_sources``): once per link and set of classes.
 """
 
 import ast
 import builtins
+import collections
 import inspect
+import io
 import os
 import pickle
 import sys
@@ -39,14 +44,18 @@ class FunctionSpec:
     ``closure`` lists captured variable names whose values go with every job.
     """
 
-    __slots__ = ("key", "definition", "closure", "closure_cells", "value_names")
+    __slots__ = ("key", "definition", "closure", "closure_cells", "value_names", "value_globals",
+                 "shipped")
 
-    def __init__(self, key, definition, closure=(), closure_cells=None, value_names=()):
+    def __init__(self, key, definition, closure=(), closure_cells=None, value_names=(),
+                 shipped=frozenset(), value_globals=None):
         self.key = key
         self.definition = definition
         self.closure = closure
         self.closure_cells = closure_cells
         self.value_names = value_names  # plain values the function uses, taken from globals=
+        self.shipped = shipped  # ids of the classes and functions whose source the definition has
+        self.value_globals = value_globals  # the function's own module globals, for value_names
 
 
 def _is_installed(module_name):
@@ -134,8 +143,7 @@ def _import_for(name, module):
 class _Collector:
     """Gathers the sources and imports a function needs, following global names."""
 
-    def __init__(self, collect_values=False):
-        self.collect_values = collect_values
+    def __init__(self):
         self.sources = []
         self.imports = []
         self.values = []
@@ -160,22 +168,28 @@ class _Collector:
                 return True
             if isinstance(value, types.FunctionType) and value.__name__ == "<lambda>":
                 return False
-            self.sources.append(_source_keeping_module(value))
-            if isinstance(value, types.FunctionType):
-                self.follow(value.__code__, value.__globals__)
-            elif isinstance(value, type):
+            if isinstance(value, type):
+                # Bases first: a class statement needs them defined.
+                self.add_bases(value)
+                self.sources.append(_source_keeping_module(value))
                 self.follow_class(value)
+            else:
+                self.sources.append(_source_keeping_module(value))
+                self.follow(value.__code__, value.__globals__)
             return True
         if isinstance(value, (types.FunctionType, type)):
             return True
-        if self.collect_values and name not in self.values:
+        if name not in self.values:
             self.values.append(name)
         return False
 
-    def follow_class(self, cls):
+    def add_bases(self, cls):
         for base in cls.__bases__:
             if base is not object:
                 self.add_object(base.__name__, base)
+
+    def follow_class(self, cls):
+        """Follows the global names its methods use (its bases are added by add_bases)."""
         for method in vars(cls).values():
             if isinstance(method, (staticmethod, classmethod)):
                 method = method.__func__
@@ -191,7 +205,8 @@ class _Collector:
 def describe(func, depfuncs=(), modules=(), user_globals=None):
     """Returns (FunctionSpec, first_arg) for `func`; first_arg is the instance of a bound method
     (to go first in the arguments), or None. With `user_globals` (pp's globals=), global names
-    are looked up there instead, and the plain values the function uses travel too."""
+    are looked up there first, then in the function's module, and the plain values the function
+    uses travel too."""
     first_arg = None
     if isinstance(func, types.MethodType):
         owner = func.__self__
@@ -225,9 +240,10 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
             definition["function"] = "%s:%s.%s" % (entry_owner.__module__, entry_owner.__qualname__,
                                                    func_obj.__name__)
             return FunctionSpec(key, definition), first_arg
-        collector = _Collector(user_globals is not None)
+        collector = _Collector()
         collector.seen.add(id(entry_owner))
         main_source = _source_keeping_module(entry_owner)
+        collector.add_bases(entry_owner)
         collector.follow_class(entry_owner)
         definition["function"] = "%s.%s" % (entry_owner.__name__, func_obj.__name__)
     elif _is_installed(func_obj.__module__) and "<locals>" not in func_obj.__qualname__ \
@@ -235,7 +251,7 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
         definition["function"] = "%s:%s" % (func_obj.__module__, func_obj.__qualname__)
         return FunctionSpec(key, definition), first_arg
     else:
-        collector = _Collector(user_globals is not None)
+        collector = _Collector()
         collector.seen.add(id(func_obj))
         if func_obj.__name__ == "<lambda>":
             main_source = _lambda_source(func_obj)
@@ -247,7 +263,10 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
             elif "." not in func_obj.__qualname__ and "<locals>" not in func_obj.__qualname__:
                 main_source = _source_keeping_module(func_obj)
             definition["function"] = func_obj.__name__
-        collector.follow(func_obj.__code__, func_obj.__globals__ if user_globals is None else user_globals)
+        # pp's globals= is looked at before the function's own module, not instead of it (pathos
+        # passes its own module's globals).
+        collector.follow(func_obj.__code__, func_obj.__globals__ if user_globals is None
+                         else collections.ChainMap(user_globals, func_obj.__globals__))
 
     for dep in depfuncs:
         if isinstance(dep, types.ModuleType):
@@ -267,7 +286,75 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
     definition["modules"] = list(modules) + [i for i in collector.imports if i not in modules]
     # Dependencies first: a class defined in the main source may derive from one of them.
     definition["source"] = "\n".join(collector.sources + [main_source])
-    return FunctionSpec(key, definition, closure_names, cells, tuple(collector.values)), first_arg
+    return FunctionSpec(key, definition, closure_names, cells, tuple(collector.values),
+                        frozenset(collector.seen), func_obj.__globals__), first_arg
+
+
+# Objects of these exact types never name a class of the program: pickling them needs no look.
+_PLAIN_TYPES = frozenset((int, float, complex, str, bytes, bool, type(None)))
+
+
+def _needs_source(obj):
+    """True for a class or function the node cannot import by name: defined in __main__ or in a
+    module of the program (not the standard library or site-packages)."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    return (isinstance(module, str) and not _is_installed(module) and "<locals>" not in qualname
+            and "." not in qualname and not (isinstance(obj, types.FunctionType) and obj.__name__ == "<lambda>"))
+
+
+class _NotingPickler(pickle.Pickler):
+    """A pickler that notes, in `found`, the classes of the objects it pickles (and the classes and
+    functions pickled themselves) that need their source on the node."""
+
+    def __init__(self, file, found):
+        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+        self.found = found
+        self.looked_at = set()
+
+    def reducer_override(self, obj):
+        # Called for every object but the plain ones (pickle's fast paths); pickling goes on as usual.
+        target = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
+        if target not in self.looked_at:
+            self.looked_at.add(target)
+            if _needs_source(target):
+                self.found.append(target)
+        return NotImplemented
+
+
+def dumps_noting_sources(value, found):
+    """Pickles `value` (pickle.HIGHEST_PROTOCOL); appends to `found` the classes and functions in
+    it that must travel as source."""
+    if type(value) is tuple and all(type(v) in _PLAIN_TYPES for v in value):
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)  # the common case: nothing to look for
+    buffer = io.BytesIO()
+    _NotingPickler(buffer, found).dump(value)
+    return buffer.getvalue()
+
+
+def with_sources(spec, objects):
+    """A FunctionSpec that is `spec` whose source also defines `objects` (classes and functions
+    the job's arguments carry), with the classes they derive from; `spec` when it has them all."""
+    missing = [o for o in objects if id(o) not in spec.shipped]
+    if not missing:
+        return spec
+    collector = _Collector()
+    collector.seen |= spec.shipped
+    for obj in missing:
+        collector.add_object(obj.__name__, obj)
+    definition = dict(spec.definition)
+    entry = definition["function"]
+    own_source = definition.get("source", "")
+    if ":" in entry:
+        # An importable function carries no source; with sources it must be defined in them.
+        module, _, qualname = entry.partition(":")
+        own_source = "import %s as _ppgate_module\n_ppgate_entry = _ppgate_module.%s\n" % (module, qualname)
+        definition["function"] = "_ppgate_entry"
+    definition["source"] = "\n".join(collector.sources + [own_source])
+    definition["modules"] = list(definition.get("modules", ())) + [
+        i for i in collector.imports if i not in definition.get("modules", ())]
+    return FunctionSpec((spec.key, tuple(missing)), definition, spec.closure, spec.closure_cells,
+                        spec.value_names, spec.shipped | frozenset(collector.seen), spec.value_globals)
 
 
 def closure_values(function, user_globals):
@@ -288,7 +375,23 @@ def closure_values(function, user_globals):
             raise ValueError("closure variable %r cannot be sent: %s: %s"
                              % (name, type(exc).__name__, exc)) from None
         values[name] = value
+    # Module-level values the function reads (constants, tables): from globals= first, then from
+    # the function's own module, as they are now.
+    own = function.value_globals or {}
     for name in function.value_names:
         if user_globals is not None and name in user_globals:
             values[name] = user_globals[name]
+        elif name in own:
+            values[name] = own[name]
     return values
+
+
+def name_unpicklable(values, exc):
+    """A ValueError naming the variable of `values` that cannot be pickled (after `exc`)."""
+    for name, value in values.items():
+        try:
+            pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as inner:  # noqa: BLE001 - the message names the variable
+            return ValueError("global variable %r that the function uses cannot be sent: %s: %s"
+                              % (name, type(inner).__name__, inner))
+    return exc

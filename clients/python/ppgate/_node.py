@@ -53,7 +53,13 @@ class PrivateNode:
                    PPGATE_SYS_PATH=json.dumps([os.path.abspath(p) if p else os.getcwd() for p in sys.path]))
         if ppservers:
             # The remote nodes are this private node's peers; they share the cluster secret.
-            args += ["--peers", ",".join(ppservers), "--peer-secret-env", "PPGATE_PEER_SECRET"]
+            # '*' (pp's autodiscovery) finds them by broadcast on the local network.
+            listed = [p for p in ppservers if p != "*"]
+            if listed:
+                args += ["--peers", ",".join(listed)]
+            if "*" in ppservers:
+                args.append("--discover")
+            args += ["--peer-secret-env", "PPGATE_PEER_SECRET"]
             env["PPGATE_PEER_SECRET"] = secret
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)

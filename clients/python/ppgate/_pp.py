@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import pickle
+import platform
 import queue
 import sys
 import threading
@@ -13,11 +14,12 @@ import time
 import traceback
 import types
 import urllib.parse
+import warnings
 import weakref
 
 from ._errors import DestroyedServerError, JobError
 from ._errors import error_from_job
-from ._functions import closure_values, describe
+from ._functions import closure_values, describe, dumps_noting_sources, name_unpicklable, with_sources
 from ._node import PrivateNode
 from ._session import Session
 
@@ -52,7 +54,7 @@ class Job:
     # through the server's condition.
     __slots__ = ("id", "group", "stdout", "stderr", "callback_error", "finished", "_server",
                  "_callback", "_callbackargs", "_future", "_raw", "_result", "_error", "_printed",
-                 "_tag", "_ending")
+                 "_tag", "_ending", "_lock")
 
     def __init__(self, server, group="default", callback=None, callbackargs=(), future=None):
         self.id = None  # the node's job id, known once the job has ended
@@ -71,6 +73,7 @@ class Job:
         self._printed = False
         self._tag = None  # this connection's name for the job (see _session.py)
         self._ending = False
+        self._lock = None  # made on demand (see `lock`)
 
     def wait(self, timeout=None):
         """Waits for the job to end; returns True if it has ended."""
@@ -103,6 +106,47 @@ class Job:
     def __repr__(self):
         state = "finished" if self.finished else "pending"
         return "<ppgate.Job id=%s group=%r %s>" % (self.id, self.group, state)
+
+    # --- what pp's _Task has, and pathos reads ---
+
+    @property
+    def tid(self):
+        """pp's task id: the node's job id once known, else this connection's number for it."""
+        return self.id if self.id is not None else self._tag
+
+    @property
+    def server(self):
+        return self._server
+
+    @property
+    def callback(self):
+        return self._callback
+
+    @property
+    def callbackargs(self):
+        return self._callbackargs
+
+    @property
+    def lock(self):
+        """A lock held until the job has finished, as pp's _Task.lock (pathos waits on it)."""
+        with self._server._cv:
+            if self._lock is None:
+                self._lock = threading.Lock()
+                if not self.finished:
+                    self._lock.acquire()  # released by Server._job_finished
+            return self._lock
+
+    @property
+    def sresult(self):
+        """pp's pickled ``(result, output)`` pair, once the job has finished (None before). For
+        a job that failed: ``(None, its traceback and output)``, as pp's workers send it."""
+        if not self.finished:
+            return None
+        if self._error is None:
+            return pickle.dumps((self._result, self.stdout + self.stderr), _PICKLE)
+        error = self._error
+        text = getattr(error, "traceback", "") or "%s: %s\n" % (type(error).__name__, error)
+        return pickle.dumps((None, text + self.stdout + self.stderr), _PICKLE)
 
     # --- called by the session's threads ---
 
@@ -164,13 +208,21 @@ class Server:
             raise TypeError("ppservers argument must be a tuple")
         _check_ncpus(ncpus)
         for ppserver in ppservers:
-            if not isinstance(ppserver, str) or ":" not in ppserver:
-                raise ValueError("ppservers are 'host:port' strings, not %r" % (ppserver,))
+            if ppserver != "*" and (not isinstance(ppserver, str) or ":" not in ppserver):
+                raise ValueError("ppservers are 'host:port' strings or '*', not %r" % (ppserver,))
+        # As ppft: no secret given means the environment's (pp's public default secret is gone).
+        if secret is None and ppservers:
+            secret = os.environ.get("PPGATE_SECRET")
         if ppservers and url is None and (not secret or len(secret) < 8):
             raise ValueError("ppservers need the cluster's secret (8 characters or more): "
-                             "Server(..., ppservers=..., secret=...)")
+                             "Server(..., ppservers=..., secret=...) or $PPGATE_SECRET")
         if ncpus == 0 and not ppservers and url is None:
             raise ValueError("ncpus=0 with no ppservers: no worker would ever run a job")
+        # pp's attributes, which pathos reads: the remote nodes as (host, port), whether '*' asked
+        # for discovery, and a flag pathos sets while it closes its pool.
+        self.ppservers = [(h, int(p)) for h, _, p in (x.rpartition(":") for x in ppservers if x != "*")]
+        self.auto_ppservers = "*" in ppservers
+        self._exiting = False
         self._node = None
         self._session = None
         self._destroyed = False
@@ -194,8 +246,10 @@ class Server:
         self._token = token
         try:
             self._session = Session(url, token, on_results=self._wake_waiters)
-            if url is not None and self._node is None and ncpus != "autodetect":
-                self.set_ncpus(ncpus)
+            if self._node is None:
+                if ncpus != "autodetect":
+                    self.set_ncpus(ncpus)
+                self._warn_if_python_differs()
         except BaseException:
             self.destroy()
             raise
@@ -309,14 +363,22 @@ class Server:
             function = cached
         if isinstance(func, types.MethodType) and not isinstance(func.__self__, type):
             args = (func.__self__,) + args
-        fields = {"codec": "pickle", "args": base64.b64encode(pickle.dumps(args, _PICKLE)).decode()
+        travelling = []  # classes and functions in the arguments that go as source
+        fields = {"codec": "pickle",
+                  "args": base64.b64encode(dumps_noting_sources(args, travelling)).decode()
                   if args else _EMPTY_ARGS}
         if kwargs:
-            fields["kwargs"] = base64.b64encode(pickle.dumps(kwargs, _PICKLE)).decode()
+            fields["kwargs"] = base64.b64encode(dumps_noting_sources(kwargs, travelling)).decode()
         if function.closure or function.value_names:
             values = closure_values(function, user_globals)
             if values:
-                fields["globals"] = base64.b64encode(pickle.dumps(values, _PICKLE)).decode()
+                try:
+                    pickled = dumps_noting_sources(values, travelling)
+                except Exception as exc:  # noqa: BLE001 - say which variable
+                    raise name_unpicklable(values, exc) from None
+                fields["globals"] = base64.b64encode(pickled).decode()
+        if travelling:
+            function = self._with_sources(function, tuple(travelling))
         if group != "default":
             fields["group"] = group
         if timeout is not None:
@@ -332,11 +394,32 @@ class Server:
             self._job_finished(job)
             raise
 
+    def _warn_if_python_differs(self):
+        """A node started by hand may run another Python than this one: pickles, C extensions
+        and syntax may not carry over. Say so once, naming both versions."""
+        here = "%d.%d" % sys.version_info[:2]
+        for n in self._request("GET", "/v1/nodes")["nodes"]:
+            there = n.get("python") or ""
+            if there and ".".join(there.split(".")[:2]) != here:
+                warnings.warn("ppgate node %s runs Python %s, this program Python %s: jobs run on %s"
+                              % (n["name"], there, platform.python_version(), there),
+                              RuntimeWarning, stacklevel=3)
+                return
+
+    def _with_sources(self, function, travelling):
+        key = (function.key, travelling)
+        spec = self._functions.get(key)
+        if spec is None:
+            spec = self._functions[key] = with_sources(function, travelling)
+        return spec
+
     def _job_finished(self, job, notify=True):
         # As in pp, a job counts as finished only after its callback ran: wait() covers callbacks.
         with self._cv:
             job.finished = True
             self._unfinished[job.group] -= 1
+            if job._lock is not None:
+                job._lock.release()
             if notify and self._waiters:
                 self._cv.notify_all()
 
