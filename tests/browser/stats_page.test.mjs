@@ -39,7 +39,8 @@ test("the stats page follows the node: counts, pp's table, failures, workers, re
     assert.equal(await text(page, "jobs-submitted"), "27");
     const row = page.locator("#pp-table tbody tr").first();
     assert.equal(await row.locator("td").first().textContent(), "27");
-    assert.equal(await row.locator("td.name").textContent(), "local");
+    assert.equal(await row.locator("td.name").first().textContent(), "local");
+    assert.match(await row.locator("td.python").textContent(), /^3\.\d+\.\d+/);  // the workers' Python
     assert.match(await page.locator("#failures li").first().textContent(), /ZeroDivisionError: division by zero/);
     assert.equal(await page.locator("#workers-table tbody tr").count(), 2);
 
