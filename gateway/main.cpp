@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  forget_secret_variables(cmd.serve.secret_variables);  // before any child process starts
   std::signal(SIGPIPE, SIG_IGN);  // a closed peer is an error code on write, not a death
   log::parse_level(cmd.serve.log_level, log::threshold());
   try {

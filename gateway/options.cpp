@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -13,6 +14,8 @@
 #ifndef PPGATE_VERSION
 #define PPGATE_VERSION "0.0.0"
 #endif
+
+extern char** environ;
 
 namespace ppgate {
 
@@ -290,6 +293,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     const char* v = std::getenv(peer_secret_env.c_str());
     if (v == nullptr || *v == '\0') throw usage_error("--peer-secret-env: " + peer_secret_env + " is not set");
     o.peer.secret = v;
+    o.secret_variables.push_back(peer_secret_env);
   }
   if (!secret_file.empty() && !secret_env.empty())
     throw usage_error("give either --secret-file or --secret-env, not both");
@@ -300,9 +304,13 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     const char* v = std::getenv(name.c_str());
     if (v != nullptr && *v != '\0') o.secret = v;
     else if (!secret_env.empty()) throw usage_error("--secret-env: " + name + " is not set");
+    o.secret_variables.push_back(name);
   }
-  if (!o.secret.empty() && o.secret.size() < 8)
-    throw usage_error("the secret must be at least 8 characters long");
+  const auto blank = [](const std::string& s) { return s.find_first_not_of(" \t\r\n") == std::string::npos; };
+  if (!o.secret.empty() && (o.secret.size() < 8 || blank(o.secret)))
+    throw usage_error("the secret must be at least 8 characters long, not all blanks");
+  if (!o.peer.secret.empty() && blank(o.peer.secret))
+    throw usage_error("the peers' secret must not be all blanks");
   const bool peering = !o.peer_listen_host.empty() || !o.peers.empty() || o.discover;
   if (o.peer.secret.empty()) o.peer.secret = o.secret;
   if (peering && o.peer.secret.empty())
@@ -350,6 +358,17 @@ std::string locate_worker_script(const std::string& configured) {
   }
   throw usage_error("cannot find the worker (ppgate_worker.py and _ppgate_worker.abi3.so) next to ppgate; "
                     "give --worker-dir or PPGATE_WORKER_DIR");
+}
+
+void forget_secret_variables(const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    // unsetenv() drops the pointer only; /proc/<pid>/environ shows the original strings, which
+    // the kernel placed on this process's stack: blank the value there first.
+    const std::string prefix = name + "=";
+    for (char** e = environ; *e != nullptr; ++e)
+      if (std::strncmp(*e, prefix.c_str(), prefix.size()) == 0) std::memset(*e + prefix.size(), 0, std::strlen(*e + prefix.size()));
+    ::unsetenv(name.c_str());
+  }
 }
 
 }  // namespace ppgate

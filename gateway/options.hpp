@@ -21,6 +21,7 @@ struct serve_options {
   std::uint16_t listen_port = 8080;
   std::optional<std::size_t> workers;  // empty: one per usable CPU
   std::string secret;                  // bearer token; empty: none
+  std::vector<std::string> secret_variables;  // the environment variables the secrets came from
   bool insecure = false;
   bool restart_workers = false;
   std::string python = "python3";  // the interpreter workers run (--python)
@@ -61,6 +62,10 @@ struct parsed_command {
 parsed_command parse_command_line(int argc, const char* const* argv);
 
 std::string help_text();
+
+// Blanks and removes the environment variables a secret was read from, so no worker (and no job)
+// inherits them and /proc/<pid>/environ does not show them.
+void forget_secret_variables(const std::vector<std::string>& names);
 
 // Finds the worker's bootstrap, ppgate_worker.py (with its extension module and runtime beside
 // it): --worker-dir, $PPGATE_WORKER_DIR, next to this executable, the build tree, ../libexec/ppgate.

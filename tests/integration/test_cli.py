@@ -50,6 +50,11 @@ class TestCommandLine(unittest.TestCase):
             self.assertEqual(r.returncode, 2, args)
             self.assertIn(fragment, r.stderr, args)
 
+    def test_a_blank_secret_is_refused(self):
+        r = run_ppgate("serve", "--workers", "0", env={"PPGATE_SECRET": " " * 8})
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("not all blanks", r.stderr)
+
     def test_a_port_in_use_is_reported(self):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -122,5 +122,26 @@ class TestCancelAndTimeoutHarmNoOtherJob(unittest.TestCase):
                 self.assertEqual((len(results), all(results)), (600, True))
 
 
+class TestJobsCannotReadTheSecret(unittest.TestCase):
+    def test_the_secret_is_in_no_workers_environment_nor_the_nodes(self):
+        """Before: every job could read the node's secret from its environment and from
+        /proc/<node>/environ."""
+        secret = "very-secret-token-4242"
+        peer_secret = "the-peers-secret-9876"
+        with Node("--peer-listen", "127.0.0.1:0", "--peer-secret-env", "MY_PEER_SECRET", workers=1,
+                  env={"PPGATE_SECRET": secret, "MY_PEER_SECRET": peer_secret}) as node:
+            node.token = secret
+            job = node.run("import os\n"
+                           "def look():\n"
+                           "    with open('/proc/%d/environ' % os.getppid(), 'rb') as f:\n"
+                           "        node_env = f.read().decode(errors='replace')\n"
+                           "    return [repr(dict(os.environ)), node_env]\n", "look")
+            self.assertEqual(job["status"], "done", job)
+            for text in job["result"]:
+                self.assertNotIn(secret, text)
+                self.assertNotIn(peer_secret, text)
+            self.assertNotIn("PPGATE_SECRET", job["result"][0])
+
+
 if __name__ == "__main__":
     unittest.main()
