@@ -63,6 +63,7 @@ class frame_reader {
   }
 
   std::size_t buffered() const { return buffer_.size() - consumed_; }
+  void set_limit(std::size_t limit) { limit_ = limit; }
 
  private:
   std::size_t limit_;

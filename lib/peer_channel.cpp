@@ -10,13 +10,43 @@ peer_channel::peer_channel(std::unique_ptr<peer_stream> stream, const peer_setti
     : stream_(std::move(stream)), settings_(settings) {}
 
 void peer_channel::send(peer::msg type, std::string_view payload) {
-  peer::append_message(outbox_, type, payload);
+  if (sending_auth_)
+    sending_auth_->append_message(outbox_, type, payload);
+  else
+    peer::append_message(outbox_, type, payload);
   if (serving_) write_next();
 }
 
 void peer_channel::send_frames(std::string_view frames) {
-  outbox_.append(frames);
+  if (!sending_auth_) {
+    outbox_.append(frames);
+  } else {
+    // Each message gets its tag.
+    frame_reader split;
+    split.feed(frames.data(), frames.size());
+    std::string_view frame;
+    peer::message m;
+    while (split.next(frame))
+      if (peer::parse_message(frame, m)) sending_auth_->append_message(outbox_, m.type, m.payload);
+  }
   if (serving_) write_next();
+}
+
+void peer_channel::authenticate_frames(std::string_view nonce_d, std::string_view nonce_a, bool this_is_dialer) {
+  const std::string_view us = this_is_dialer ? "dialer" : "acceptor";
+  const std::string_view them = this_is_dialer ? "acceptor" : "dialer";
+  sending_auth_.emplace(settings_.secret, nonce_d, nonce_a, us);
+  receiving_auth_.emplace(settings_.secret, nonce_d, nonce_a, them);
+  reader_.set_limit(max_frame_size);
+}
+
+bool peer_channel::open(std::string_view frame, peer::message& m) {
+  if (!receiving_auth_) return peer::parse_message(frame, m);
+  if (receiving_auth_->open(frame, m)) return true;
+  log::warn("peer ", peer_name_, " sent a message that fails authentication (forged, replayed or "
+            "relayed); closing the link");
+  close();
+  return false;
 }
 
 void peer_channel::close() {
@@ -84,7 +114,7 @@ net::awaitable<std::optional<peer::message>> peer_channel::receive(std::string& 
       if (reader_.next(frame)) {
         storage.assign(frame);
         peer::message m;
-        if (!peer::parse_message(storage, m)) co_return std::nullopt;
+        if (!open(storage, m)) co_return std::nullopt;
         co_return m;
       }
     } catch (const frame_error&) {
@@ -122,7 +152,7 @@ net::awaitable<void> peer_channel::read_loop() {
     try {
       while (!closed_ && reader_.next(frame)) {
         peer::message m;
-        if (peer::parse_message(frame, m)) on_message(m);
+        if (open(frame, m)) on_message(m);
       }
     } catch (const frame_error& e) {
       log::warn("peer ", peer_name_, " sent a bad frame: ", e.what());

@@ -1,6 +1,8 @@
-// One authenticated peer connection, either role: a reader, a writer and a heartbeat coroutine
-// over a peer_stream. Messages are queued with send() and go out in as few writes as possible;
-// only the writer writes. A peer silent for `missed_heartbeats` intervals is cut off.
+// One authenticated peer connection, either role: a reader coroutine, with writes and heartbeats
+// driven by completion handlers, over a peer_stream. Messages are queued with send() and go out in
+// as few writes as possible; only one write is in flight. After the handshake every message is
+// authenticated (peer::frame_authenticator). A peer silent for `missed_heartbeats` intervals is
+// cut off.
 // Owned through shared_ptr: run() holds a reference until the connection ends.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
@@ -32,7 +34,7 @@ class peer_channel : public std::enable_shared_from_this<peer_channel> {
   virtual ~peer_channel() = default;
 
   void send(peer::msg type, std::string_view payload);
-  void send_frames(std::string_view frames);  // messages already framed
+  void send_frames(std::string_view frames);  // messages already framed (without tags)
   void close();
   bool closed() const { return closed_; }
   const std::string& peer_name() const { return peer_name_; }
@@ -42,6 +44,10 @@ class peer_channel : public std::enable_shared_from_this<peer_channel> {
   // nullopt when the connection ends or `handshake_timeout` passes.
   net::awaitable<std::optional<peer::message>> receive(std::string& storage);
   net::awaitable<bool> flush();  // writes what send() queued; false when the connection is gone
+  // Once both proofs are checked: every later message sent carries a tag, every later message
+  // received must carry a valid one (the first that does not ends the connection), and frames may
+  // be as large as max_frame_size (until then: peer::max_handshake_frame).
+  void authenticate_frames(std::string_view nonce_d, std::string_view nonce_a, bool this_is_dialer);
   // After the handshake: serves until the connection ends, then calls on_closed().
   net::awaitable<void> run();
 
@@ -58,7 +64,11 @@ class peer_channel : public std::enable_shared_from_this<peer_channel> {
   void write_next();      // starts writing the outbox unless a write is in flight
   void heartbeat();       // one tick: cut off a silent peer, or ping it
 
-  frame_reader reader_;
+  // Opens a received frame: checks and strips its tag once frames are authenticated.
+  bool open(std::string_view frame, peer::message& m);
+
+  frame_reader reader_{peer::max_handshake_frame};
+  std::optional<peer::frame_authenticator> sending_auth_, receiving_auth_;
   std::string outbox_, writing_;
   bool write_in_flight_ = false;
   bool serving_ = false;  // run() has started: writes go out as they are queued

@@ -95,6 +95,7 @@ class peer_link::channel : public peer_channel {
       why = "the connection closed during the handshake";
       co_return 0;
     }
+    authenticate_frames(nonce_d, nonce_a, /*this_is_dialer=*/true);
     auto welcome = co_await receive(storage);
     if (!welcome || welcome->type != peer::msg::welcome) {
       refused = welcome && welcome->type == peer::msg::refused;

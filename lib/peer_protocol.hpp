@@ -10,6 +10,12 @@
 //   A -> D  welcome    "<slots of A> <Python version of A's workers> <name of A>"
 // or `refused` with a reason at any step. Nonces are 32 fresh random bytes from each side, so
 // the secret never crosses the wire and an answer recorded from one handshake fails in the next.
+//
+// From the welcome on, every message in both directions is authenticated (frame_authenticator):
+// it ends with the first 16 bytes of HMAC-SHA256 under a session key derived from the secret and
+// both nonces, over the sender's role, a per-direction sequence number and the message. Whoever
+// relays a handshake between two real nodes (a man in the middle) learns no key: it can neither
+// inject, alter, replay, reorder nor reflect a message; the first bad one ends the connection.
 #pragma once
 
 #include "frame.hpp"
@@ -20,7 +26,7 @@
 
 namespace ppgate::peer {
 
-inline constexpr std::uint16_t protocol_version = 2;  // 2: the welcome names the Python version
+inline constexpr std::uint16_t protocol_version = 3;  // 3: authenticated frames; the welcome names the Python version
 inline constexpr std::string_view magic = "PPGATE";
 
 enum class msg : std::uint8_t {
@@ -55,5 +61,33 @@ std::string proof_of(std::string_view secret, std::string_view label, std::strin
                      std::string_view second);
 
 bool equal_in_constant_time(std::string_view a, std::string_view b);
+
+// Handshake messages are a few hundred bytes: before authentication a connection may send no
+// frame larger than this.
+inline constexpr std::size_t max_handshake_frame = 4096;
+
+// Authenticates the messages one side sends, or checks those it receives, after the handshake.
+// Distinct objects: safe. Shared objects: unsafe.
+class frame_authenticator {
+ public:
+  static constexpr std::size_t tag_size = 16;
+
+  // `sender` is the role of the side whose messages these are: "dialer" or "acceptor".
+  frame_authenticator(std::string_view secret, std::string_view nonce_d, std::string_view nonce_a,
+                      std::string_view sender);
+
+  // Appends `type` and `payload` as one frame, with its tag.
+  void append_message(std::string& out, msg type, std::string_view payload);
+  // Checks the tag of a received frame and strips it; false for a frame that is not the next one
+  // the sender sent (forged, altered, replayed, reordered or reflected).
+  bool open(std::string_view frame, message& out);
+
+ private:
+  void tag(std::string_view body, std::uint64_t seq, unsigned char* out) const;
+
+  unsigned char key_[32];
+  std::string sender_;
+  std::uint64_t seq_ = 0;
+};
 
 }  // namespace ppgate::peer

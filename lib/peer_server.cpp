@@ -79,6 +79,7 @@ class peer_server::connection : public peer_channel {
     const std::string expected = peer::proof_of(settings_.secret, "dialer", nonce_a, nonce_d);
     if (!peer::equal_in_constant_time(proof->payload, expected))
       co_return co_await refuse("authentication failed: the peer does not hold this cluster's secret");
+    authenticate_frames(nonce_d, nonce_a, /*this_is_dialer=*/false);
     send(peer::msg::welcome, std::to_string(server_.pool_.size()) + " " + server_.pool_.python_version() +
                                   " " + settings_.name);
     co_return co_await flush();

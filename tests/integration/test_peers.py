@@ -154,8 +154,39 @@ def send_message(sock, kind, payload):
 HELLO, CHALLENGE, PROOF, WELCOME, REFUSED, CAPACITY, RUN, RESULT, CANCEL, PING, PONG = range(1, 12)
 
 
+VERSION = 3  # the peer protocol's version (lib/peer_protocol.hpp)
+
+
 def proof(secret, label, first, second):
     return hmac.new(secret.encode(), ("%s\n%s\n%s" % (label, first, second)).encode(), hashlib.sha256).hexdigest()
+
+
+class FrameAuth:
+    """One direction's message tags after the handshake, as lib/peer_protocol.hpp defines them."""
+
+    def __init__(self, secret, nonce_d, nonce_a, sender):
+        self.key = hmac.new(secret.encode(), ("session\n%s\n%s" % (nonce_d, nonce_a)).encode(),
+                            hashlib.sha256).digest()
+        self.sender = sender.encode()
+        self.seq = 0
+
+    def tag(self, body):
+        t = hmac.new(self.key, self.sender + b"\n" + struct.pack("<Q", self.seq) + body, hashlib.sha256)
+        self.seq += 1
+        return t.digest()[:16]
+
+    def send(self, sock, kind, payload):
+        body = bytes([kind]) + payload
+        body += self.tag(body)
+        sock.sendall(struct.pack("<I", len(body)) + body)
+
+    def read(self, sock):
+        kind, rest = read_message(sock)
+        if kind is None:
+            return None, b""
+        body, tag = bytes([kind]) + rest[:-16], rest[-16:]
+        assert hmac.compare_digest(self.tag(body), tag), "a message with a bad tag"
+        return kind, rest[:-16]
 
 
 class TestHandshake(unittest.TestCase):
@@ -172,7 +203,7 @@ class TestHandshake(unittest.TestCase):
         with serving_node() as a:
             nonce_d = os.urandom(32).hex()
             with socket.create_connection(("127.0.0.1", a.peer_port), timeout=10) as s:
-                send_message(s, HELLO, ("PPGATE 2 %s eavesdropped" % nonce_d).encode())
+                send_message(s, HELLO, ("PPGATE %d %s eavesdropped" % (VERSION, nonce_d)).encode())
                 kind, payload = read_message(s)
                 self.assertEqual(kind, CHALLENGE)
                 _, nonce_a, _ = payload.decode().split()
@@ -181,7 +212,7 @@ class TestHandshake(unittest.TestCase):
                 self.assertEqual(read_message(s)[0], WELCOME)
             # Replaying the same hello and proof on a new connection: a fresh nonce_a defeats it.
             with socket.create_connection(("127.0.0.1", a.peer_port), timeout=10) as s:
-                send_message(s, HELLO, ("PPGATE 2 %s eavesdropped" % nonce_d).encode())
+                send_message(s, HELLO, ("PPGATE %d %s eavesdropped" % (VERSION, nonce_d)).encode())
                 kind, payload = read_message(s)
                 self.assertEqual(kind, CHALLENGE)
                 send_message(s, PROOF, recorded)
@@ -189,13 +220,33 @@ class TestHandshake(unittest.TestCase):
                 self.assertEqual(kind, REFUSED)
                 self.assertIn(b"authentication failed", payload)
 
+    def test_a_relayed_handshake_gives_the_relay_nothing(self):
+        """Before: a man in the middle relaying hello, challenge, proof and welcome between two real
+        nodes got an authenticated link and ran its own job on one of them without the secret."""
+        with serving_node() as a, tempfile.TemporaryDirectory() as d:
+            marker = os.path.join(d, "injected")
+            relay = Relay(a.peer_port, inject=[{
+                "tag": 900001, "fn_id": 900001, "function": "f", "args": [],
+                "source": "def f():\n    open(%r, 'w').write('ran')\n" % marker}])
+            try:
+                with dialing_node_at(relay.port) as c:
+                    relay.injected.wait(20)
+                    self.assertTrue(relay.injected.is_set(), "the relay saw no welcome")
+                    a.wait_until(lambda: "fails authentication" in a.log_text(), what="a to refuse the frame")
+                    time.sleep(1)  # not a bound: time for a job that should never run
+                    self.assertFalse(os.path.exists(marker), "the relay's job ran")
+                    # The real nodes still work together once they talk directly.
+                    self.assertEqual(a.run(NAP, "nap", [6])["result"], 36)
+            finally:
+                relay.close()
+
     def test_a_version_mismatch_is_refused_clearly(self):
         with serving_node() as a:
             with socket.create_connection(("127.0.0.1", a.peer_port), timeout=10) as s:
                 send_message(s, HELLO, ("PPGATE 99 %s future-node" % os.urandom(32).hex()).encode())
                 kind, payload = read_message(s)
                 self.assertEqual(kind, REFUSED)
-                self.assertIn(b"protocol version mismatch: this node speaks version 2, the peer speaks version 99",
+                self.assertIn(b"protocol version mismatch: this node speaks version %d, the peer speaks version 99" % VERSION,
                               payload)
 
     def test_garbage_on_the_peer_port_is_refused_and_the_node_serves_on(self):
@@ -206,6 +257,67 @@ class TestHandshake(unittest.TestCase):
                 self.assertEqual(kind, REFUSED)
                 self.assertEqual(payload, b"expected a hello")
             self.assertEqual(a.run(NAP, "nap", [3])["result"], 9)
+
+
+def dialing_node_at(port, secret=SECRET):
+    node = Node("--peers", "127.0.0.1:%d" % port, "--peer-heartbeat", "0.2", workers=1,
+                env={"PPGATE_SECRET": secret})
+    node.token = secret
+    return node
+
+
+class Relay:
+    """A man in the middle: accepts a dialing node, connects to `port`, relays every frame both
+    ways, and once the welcome has passed injects `inject` (a run batch) towards the acceptor."""
+
+    def __init__(self, port, inject):
+        self.target, self.inject = port, inject
+        self.injected = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(20)
+        self.port = self.listener.getsockname()[1]
+        self.sockets = []
+        self.to_acceptor = threading.Lock()  # whole frames only: relayed and injected never interleave
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            dialer, _ = self.listener.accept()
+            acceptor = socket.create_connection(("127.0.0.1", self.target), timeout=20)
+        except OSError:
+            return
+        self.sockets += [dialer, acceptor]
+        threading.Thread(target=self._pump, args=(acceptor, dialer, True), daemon=True).start()
+        self._pump(dialer, acceptor, False)
+
+    def _pump(self, src, dst, from_acceptor):
+        try:
+            while True:
+                kind, payload = read_message(src)
+                if kind is None:
+                    break
+                frame = struct.pack("<I", 1 + len(payload)) + bytes([kind]) + payload
+                if from_acceptor:
+                    dst.sendall(frame)
+                    if kind == WELCOME and not self.injected.is_set():
+                        with self.to_acceptor:
+                            send_message(self.sockets[1], RUN, json.dumps(self.inject).encode())
+                        self.injected.set()
+                else:
+                    with self.to_acceptor:
+                        dst.sendall(frame)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
 
 
 class FakePeer:
@@ -236,21 +348,23 @@ class FakePeer:
                                                         proof(SECRET, "acceptor", nonce_d, nonce_a))).encode())
             kind, payload = read_message(conn)
             assert kind == PROOF and payload.decode() == proof(SECRET, "dialer", nonce_a, nonce_d)
-            send_message(conn, WELCOME, b"1 3.11.2 fake-peer")
+            out = FrameAuth(SECRET, nonce_d, nonce_a, "acceptor")
+            incoming = FrameAuth(SECRET, nonce_d, nonce_a, "dialer")
+            out.send(conn, WELCOME, b"1 3.11.2 fake-peer")
             while True:
                 try:
-                    kind, payload = read_message(conn)
+                    kind, payload = incoming.read(conn)
                 except OSError:
                     return
                 if kind is None:
                     return
                 if kind == PING:
-                    send_message(conn, PONG, b"")
+                    out.send(conn, PONG, b"")
                 elif kind == RUN:
                     for job in json.loads(payload):
                         self.jobs.append(job)
                         state, outcome = self.answer(job)
-                        send_message(conn, RESULT, ("%d %s 0.001\n%s" % (job["tag"], state, outcome)).encode())
+                        out.send(conn, RESULT, ("%d %s 0.001\n%s" % (job["tag"], state, outcome)).encode())
 
     def close(self):
         self.listener.close()
