@@ -3,8 +3,11 @@
 #include "log.hpp"
 #include "tagged_jobs.hpp"
 
+#include <boost/asio/this_coro.hpp>
+
 #include <charconv>
 #include <sstream>
+#include <utility>
 
 namespace ppgate {
 
@@ -15,6 +18,20 @@ class peer_server::connection : public peer_channel {
       : peer_channel(std::move(s), server.settings_), server_(server) {}
 
   net::awaitable<void> serve() {
+    // Counted as handshaking until authenticated or gone, TLS handshake included.
+    struct handshake_count {
+      std::size_t& n;
+      bool counted = true;
+      explicit handshake_count(std::size_t& c) : n(c) { ++n; }
+      void done() { if (std::exchange(counted, false)) --n; }
+      ~handshake_count() { done(); }
+    } handshaking(server_.handshaking_);
+    // The whole handshake, TLS included, has one deadline.
+    auto self = shared_from_this();
+    net::steady_timer deadline(co_await net::this_coro::executor, settings_.handshake_timeout);
+    deadline.async_wait([self](boost::system::error_code ec) {
+      if (!ec) self->close();
+    });
     try {
       peer_name_ = stream_->socket().remote_endpoint().address().to_string() + ":" +
                    std::to_string(stream_->socket().remote_endpoint().port());
@@ -26,7 +43,10 @@ class peer_server::connection : public peer_channel {
       close();
       co_return;
     }
-    if (!co_await authenticate()) {
+    const bool authenticated = !closed() && co_await authenticate();
+    handshaking.done();
+    deadline.cancel();
+    if (!authenticated) {
       close();
       co_return;
     }
@@ -144,6 +164,11 @@ net::awaitable<void> peer_server::accept_loop() {
       continue;
     }
     boost::system::error_code ignored;
+    if (handshaking_ >= max_handshaking) {
+      log::debug("peer port: ", handshaking_, " connections are in their handshake; closing a new one");
+      socket.close(ignored);
+      continue;
+    }
     socket.set_option(net::ip::tcp::no_delay(true), ignored);
     auto stream = tls_ ? std::make_unique<peer_stream>(std::move(socket), *tls_)
                        : std::make_unique<peer_stream>(std::move(socket));

@@ -38,6 +38,10 @@ class peer_server {
   net::ip::tcp::acceptor acceptor_;
   std::uint16_t port_ = 0;
   std::vector<std::weak_ptr<connection>> connections_;
+  // Connections still in their handshake. Past the cap, new ones are closed at once: strangers
+  // cannot tie up this node's descriptors (each handshake also has a deadline).
+  std::size_t handshaking_ = 0;
+  static constexpr std::size_t max_handshaking = 64;
 };
 
 }  // namespace ppgate
