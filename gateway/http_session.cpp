@@ -22,6 +22,23 @@ http::status status_for_read_error(const boost::system::error_code& ec) {
   return http::status::bad_request;
 }
 
+// Closes after a refusal without reading the body into memory: the answer goes out first, and
+// what the client still sends is read and dropped for a moment (at most 1 s, 1 MiB), so the close
+// does not reset the connection before the client has read the answer.
+net::awaitable<void> linger(beast::tcp_stream& stream) {
+  boost::system::error_code ec;
+  stream.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);
+  stream.expires_after(std::chrono::seconds(1));
+  char sink[16 * 1024];
+  std::size_t dropped = 0;
+  while (!ec && dropped < 1024 * 1024) {
+    std::size_t n = 0;
+    std::tie(ec, n) = co_await stream.async_read_some(net::buffer(sink), use_nothrow_awaitable);
+    dropped += n;
+  }
+  stream.socket().close(ec);
+}
+
 }  // namespace
 
 net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& server) {
@@ -38,6 +55,25 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
     // The whole request must arrive within the idle timeout: slow senders are cut off.
     stream.expires_after(opts.idle_timeout);
     auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_nothrow_awaitable);
+    if (!ec) {
+      // Access is decided on the head, before any of the body is read: a stranger's upload costs
+      // this node nothing (the connection closes, the body unread).
+      auto& head = parser.get();
+      const auto [path, query] = split_target(head.target());
+      if (beast::websocket::is_upgrade(head) && (path == "/v1/session" || path == "/v1/events")) {
+        // Browsers cannot set headers on a WebSocket: both also take the token as ?access_token=.
+        const auto token = query_param(query, "access_token");
+        if (token && head[http::field::authorization].empty())
+          head.set(http::field::authorization, "Bearer " + std::string(*token));
+      }
+      if (auto denied = server.api().check_access(head, path)) {
+        denied->keep_alive(false);
+        denied->prepare_payload();
+        co_await http::async_write(stream, *denied, use_nothrow_awaitable);
+        co_await linger(stream);
+        co_return;
+      }
+    }
     if (!ec && parser.get()[http::field::expect] == "100-continue") {
       // curl waits a second for this before sending a large body.
       http::response<http::empty_body> proceed{http::status::continue_, parser.get().version()};
@@ -63,18 +99,8 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
     stream.expires_never();  // ?wait=S long-polls are bounded by S instead
     const auto [path, query] = split_target(req.target());
     if (beast::websocket::is_upgrade(req) && (path == "/v1/session" || path == "/v1/events")) {
-      // Browsers cannot set headers on a WebSocket: both also take the token as ?access_token=.
-      const auto token = query_param(query, "access_token");
-      if (token && req[http::field::authorization].empty())
-        req.set(http::field::authorization, "Bearer " + std::string(*token));
-      if (auto denied = server.api().check_access(req, path)) {
-        denied->keep_alive(false);
-        denied->prepare_payload();
-        stream.expires_after(opts.idle_timeout);
-        co_await http::async_write(stream, *denied, use_nothrow_awaitable);
-        break;
-      }
-      // The connection becomes a WebSocket; the session owns it from here on.
+      // Access was checked on the head. The connection becomes a WebSocket; the session owns it
+      // from here on.
       if (path == "/v1/session") {
         co_await std::make_shared<job_session>(server)->run(std::move(stream), std::move(req));
       } else {

@@ -111,6 +111,13 @@ std::optional<http_response> rest_api::check_access(const http_request& req,
                                                     std::string_view path) const {
   const auto& opts = server_.options();
   const auto host = req[http::field::host];
+  // One Host, one name: "127.0.0.1:P, evil.example" or a second Host header would let a rebinding
+  // browser or a confused proxy pass the loopback check with a name it did not mean.
+  const auto hosts = req.equal_range(http::field::host);
+  if (std::distance(hosts.first, hosts.second) > 1 ||
+      host.find_first_of(", \t") != std::string_view::npos)
+    return make_error(http::status::bad_request, "the request must carry exactly one Host header with one name",
+                      req.version());
   if (opts.secret.empty() && !opts.insecure && !is_loopback_name(host_name(host))) {
     // Without a secret the node trusts loopback only; a foreign Host header means a browser
     // was pointed here through DNS rebinding.
@@ -124,8 +131,8 @@ std::optional<http_response> rest_api::check_access(const http_request& req,
     const auto origin = req[http::field::origin];
     const auto fetch_site = req["Sec-Fetch-Site"];
     const bool cross_site = fetch_site == "cross-site" || fetch_site == "same-site";
-    const bool foreign_origin = !origin.empty() && origin != "http://" + std::string(host) &&
-                                origin != "https://" + std::string(host);
+    // The node speaks plain HTTP: its own pages have an http:// origin, nothing else.
+    const bool foreign_origin = !origin.empty() && origin != "http://" + std::string(host);
     if (cross_site || foreign_origin)
       return make_error(http::status::forbidden, "cross-origin requests may not change state", req.version());
   }
