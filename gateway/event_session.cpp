@@ -22,8 +22,7 @@ net::awaitable<void> event_session::run(beast::tcp_stream stream, http_request r
   auto self = shared_from_this();
   ws_stream ws(std::move(stream));
   ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
-  ws.set_option(websocket::stream_base::decorator(
-      [](websocket::response_type& res) { res.set(http::field::server, "ppgate"); }));
+  ws.set_option(websocket::stream_base::decorator(decorate_websocket_handshake));
   ws.read_message_max(64 * 1024);  // subscribers have nothing big to say
   auto [ec] = co_await ws.async_accept(req, use_nothrow_awaitable);
   if (ec) co_return;

@@ -20,6 +20,10 @@ http_response make_response(http::status status, std::string body, unsigned vers
                             std::string_view content_type = "application/json");
 http_response make_error(http::status status, std::string_view message, unsigned version);
 
+// The decorator of both WebSocket handshakes: ppgate's Server header, and a refused handshake's
+// reason as a JSON error body like every other error's.
+void decorate_websocket_handshake(http_response& res);
+
 struct target_parts {
   std::string_view path;
   std::string_view query;

@@ -12,6 +12,10 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
 
+#include <algorithm>
+#include <cctype>
+#include <optional>
+
 namespace ppgate {
 
 namespace {
@@ -20,6 +24,14 @@ http::status status_for_read_error(const boost::system::error_code& ec) {
   if (ec == http::error::body_limit) return http::status::payload_too_large;
   if (ec == http::error::header_limit) return http::status::request_header_fields_too_large;
   return http::status::bad_request;
+}
+
+// RFC 6455: the key is 16 bytes, base64-encoded: 22 characters of the alphabet and "==".
+bool valid_websocket_key(std::string_view key) {
+  if (key.size() != 24 || !key.ends_with("==")) return false;
+  return std::all_of(key.begin(), key.end() - 2, [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/';
+  });
 }
 
 // Closes after a refusal without reading the body into memory: the answer goes out first, and
@@ -66,7 +78,11 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
         if (token && head[http::field::authorization].empty())
           head.set(http::field::authorization, "Bearer " + std::string(*token));
       }
-      if (auto denied = server.api().check_access(head, path)) {
+      std::optional<http_response> denied = server.api().check_access(head, path);
+      if (!denied && beast::websocket::is_upgrade(head) && !valid_websocket_key(head["Sec-WebSocket-Key"]))
+        denied = make_error(http::status::bad_request,
+                            "Sec-WebSocket-Key must be 16 random bytes in base64 (RFC 6455)", head.version());
+      if (denied) {
         denied->keep_alive(false);
         denied->prepare_payload();
         co_await http::async_write(stream, *denied, use_nothrow_awaitable);

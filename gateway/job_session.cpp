@@ -21,8 +21,7 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
   auto self = shared_from_this();
   ws_stream ws(std::move(stream));
   ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
-  ws.set_option(websocket::stream_base::decorator(
-      [](websocket::response_type& res) { res.set(http::field::server, "ppgate"); }));
+  ws.set_option(websocket::stream_base::decorator(decorate_websocket_handshake));
   ws.read_message_max(server_.options().max_body_bytes);
   auto [ec] = co_await ws.async_accept(req, use_nothrow_awaitable);
   if (ec) co_return;

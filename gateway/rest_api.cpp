@@ -32,6 +32,14 @@ http_response make_error(http::status status, std::string_view message, unsigned
   return make_response(status, json_error_body(message), version);
 }
 
+void decorate_websocket_handshake(http_response& res) {
+  res.set(http::field::server, "ppgate");
+  if (res.result() == http::status::switching_protocols) return;
+  res.body() = json_error_body("WebSocket handshake refused: " + res.body());
+  res.set(http::field::content_type, "application/json");
+  res.prepare_payload();
+}
+
 target_parts split_target(std::string_view target) {
   const auto q = target.find('?');
   if (q == std::string_view::npos) return {target, {}};

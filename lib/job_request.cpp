@@ -47,6 +47,25 @@ std::vector<std::string> get_string_array(od::value& v, std::string_view field) 
   return out;
 }
 
+// Arguments are passed through as raw JSON text, which the on-demand parser skips without
+// checking; the worker's json.loads would then take what strict JSON refuses (NaN, Infinity) or die
+// on the rest. So each is checked here, strictly, and nested no deeper than the worker handles.
+constexpr std::size_t max_argument_depth = 512;
+
+void check_strict_json(std::string_view raw, std::string_view field) {
+  thread_local simdjson::dom::parser parser = [] {
+    simdjson::dom::parser p;
+    if (p.allocate(4096, max_argument_depth) != simdjson::SUCCESS) throw std::bad_alloc();
+    return p;
+  }();
+  simdjson::dom::element doc;
+  const auto ec = parser.parse(raw.data(), raw.size()).get(doc);
+  if (ec == simdjson::SUCCESS) return;
+  if (ec == simdjson::DEPTH_ERROR)
+    fail("field '" + std::string(field) + "' is nested deeper than " + std::to_string(max_argument_depth) + " levels");
+  fail("field '" + std::string(field) + "' is not valid JSON: " + simdjson::error_message(ec));
+}
+
 bool is_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
          c == '.' || static_cast<unsigned char>(c) >= 0x80;
@@ -93,6 +112,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
   bool have_args = false, have_kwargs = false, have_globals = false;
   std::optional<std::int64_t> fn_id;
   std::vector<std::string> depfuncs;
+  bool have_tag = false;
 
   for (auto field : obj) {
     std::string_view key;
@@ -115,6 +135,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
     } else if (key == "tag") {
       check(v.get_int64().get(tag), key, "an integer");
       if (functions.session == nullptr) fail("field 'tag' is accepted on a session (/v1/session) only");
+      have_tag = true;
     } else if (key == "fn_id") {
       std::int64_t id = 0;
       check(v.get_int64().get(id), key, "an integer");
@@ -142,6 +163,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
                      : "field '" + std::string(key) +
                            "' must be an object (or a base64 string with codec \"pickle\")");
       }
+      if (!is_string) check_strict_json(raw, key);
       if (is_args) {
         spec.args = std::string(raw);
         args_is_string = is_string;
@@ -180,6 +202,8 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
     }
   }
 
+  // On a session, results are named by tag: a job without one could never be told apart.
+  if (functions.session != nullptr && !have_tag) fail("field 'tag' is required on a session");
   if (spec.codec == arg_codec::json) {
     if (have_args && args_is_string) fail("field 'args' must be an array with codec \"json\"");
     if (have_kwargs && kwargs_is_string) fail("field 'kwargs' must be an object with codec \"json\"");

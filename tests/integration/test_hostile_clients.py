@@ -3,13 +3,17 @@
 Regression tests from the hardening issue: what each case broke before is in its docstring.
 """
 
+import json
 import os
 import socket
 import struct
-import time
+import sys
 import unittest
 
-from harness import Node
+from harness import ROOT, Node
+
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+from ppgate._websocket import WebSocket  # noqa: E402
 
 SECRET = "cluster-secret-for-tests"
 SQ = "def sq(x):\n    return x*x\n"
@@ -128,6 +132,58 @@ class TestHttpBeforeAuthentication(unittest.TestCase):
                     answer = raw_request(node.port, "POST /v1/jobs HTTP/1.1\r\n%sContent-Type: application/json\r\n"
                                          "Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (headers, len(body), body))
                     self.assertTrue(answer.startswith("HTTP/1.1 " + status), answer[:300])
+
+
+def upgrade(port, extra_headers):
+    return raw_request(port, "GET /v1/session HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                       "Connection: Upgrade\r\n%s\r\n" % extra_headers)
+
+
+class TestInputRefusedAtTheDoor(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(workers=1)
+        cls.node.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def test_arguments_that_are_not_strict_json_are_refused_naming_the_field(self):
+        """Before: these were accepted and then killed a worker, reported as a misleading WorkerDied."""
+        cases = ["[1,,2]", "[01]", "[1.]", "[tru]", "[NaN]", "[Infinity]", "[1e999999]",
+                 "[" * 600 + "]" * 600]
+        for raw in cases:
+            for field, wrap in (("args", raw), ("kwargs", '{"a":%s}' % raw)):
+                with self.subTest(field=field, raw=raw[:20]):
+                    body = '{"source":"def f(*a, **k):\\n    return 1\\n","function":"f","%s":%s}' % (field, wrap)
+                    status, data, _ = self.node.request("POST", "/v1/jobs", body)
+                    self.assertEqual(status, 400, data)
+                    self.assertIn("field '%s'" % field, data["error"]["message"])
+        self.assertEqual(self.node.run("def f(*a):\n    return list(a)\n", "f", [[1, 2.5, "x", None]])["result"],
+                         [[1, 2.5, "x", None]])
+        self.assertEqual(self.node.request("GET", "/v1/stats")[1]["worker_restarts"], 0)
+
+    def test_a_session_job_without_a_tag_is_refused(self):
+        ws = WebSocket("127.0.0.1", self.node.port, "/v1/session", {}, timeout=30)
+        ws._sock.settimeout(30)
+        try:
+            ws.send_text(json.dumps([{"source": SQ, "function": "sq", "args": [3]}]).encode())
+            answer = json.loads(ws.recv())
+            self.assertIn("rejected", answer)
+            self.assertIn("field 'tag' is required", answer["error"]["message"])
+        finally:
+            ws.close()
+
+    def test_websocket_handshakes_with_a_bad_key_are_refused_in_json(self):
+        for key in ("", "abc", "dGhlIHNhbXBsZSBub25jZQ"):
+            with self.subTest(key=key):
+                answer = upgrade(self.node.port, "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % key)
+                self.assertTrue(answer.startswith("HTTP/1.1 400"), answer[:200])
+                self.assertIn("application/json", answer)
+        answer = upgrade(self.node.port, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")  # no version
+        self.assertTrue(answer.startswith("HTTP/1.1 4"), answer[:200])
+        self.assertIn("application/json", answer)
 
 
 if __name__ == "__main__":
