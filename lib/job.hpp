@@ -98,6 +98,9 @@ struct reported_end {
   std::string_view word;     // ok, error, done, failed, ...
   double seconds = 0;        // the job's run time
   std::string_view outcome;  // "result":...,"stdout":...,"stderr":... or "error":{...},...
+  // A worker's header may end with " retire": the job left behind what the worker cannot undo
+  // (threads, alarms, signal handlers, children), so it must be replaced before the next job.
+  bool retire = false;
 };
 reported_end parse_reported_end(std::string_view message);
 

@@ -308,7 +308,7 @@ void peer_link::cancel_job(job& j) {
 }
 
 void peer_link::on_result(std::string_view payload) {
-  const auto [tag, state, seconds, outcome] = parse_reported_end(payload);  // "<tag> <state> <s>"
+  const auto [tag, state, seconds, outcome, retire] = parse_reported_end(payload);  // "<tag> <state> <s>"
 
   if (auto d = defining_.find(tag); d != defining_.end()) {
     // The peer refused the message that defined a function: it did not keep the definition

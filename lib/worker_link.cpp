@@ -109,7 +109,8 @@ net::awaitable<void> worker_link::serve() {
     try {
       reader_.feed(buf, n);
       std::string_view frame;
-      while (reader_.next(frame)) on_reply(frame);
+      // Once the process is being replaced, what it still sent is stale.
+      while (accepting_ && reader_.next(frame)) on_reply(frame);
     } catch (const std::exception& e) {
       log::error("worker ", proc_->pid(), " sent a bad frame: ", e.what());
       replace_process();
@@ -183,7 +184,7 @@ void worker_link::become_running(job& j) {
 }
 
 void worker_link::on_reply(std::string_view frame) {
-  const auto [id, word, seconds, outcome] = parse_reported_end(frame);  // "<id> ok|error|skipped <s>"
+  const auto [id, word, seconds, outcome, retire] = parse_reported_end(frame);  // "<id> ok|error|skipped <s>[ retire]"
   const bool ok = word == "ok";
   if (in_flight_.empty() || in_flight_.front().id != id) {
     // Replies come in the order the jobs went out; anything else is a broken worker.
@@ -197,6 +198,13 @@ void worker_link::on_reply(std::string_view frame) {
   if (j != nullptr) {
     ++jobs_run_;
     sched_.finish(*j, ok ? job_state::done : job_state::failed, std::string(outcome), seconds);
+  }
+  if (retire) {
+    // What the job left behind would reach the next job: a fresh process takes the slot, and the
+    // jobs waiting behind this one go back to the queue unstarted.
+    log::info("worker ", proc_->pid(), " is replaced: job ", id, " left threads, alarms, signal handlers or children");
+    stop_process_and_requeue_waiting();
+    return;
   }
   if (!in_flight_.empty() && in_flight_.front().j != nullptr) become_running(*in_flight_.front().j);
   if (opts_.restart_after_each_job) {

@@ -24,12 +24,30 @@ import linecache
 import os
 import pickle
 import platform
+import re
+import signal
 import sys
+import threading
 import time
 import traceback
 import types
 
 _RUNTIME_FILE = __file__
+
+# Private references to what the runtime uses: a job may rebind any name it can reach
+# (builtins.len = None, io.StringIO = None, time.perf_counter = None, pickle.loads = None) without
+# breaking the worker for the jobs after it.
+_StringIO = io.StringIO
+_perf_counter = time.perf_counter
+_json_loads = json.loads
+_pickle_loads, _pickle_dumps, _PICKLE_PROTOCOL = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
+_b64decode, _b64encode = base64.b64decode, base64.b64encode
+_ModuleType, _FunctionType = types.ModuleType, types.FunctionType
+_import_module = importlib.import_module
+_getcwd, _chdir, _umask = os.getcwd, os.chdir, os.umask
+_waitpid, _WNOHANG = os.waitpid, os.WNOHANG
+_active_threads = threading.active_count
+_PYTHON_VERSION = platform.python_version()
 
 _functions = {}  # function hash -> _Function (compiled once per process)
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
@@ -72,7 +90,7 @@ def _import_statement(module):
 def _resolve(function, namespace):
     if ":" in function.entry:
         module_name, _, qualname = function.entry.partition(":")
-        target = importlib.import_module(module_name)
+        target = _import_module(module_name)
         parts = qualname.split(".")
     else:
         first, *parts = function.entry.split(".")
@@ -86,21 +104,35 @@ def _resolve(function, namespace):
     return target
 
 
+def _safe_text(what, fallback):
+    """what() as text, or `fallback` when it raises: a job's exception may break its own __str__."""
+    try:
+        text = what()
+        return text if type(text) is str else fallback
+    except BaseException:  # noqa: BLE001 - whatever the job's object raises
+        return fallback
+
+
 def _format_error(exc):
-    tb = exc.__traceback__
-    # Drop the runtime's own frames: the submitter wants to see where their code failed.
-    while tb is not None and tb.tb_frame.f_code.co_filename == _RUNTIME_FILE:
-        tb = tb.tb_next
     kind = type(exc)
-    name = kind.__qualname__
-    if kind.__module__ not in ("builtins", "__main__", _RUNTIME_MODULE):
-        name = kind.__module__ + "." + name
-    text = "".join(traceback.format_exception(kind, exc, tb))
-    message = str(exc)
+    name = _safe_text(lambda: kind.__qualname__, "?")
+    module = _safe_text(lambda: kind.__module__, "")
+    if module not in ("builtins", "__main__", _RUNTIME_MODULE, ""):
+        name = module + "." + name
+
+    def traceback_text():
+        tb = exc.__traceback__
+        # Drop the runtime's own frames: the submitter wants to see where their code failed.
+        while tb is not None and tb.tb_frame.f_code.co_filename == _RUNTIME_FILE:
+            tb = tb.tb_next
+        return "".join(traceback.format_exception(kind, exc, tb))
+
+    message = _safe_text(lambda: str(exc), "<the exception's message could not be rendered>")
+    text = _safe_text(traceback_text, "%s: %s\n(the traceback could not be rendered)\n" % (name, message))
     if isinstance(exc, ImportError):
         # What was missing is only half the story: say where the worker looked.
         message += " (the worker runs Python %s, %s, with sys.path = %r)" % (
-            platform.python_version(), sys.executable, sys.path)
+            _PYTHON_VERSION, sys.executable, _baseline.path)
     return '"error":{"type":%s,"message":%s,"traceback":%s}' % (
         _quote(name), _quote(message), _quote(text))
 
@@ -120,7 +152,7 @@ def _run(msg):
 
     # Each job gets a fresh __main__: jobs of different functions never see each other's
     # definitions, and pickled instances of classes defined in the source resolve to them.
-    main = types.ModuleType("__main__")
+    main = _ModuleType("__main__")
     namespace = main.__dict__
     namespace["__builtins__"] = builtins
     saved_main = sys.modules.get("__main__")
@@ -137,7 +169,7 @@ def _run(msg):
         if function.aliases is None:
             function.aliases = sorted({
                 v.__module__ for v in namespace.values()
-                if isinstance(v, (type, types.FunctionType)) and isinstance(v.__module__, str)
+                if isinstance(v, (type, _FunctionType)) and isinstance(v.__module__, str)
                 and v.__module__ not in ("__main__", "builtins") and v.__module__ not in sys.modules})
         for alias in function.aliases:
             if alias not in sys.modules:
@@ -147,26 +179,26 @@ def _run(msg):
         if extra:
             # pp's globals=, and the captured variables of a closure. Set after the source ran, so
             # pickled instances of classes the source defines can be loaded.
-            namespace.update(pickle.loads(base64.b64decode(extra, validate=True)) if pickled else extra)
+            namespace.update(_pickle_loads(_b64decode(extra, validate=True)) if pickled else extra)
         target = _resolve(function, namespace)
         if pickled:
-            args = pickle.loads(base64.b64decode(msg.get("args") or _EMPTY_TUPLE, validate=True))
+            args = _pickle_loads(_b64decode(msg.get("args") or _EMPTY_TUPLE, validate=True))
             kwargs = msg.get("kwargs")
-            kwargs = pickle.loads(base64.b64decode(kwargs, validate=True)) if kwargs else {}
+            kwargs = _pickle_loads(_b64decode(kwargs, validate=True)) if kwargs else {}
         else:
             args = msg.get("args", ())
             kwargs = msg.get("kwargs") or {}
-        started = time.perf_counter()
+        started = _perf_counter()
         try:
             result = target(*args, **kwargs)
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = _perf_counter() - started
         try:
             if pickled:
-                encoded = '"' + base64.b64encode(pickle.dumps(result, pickle.HIGHEST_PROTOCOL)).decode("ascii") + '"'
+                encoded = '"' + _b64encode(_pickle_dumps(result, _PICKLE_PROTOCOL)).decode("ascii") + '"'
             else:
                 encoded = _dumps(result)
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything
             raise ResultEncodingError(
                 "the job's result (a %s) cannot be encoded as %s: %s"
                 % (type(result).__name__, msg.get("codec", "json"), exc)) from None
@@ -194,23 +226,153 @@ def own_link(fd):
     os.register_at_fork(after_in_child=close_in_child)  # nor kept open by forked ones
 
 
+# The largest reply the node takes (lib/frame.hpp max_frame_size), less room for the header.
+_MAX_REPLY = 256 * 1024 * 1024 - 4096
+_JOB_ID = re.compile(rb'\{"id":(\d+)')
+
+class _Baseline:
+    """What a job may change and the next job must not see: taken once, before the first job."""
+
+    def __init__(self):
+        self.cwd = _getcwd()
+        self.environ = dict(os.environ._data)  # noqa: SLF001 - the mapping os.environ wraps
+        self.path = list(sys.path)
+        self.recursion_limit = sys.getrecursionlimit()
+        self.umask = _umask(0o022)
+        _umask(self.umask)
+        self.builtins = dict(builtins.__dict__)
+        self.signals_touched = False  # a job called signal.signal, alarm or setitimer
+        self.process_touched = False  # a job called os.chdir, fchdir or umask
+
+    def restore(self):
+        """Puts back what the job changed. Returns why the worker must be replaced (what cannot be
+        put back: threads, alarms, signal handlers, children), or None.
+
+        It runs after every job, so what costs a system call is done only when a watched function
+        (_watch) says the job went there."""
+        if self.process_touched:
+            self.process_touched = False
+            if _getcwd_safe() != self.cwd:
+                _chdir(self.cwd)
+            _umask(self.umask)
+        environ = os.environ._data  # noqa: SLF001
+        if environ != self.environ:
+            os.environ.clear()
+            os.environ.update((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                              if isinstance(k, bytes) else (k, v) for k, v in self.environ.items())
+        if sys.path != self.path:
+            sys.path[:] = self.path
+        if sys.getrecursionlimit() != self.recursion_limit:
+            sys.setrecursionlimit(self.recursion_limit)
+        current = builtins.__dict__
+        if not _same_dict(current, self.builtins):
+            current.clear()
+            current.update(self.builtins)
+        if _active_threads() > 1:
+            return "the job left threads running"
+        if self.signals_touched:
+            self.signals_touched = False
+            return "the job changed signal handlers or set an alarm"
+        if _children_alive():
+            return "the job left child processes running"
+        return None
+
+
+def _getcwd_safe():
+    try:
+        return _getcwd()
+    except OSError:  # the job removed the directory it was in
+        return None
+
+
+def _same_dict(a, b):
+    try:
+        return a == b
+    except BaseException:  # noqa: BLE001 - a job's object may break ==
+        return False
+
+
+def _python_children_alive():
+    try:
+        while True:
+            pid, _ = _waitpid(-1, _WNOHANG)
+            if pid == 0:
+                return True
+    except ChildProcessError:
+        return False
+
+
+# The worker loop's C version when it is loaded (ppgate_worker.py loads it first).
+_children_alive = getattr(sys.modules.get("_ppgate_worker"), "children_alive", _python_children_alive)
+
+
+def _watch(module, names, flag):
+    """Makes module.name note, in _baseline.<flag>, that a job called it."""
+    for name in names:
+        original = getattr(module, name, None)
+        if original is None:
+            continue
+
+        def watched(*args, __original=original, **kwargs):
+            setattr(_baseline, flag, True)
+            return __original(*args, **kwargs)
+
+        watched.__name__ = name
+        watched.__doc__ = original.__doc__
+        setattr(module, name, watched)
+
+
+_baseline = _Baseline()
+# What these set outlives the job: that worker is replaced after it.
+_watch(signal, ("signal", "alarm", "setitimer", "pthread_kill", "set_wakeup_fd"), "signals_touched")
+# What these change is put back after the job.
+_watch(os, ("chdir", "fchdir", "umask"), "process_touched")
+
+
+def _reply(job_id, status, elapsed, body, stdout, stderr, retire):
+    return ("%d %s %r%s\n%s,\"stdout\":%s,\"stderr\":%s" % (
+        job_id, status, elapsed, " retire" if retire else "", body, _quote(stdout), _quote(stderr))
+    ).encode("utf-8", "surrogatepass")
+
+
 def handle(payload):
-    """Runs the job in `payload` (bytes) and returns the reply (bytes). Never raises."""
-    started = time.perf_counter()
-    out, err = io.StringIO(), io.StringIO()
+    """Runs the job in `payload` (bytes) and returns the reply (bytes). Never raises.
+
+    The reply's header ends with " retire" when the job left something behind that cannot be
+    undone (threads, alarms, signal handlers, children): the node replaces this worker."""
+    started = _perf_counter()
+    out, err = _StringIO(), _StringIO()
     saved = sys.stdout, sys.stderr
     job_id = 0
     try:
-        msg = json.loads(payload)
+        msg = _json_loads(payload)
         job_id = int(msg.get("id", 0))
         sys.stdout, sys.stderr = out, err
         elapsed, encoded = _run(msg)
         status, body = "ok", '"result":' + encoded
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are job errors too
-        elapsed = time.perf_counter() - started
-        status, body = "error", _format_error(exc)
+        elapsed = _perf_counter() - started
+        if job_id == 0:
+            # A run message that did not parse: answer for the job it names all the same.
+            found = _JOB_ID.match(payload)
+            job_id = int(found.group(1)) if found else 0
+        try:
+            status, body = "error", _format_error(exc)
+        except BaseException:  # noqa: BLE001 - out of memory, and worse
+            status, body = "error", '"error":{"type":"Error","message":"the job failed","traceback":""}'
     finally:
         sys.stdout, sys.stderr = saved
-    reply = "%d %s %r\n%s,\"stdout\":%s,\"stderr\":%s" % (
-        job_id, status, elapsed, body, _quote(out.getvalue()), _quote(err.getvalue()))
-    return reply.encode("utf-8", "surrogatepass")
+    try:
+        retire = _baseline.restore()
+    except BaseException as exc:  # noqa: BLE001 - the job broke what restore() uses
+        retire = "the job left the worker in a state it cannot restore (%s)" % _safe_text(lambda: repr(exc), "?")
+    try:
+        reply = _reply(job_id, status, elapsed, body, out.getvalue(), err.getvalue(), retire)
+        if len(reply) > _MAX_REPLY:
+            raise MemoryError
+    except BaseException:  # noqa: BLE001 - a result or output too large to send, or to encode
+        message = ("the job's result and output take more than the %d MiB a reply may hold"
+                   % (_MAX_REPLY >> 20))
+        reply = _reply(job_id, "error", elapsed, '"error":{"type":"ResultTooLarge","message":%s,"traceback":""}'
+                       % _quote(message), "", "", retire)
+    return reply

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <unordered_set>
 #include <utility>
@@ -107,8 +108,13 @@ void run_job(int fd, PyObject* handle, std::string_view frame, std::string& out)
   char* data = nullptr;
   Py_ssize_t size = 0;
   if (PyBytes_AsStringAndSize(reply.get(), &data, &size) != 0) throw python_error{};
-  ppgate::append_frame(out, std::string_view(data, static_cast<std::size_t>(size)));
+  const std::string_view text(data, static_cast<std::size_t>(size));
+  ppgate::append_frame(out, text);
   write_all(fd, out);
+  // "<id> <status> <seconds> retire": the job left behind what this process cannot undo. No
+  // further job may run here (the node requeues those waiting); leave at once, without waiting
+  // for the job's threads as a normal interpreter exit would.
+  if (text.substr(0, text.find('\n')).ends_with(" retire")) ::_exit(0);
 }
 
 // Frames are run messages (JSON) and "skip <id>" notes: the node took that job back before it
@@ -185,7 +191,22 @@ PyObject* serve(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// Whether this process has children still running (zombies are reaped on the way). In C, as the
+// runtime asks after every job: Python's ChildProcessError alone costs more than the system call.
+PyObject* children_alive(PyObject*, PyObject*) {
+  for (;;) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid > 0) continue;
+    if (pid == 0) Py_RETURN_TRUE;
+    if (errno == EINTR) continue;
+    Py_RETURN_FALSE;  // ECHILD: none
+  }
+}
+
 PyMethodDef methods[] = {
+    {"children_alive", children_alive, METH_NOARGS,
+     "children_alive(): whether this process has children still running (reaps the exited ones)."},
     {"serve", serve, METH_VARARGS,
      "serve(fd, handle, node_pid): run jobs from the node on socket fd until it closes the link."},
     {nullptr, nullptr, 0, nullptr},

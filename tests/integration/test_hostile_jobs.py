@@ -122,6 +122,100 @@ class TestCancelAndTimeoutHarmNoOtherJob(unittest.TestCase):
                 self.assertEqual((len(results), all(results)), (600, True))
 
 
+PROBE = """\
+import builtins, os, sys
+def probe():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return {"cwd": os.getcwd(), "env": os.environ.get("PPGATE_TEST_LEAK"), "path": sys.path[:3],
+            "umask": mask, "limit": sys.getrecursionlimit(), "len": builtins.len is not None,
+            "pid": os.getpid()}
+"""
+
+
+class TestIsolationBetweenJobsOnOneWorker(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(workers=1)
+        cls.node.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+
+    def probe(self):
+        job = self.node.run(PROBE, "probe")
+        self.assertEqual(job["status"], "done", job)
+        self.assertEqual((job["stdout"], job["stderr"]), ("", ""))
+        return job["result"]
+
+    def test_what_a_job_changes_in_its_worker_is_put_back(self):
+        """Before: cwd, os.environ, sys.path, umask, recursion limit and builtins leaked into the
+        next job."""
+        baseline = self.probe()
+        job = self.node.run("import builtins, os, sys\n"
+                            "def meddle():\n"
+                            "    os.chdir('/tmp')\n"
+                            "    os.environ['PPGATE_TEST_LEAK'] = 'leaked'\n"
+                            "    sys.path.insert(0, '/nowhere')\n"
+                            "    os.umask(0o077)\n"
+                            "    sys.setrecursionlimit(123)\n"
+                            "    builtins.len = None\n"
+                            "    return 1\n", "meddle")
+        self.assertEqual(job["status"], "done", job)
+        after = self.probe()
+        self.assertEqual(after, baseline)  # the same worker (pid), its state put back
+
+    def test_a_job_that_sabotages_what_the_runtime_uses_fails_only_itself(self):
+        """Before: each of these crashed the worker (exit 70), some on the next job."""
+        pid = self.probe()["pid"]
+        cases = [
+            ("class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\n"
+             "def f():\n    raise E()\n", "failed"),
+            ("import io\ndef f():\n    io.StringIO = None\n    return 1\n", "done"),
+            ("import time\ndef f():\n    time.perf_counter = None\n    return 1\n", "done"),
+            ("import pickle, json\ndef f():\n    pickle.loads = None\n    json.loads = None\n    return 1\n", "done"),
+            ("def f():\n    return 'x' * (300 * 1024 * 1024)\n", "failed"),  # over the reply limit
+        ]
+        for source, status in cases:
+            with self.subTest(source=source.splitlines()[-2]):
+                job = self.node.run(source, "f")
+                self.assertEqual(job["status"], status, job)
+                if status == "failed":
+                    self.assertNotEqual(job["error"]["type"], "WorkerDied", job)
+                self.assertEqual(self.probe()["pid"], pid, "the worker survived")
+        self.assertEqual(self.node.run(SQ, "sq", [5])["result"], 25)
+
+    def test_a_job_that_leaves_things_running_gets_a_fresh_worker_after_it(self):
+        """Before: a thread a job left running printed into the next job's output; a leftover
+        thread calling os._exit or a pending alarm killed the next, innocent job."""
+        cases = {
+            "printing thread": "import threading, time\ndef f():\n"
+                               "    def spam():\n        while True:\n            print('spam')\n            time.sleep(0.001)\n"
+                               "    threading.Thread(target=spam, daemon=True).start()\n    return 1\n",
+            "exiting thread": "import os, threading, time\ndef f():\n"
+                              "    threading.Thread(target=lambda: (time.sleep(0.3), os._exit(3))).start()\n    return 1\n",
+            "pending alarm": "import signal\ndef f():\n    signal.alarm(1)\n    return 1\n",
+            "child process": "import subprocess\ndef f():\n    subprocess.Popen(['sleep', '30'])\n    return 1\n",
+        }
+        for name, source in cases.items():
+            with self.subTest(name):
+                before = self.probe()["pid"]
+                self.assertEqual(self.node.run(source, "f")["result"], 1)
+                job = self.node.run("import time\ndef g():\n    time.sleep(1.5)\n    return 2\n", "g")
+                self.assertEqual((job["status"], job.get("result"), job["stdout"]), ("done", 2, ""), job)
+                self.assertNotEqual(self.probe()["pid"], before, "the worker was replaced")
+
+    def test_a_forked_child_never_answers_for_the_worker(self):
+        """Before: a forked child that returned into the worker loop became a second reader of the
+        link."""
+        job = self.node.run("import os\ndef f():\n    return os.fork()\n", "f")
+        self.assertEqual(job["status"], "done", job)
+        self.assertNotEqual(job["result"], 0)  # the parent's answer, not the child's
+        for i in range(20):
+            self.assertEqual(self.node.run(SQ, "sq", [i])["result"], i * i)
+
+
 class TestJobsCannotReadTheSecret(unittest.TestCase):
     def test_the_secret_is_in_no_workers_environment_nor_the_nodes(self):
         """Before: every job could read the node's secret from its environment and from
