@@ -62,6 +62,9 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
 
   net::awaitable<void> supervise();
   net::awaitable<void> serve();
+  // Feeds what the worker sent to the frame reader and handles each reply; false once the
+  // process is being replaced for a bad frame.
+  bool consume(const char* data, std::size_t n);
   void on_reply(std::string_view frame);
   void on_timeout(std::uint64_t job_id);
   void become_running(job& j);

@@ -114,6 +114,9 @@ net::awaitable<std::string> worker_process::wait_exit() {
     const pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == pid_) {
       reaped_ = true;
+      // What the worker's jobs left in its process group goes with it. The id is not reused while
+      // the group has members, so this reaches only them.
+      ::kill(-pid_, SIGKILL);
       co_return describe_status(status);
     }
     if (r < 0 && errno != EINTR) {
