@@ -26,6 +26,7 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
   auto [ec] = co_await ws.async_accept(req, use_nothrow_awaitable);
   if (ec) co_return;
   wake_.emplace(co_await net::this_coro::executor, net::steady_timer::time_point::max());
+  drained_.emplace(co_await net::this_coro::executor);
   jobs_ = std::make_shared<tagged_jobs>(server_.jobs(), [this] { wake_->cancel(); },
                                         tagged_jobs::format::session_json);
 
@@ -40,6 +41,13 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
 net::awaitable<void> job_session::read_loop(ws_stream& ws) {
   beast::flat_buffer buffer;
   for (;;) {
+    if (!co_await wait_for_drain()) {
+      log::warn("a session has read none of its results for ", server_.options().idle_timeout.count(),
+                " s; closing it");
+      beast::get_lowest_layer(ws).close();
+      break;
+    }
+    if (closing_) break;
     auto [ec, n] = co_await ws.async_read(buffer, use_nothrow_awaitable);
     if (ec) break;
     std::string text = beast::buffers_to_string(buffer.data());
@@ -49,6 +57,16 @@ net::awaitable<void> job_session::read_loop(ws_stream& ws) {
   }
   closing_ = true;
   wake_->cancel();
+  drained_->cancel();
+}
+
+net::awaitable<bool> job_session::wait_for_drain() {
+  while (!closing_ && jobs_->unsent_bytes() + writing_bytes_ > max_unsent_bytes) {
+    drained_->expires_after(server_.options().idle_timeout);
+    auto [ec] = co_await drained_->async_wait(use_nothrow_awaitable);
+    if (!ec) co_return false;  // the timer ran out: no write completed meanwhile
+  }
+  co_return true;
 }
 
 net::awaitable<void> job_session::write_loop(ws_stream& ws) {
@@ -60,8 +78,11 @@ net::awaitable<void> job_session::write_loop(ws_stream& ws) {
     }
     message = jobs_->take_output();
     ws.text(true);
+    writing_bytes_ = message.size();
     auto [ec, n] = co_await ws.async_write(net::buffer(message), use_nothrow_awaitable);
+    writing_bytes_ = 0;
     if (ec) co_return;
+    drained_->cancel();  // progress: a reader held back by backpressure looks again
     server_.session_replied();
   }
 }

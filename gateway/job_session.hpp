@@ -1,6 +1,8 @@
 // A job session: one WebSocket client of GET /v1/session that submits jobs in pipelined batches
 // and has their results pushed as they end (docs/rest.md, "Sessions"). This is what the Python
-// client speaks. One reader and one writer coroutine; only the writer writes.
+// client speaks. One reader and one writer coroutine; only the writer writes. Results waiting to
+// be sent are bounded (backpressure): past max_unsent_bytes the reader stops taking submissions
+// until the writer makes progress, and a client that reads nothing for --idle-timeout is closed.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
@@ -30,13 +32,21 @@ class job_session : public std::enable_shared_from_this<job_session> {
  private:
   using ws_stream = beast::websocket::stream<beast::tcp_stream>;
 
+  // Unsent results past which the session stops reading submissions.
+  static constexpr std::size_t max_unsent_bytes = 16u * 1024 * 1024;
+
   net::awaitable<void> read_loop(ws_stream& ws);
+  // Waits while unsent results exceed the bound; false when the client made no progress for the
+  // idle timeout (the session then closes).
+  net::awaitable<bool> wait_for_drain();
   net::awaitable<void> write_loop(ws_stream& ws);
   void handle_message(std::string& text);
 
   node_server& server_;
   std::shared_ptr<tagged_jobs> jobs_;
   std::optional<net::steady_timer> wake_;  // cancelled to wake the writer
+  std::optional<net::steady_timer> drained_;  // cancelled by the writer after each write
+  std::size_t writing_bytes_ = 0;  // the message being written, still unsent
   bool closing_ = false;
 };
 

@@ -59,6 +59,7 @@ void tagged_jobs::submit_batch(std::string& text) {
     rejected += "],\"error\":{\"message\":";
     append_json_string(rejected, e.what());
     rejected += "}}";
+    replies_bytes_ += rejected.size();
     replies_.push_back(std::move(rejected));
     output_ready_();
   }
@@ -66,6 +67,7 @@ void tagged_jobs::submit_batch(std::string& text) {
 
 void tagged_jobs::refuse(std::string_view message) {
   replies_.push_back(json_error_body(message));
+  replies_bytes_ += replies_.back().size();
   output_ready_();
 }
 
@@ -114,6 +116,7 @@ std::string tagged_jobs::take_output() {
   if (!replies_.empty()) {
     std::string out = std::move(replies_.front());
     replies_.pop_front();
+    replies_bytes_ -= out.size();
     return out;
   }
   std::string out = "{\"results\":[";

@@ -36,6 +36,8 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   void job_ended(const job& j) override;
 
   bool has_output() const { return !replies_.empty() || !results_.empty(); }
+  // Bytes of replies and results waiting to be taken: what backpressure bounds.
+  std::size_t unsent_bytes() const { return replies_bytes_ + results_.size(); }
   // The next message to send: a reply, else {"results":[...]} with every ended job so far.
   std::string take_output();
   std::size_t open_jobs() const { return open_.size(); }
@@ -49,6 +51,7 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   std::unordered_map<std::uint64_t, std::int64_t> open_;  // job id -> the client's tag
   std::unordered_map<std::int64_t, std::uint64_t> by_tag_;
   std::deque<std::string> replies_;
+  std::size_t replies_bytes_ = 0;
   std::string results_;  // result objects joined by ','
 };
 

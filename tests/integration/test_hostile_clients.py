@@ -186,5 +186,45 @@ class TestInputRefusedAtTheDoor(unittest.TestCase):
         self.assertIn("application/json", answer)
 
 
+class TestSessionsThatStopReading(unittest.TestCase):
+    def test_a_session_that_reads_no_results_is_held_back_then_closed(self):
+        """Before: a job session whose client stopped reading grew the node to 2.35 GB in 27 s."""
+        with Node("--idle-timeout", "3", workers=2) as node:
+            ws = WebSocket("127.0.0.1", node.port, "/v1/session", {}, timeout=30)
+            ws._sock.settimeout(2)
+            big = "def big(i, padding):\n    return 'x' * 200000\n"
+            tag = 0
+
+            def send_batch():
+                nonlocal tag
+                batch = [{"tag": tag + i, "source": big, "function": "big", "args": [tag + i, "y" * 4000]}
+                         for i in range(50)]
+                tag += 50
+                ws.send_text(json.dumps(batch).encode())
+
+            for _ in range(20):  # 1000 jobs: 200 MB of results, far over the session's bound
+                send_batch()
+            node.wait_until(lambda: node.request("GET", "/v1/stats")[1]["jobs"]["done"] >= 1000, timeout=60,
+                            what="the first jobs to end")
+            sent = 0
+            try:
+                for _ in range(400):  # 20,000 jobs (80 MB) more, 4 GB of results, if the node kept reading
+                    send_batch()
+                    sent += 1
+            except OSError:
+                pass  # the node stopped reading: our sends block (or it closed the session)
+            self.assertLess(sent, 400, "the node kept reading submissions")
+            peak = rss_bytes(node.proc.pid)
+            # Meanwhile the node serves everyone else, and within the idle timeout closes the session.
+            self.assertEqual(node.run(SQ, "sq", [3])["result"], 9)
+            node.wait_until(lambda: "read none of its results" in node.log_text(), timeout=60,
+                            what="the session to be closed")
+            node.wait_until(lambda: node.request("GET", "/v1/stats")[1]["jobs"]["queued"] == 0
+                            and node.request("GET", "/v1/stats")[1]["jobs"]["running"] == 0,
+                            timeout=60, what="its jobs to be cancelled")
+            self.assertLess(peak, 1024 * 1024 * 1024)
+            ws._sock.close()
+
+
 if __name__ == "__main__":
     unittest.main()
