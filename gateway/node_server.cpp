@@ -19,7 +19,7 @@ namespace ppgate {
 node_server::node_server(net::io_context& io, serve_options opts, worker_options workers)
     : io_(io),
       opts_(std::move(opts)),
-      scheduler_(scheduler::options{opts_.keep_finished}),
+      scheduler_(scheduler::options{opts_.keep_finished, opts_.keep_finished_bytes}),
       pool_(io.get_executor(), scheduler_, std::move(workers)),
       api_(std::make_unique<rest_api>(*this)),
       events_(std::make_unique<event_hub>(*this, opts_.stats_interval)),

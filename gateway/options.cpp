@@ -128,6 +128,8 @@ serve options:
   --max-connections N    simultaneous HTTP connections (default 512); more get 503
   --idle-timeout SECONDS close a connection idle or sending slower than this (default 60)
   --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
+  --keep-finished-bytes BYTES  at most this much of their results and output (default 536870912);
+                         the oldest finished jobs are forgotten first
   --worker-dir DIR       the folder of ppgate_worker.py and its extension module (default:
                          found next to ppgate, in its build tree, or in ../libexec/ppgate;
                          also PPGATE_WORKER_DIR)
@@ -227,6 +229,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.idle_timeout = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400));
     } else if (flag == "--keep-finished") {
       o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
+    } else if (flag == "--keep-finished-bytes") {
+      o.keep_finished_bytes = parse_int<std::size_t>(flag, take_value(), 1024 * 1024, std::size_t(1) << 40);
     } else if (flag == "--worker-dir") {
       o.worker_dir = take_value();
     } else if (flag == "--python") {

@@ -33,6 +33,7 @@ struct serve_options {
   std::size_t max_connections = 512;
   std::chrono::seconds idle_timeout{60};
   std::size_t keep_finished = 100000;
+  std::size_t keep_finished_bytes = 512u * 1024 * 1024;
   std::string log_level = "info";
   long parent_pid = 0;  // stop when this process exits (0: no such watch)
   std::chrono::milliseconds stats_interval{1000};  // between snapshots on /v1/events

@@ -278,8 +278,13 @@ void scheduler::notify_on_end(job& j, const std::shared_ptr<net::steady_timer>& 
 
 void scheduler::remember_finished(job& j) {
   finished_order_.push_back(j.id);
-  while (finished_order_.size() > opts_.keep_finished) {
-    jobs_.erase(finished_order_.front());
+  finished_bytes_ += j.outcome.size();
+  while (finished_order_.size() > opts_.keep_finished ||
+         (finished_bytes_ > opts_.keep_finished_bytes && finished_order_.size() > 1)) {
+    if (auto it = jobs_.find(finished_order_.front()); it != jobs_.end()) {
+      finished_bytes_ -= it->second->outcome.size();
+      jobs_.erase(it);
+    }
     finished_order_.pop_front();
   }
 }

@@ -98,6 +98,8 @@ class scheduler {
   struct options {
     // Finished jobs kept for GET /v1/jobs/{id}; the oldest are forgotten beyond this.
     std::size_t keep_finished = 100000;
+    // ...and at most this many bytes of their results and output, the oldest forgotten first.
+    std::size_t keep_finished_bytes = 512u * 1024 * 1024;
   };
 
   explicit scheduler(options opts);
@@ -162,6 +164,7 @@ class scheduler {
   // Ids in submission order; cancelled entries are skipped when popped, not searched for.
   std::deque<std::uint64_t> queue_;
   std::deque<std::uint64_t> finished_order_;
+  std::size_t finished_bytes_ = 0;  // outcome bytes of the jobs in finished_order_
   std::deque<slot*> idle_;
   struct prefetch_offer {
     slot* s;

@@ -329,6 +329,18 @@ _watch(signal, ("signal", "alarm", "setitimer", "pthread_kill", "set_wakeup_fd")
 _watch(os, ("chdir", "fchdir", "umask"), "process_touched")
 
 
+# A job's captured output is cut beyond this (each stream), with a marker that says so: the node
+# keeps finished jobs' output, and one chatty job must not fill it.
+_MAX_OUTPUT = 16 * 1024 * 1024
+
+
+def _capped(text):
+    if len(text) <= _MAX_OUTPUT:
+        return text
+    return text[:_MAX_OUTPUT] + "\n[ppgate: output truncated, %d more characters dropped]\n" % (
+        len(text) - _MAX_OUTPUT)
+
+
 def _reply(job_id, status, elapsed, body, stdout, stderr, retire):
     return ("%d %s %r%s\n%s,\"stdout\":%s,\"stderr\":%s" % (
         job_id, status, elapsed, " retire" if retire else "", body, _quote(stdout), _quote(stderr))
@@ -367,7 +379,7 @@ def handle(payload):
     except BaseException as exc:  # noqa: BLE001 - the job broke what restore() uses
         retire = "the job left the worker in a state it cannot restore (%s)" % _safe_text(lambda: repr(exc), "?")
     try:
-        reply = _reply(job_id, status, elapsed, body, out.getvalue(), err.getvalue(), retire)
+        reply = _reply(job_id, status, elapsed, body, _capped(out.getvalue()), _capped(err.getvalue()), retire)
         if len(reply) > _MAX_REPLY:
             raise MemoryError
     except BaseException:  # noqa: BLE001 - a result or output too large to send, or to encode

@@ -226,6 +226,33 @@ class TestIsolationBetweenJobsOnOneWorker(unittest.TestCase):
             self.assertEqual(self.node.run(SQ, "sq", [i])["result"], i * i)
 
 
+class TestRetainedOutputIsBounded(unittest.TestCase):
+    def test_chatty_jobs_are_cut_and_old_results_forgotten_within_the_byte_budget(self):
+        """Before: --keep-finished counted jobs, not bytes: 10 jobs printing 50 MB each left 596 MB
+        resident in the node."""
+        with Node("--keep-finished-bytes", str(64 * 1024 * 1024), workers=1) as node:
+            chatty = "import sys\ndef f(i):\n    sys.stdout.write('y' * (50 * 1024 * 1024))\n    return i\n"
+            ids = []
+            for i in range(10):
+                job = node.run(chatty, "f", [i])
+                self.assertEqual(job["result"], i)
+                self.assertLess(len(job["stdout"]), 17 * 1024 * 1024)
+                self.assertIn("[ppgate: output truncated", job["stdout"])
+                ids.append(job["id"])
+            kept = [i for i in ids if node.request("GET", "/v1/jobs/%d" % i)[0] == 200]
+            self.assertIn(ids[-1], kept)
+            self.assertLess(len(kept), 10)  # the oldest were forgotten: 404
+            self.assertLess(rss_of(node.proc.pid), 400 * 1024 * 1024)
+
+
+def rss_of(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 class TestJobsCannotReadTheSecret(unittest.TestCase):
     def test_the_secret_is_in_no_workers_environment_nor_the_nodes(self):
         """Before: every job could read the node's secret from its environment and from
