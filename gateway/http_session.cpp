@@ -64,9 +64,13 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
     parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
     parser.body_limit(opts.max_body_bytes);
 
-    // The whole request must arrive within the idle timeout: slow senders are cut off.
+    // The whole request must arrive within the idle timeout: slow senders are cut off. Until its
+    // head has arrived, the connection may be closed to make room for another (node_server).
     stream.expires_after(opts.idle_timeout);
+    std::optional<connection_tracker::waiting> waiting_for_head(std::in_place, *server.connections(),
+                                                                stream.socket());
     auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_nothrow_awaitable);
+    waiting_for_head.reset();
     if (!ec) {
       // Access is decided on the head, before any of the body is read: a stranger's upload costs
       // this node nothing (the connection closes, the body unread).

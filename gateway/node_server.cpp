@@ -191,7 +191,7 @@ net::awaitable<void> node_server::accept_loop() {
       co_await pause.async_wait(use_nothrow_awaitable);
       continue;
     }
-    if (connections_->open >= opts_.max_connections) {
+    if (connections_->open >= opts_.max_connections && !connections_->evict_oldest_waiting()) {
       // Answer right away and close; a fresh socket's send buffer takes this without blocking.
       static const std::string busy =
           "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"

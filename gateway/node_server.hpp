@@ -16,6 +16,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <list>
 #include <memory>
 
 namespace ppgate {
@@ -29,6 +30,43 @@ class rest_api;
 struct connection_tracker {
   std::size_t open = 0;
   steady_clock::time_point last_activity = steady_clock::now();
+
+  // Connections waiting for a request head (new, slow or idle keep-alive ones), oldest first. At
+  // the connection limit the oldest is closed to make room, so clients that send nothing (or send
+  // slowly) cannot lock out those that send a request at once.
+  struct waiting_entry {
+    net::ip::tcp::socket* socket;
+    bool* evicted;
+  };
+  std::list<waiting_entry> waiting_for_head;
+
+  // Closes the connection that has waited longest for its request head; false if none waits.
+  bool evict_oldest_waiting() {
+    if (waiting_for_head.empty()) return false;
+    auto& oldest = waiting_for_head.front();
+    *oldest.evicted = true;
+    boost::system::error_code ignored;
+    oldest.socket->close(ignored);
+    waiting_for_head.pop_front();
+    return true;
+  }
+
+  class waiting {  // one connection waiting for a head, for as long as this lives
+   public:
+    waiting(connection_tracker& t, net::ip::tcp::socket& s) : t_(t) {
+      it_ = t_.waiting_for_head.insert(t_.waiting_for_head.end(), waiting_entry{&s, &evicted_});
+    }
+    ~waiting() {
+      if (!evicted_) t_.waiting_for_head.erase(it_);
+    }
+    waiting(const waiting&) = delete;
+    waiting& operator=(const waiting&) = delete;
+
+   private:
+    connection_tracker& t_;
+    std::list<waiting_entry>::iterator it_;
+    bool evicted_ = false;
+  };
 
   class scoped {  // one open connection
    public:

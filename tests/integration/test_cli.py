@@ -128,12 +128,15 @@ class TestLimits(unittest.TestCase):
 
     def test_connections_over_the_limit_get_503(self):
         with Node("--max-connections", "2", workers=0) as node:
+            status, job, _ = node.request("POST", "/v1/jobs", {"source": "def f():\n    return 1\n", "function": "f"})
             held = [socket.create_connection(("127.0.0.1", node.port), timeout=10) for _ in range(2)]
             try:
-                # An answer on each held connection proves the node has accepted it.
+                # Each held connection is busy in a long poll (with no workers the job never ends):
+                # busy connections are not closed to make room, idle ones would be.
                 for s in held:
-                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                    self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 200"))
+                    s.sendall(b"GET /v1/jobs/%d?wait=4 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % job["id"])
+                time.sleep(1)  # not a bound: lets the node read both heads (a connection still
+                #                waiting for its head would be closed to make room instead)
                 with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
                     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 503"))

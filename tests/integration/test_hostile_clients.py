@@ -186,6 +186,23 @@ class TestInputRefusedAtTheDoor(unittest.TestCase):
         self.assertIn("application/json", answer)
 
 
+class TestSlowClients(unittest.TestCase):
+    def test_slow_connections_over_the_limit_do_not_lock_clients_out(self):
+        """Before: 600 slow HTTP connections (over --max-connections) locked every client out."""
+        with Node("--max-connections", "50", workers=1) as node:
+            slow = []
+            try:
+                for _ in range(200):
+                    s = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+                    s.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and never more
+                    slow.append(s)
+                for i in range(10):
+                    self.assertEqual(node.run(SQ, "sq", [i])["result"], i * i)
+            finally:
+                for s in slow:
+                    s.close()
+
+
 class TestSessionsThatStopReading(unittest.TestCase):
     def test_a_session_that_reads_no_results_is_held_back_then_closed(self):
         """Before: a job session whose client stopped reading grew the node to 2.35 GB in 27 s."""
