@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <csignal>
+#include <cstdlib>
 #include <functional>
 
 using namespace ppgate;
@@ -30,7 +31,10 @@ struct fixture {
 
   explicit fixture(std::size_t workers, bool restart = false) {
     worker_options opts;
-    opts.command = {PPGATE_TEST_PYTHON, PPGATE_TEST_WORKER_SCRIPT};
+    // $PPGATE_TEST_WORKER_SCRIPT overrides the build's own worker: a sanitized build's extension
+    // module cannot load into an interpreter built without the sanitizer.
+    const char* script = std::getenv("PPGATE_TEST_WORKER_SCRIPT");
+    opts.command = {PPGATE_TEST_PYTHON, script != nullptr && *script != '\0' ? script : PPGATE_TEST_WORKER_SCRIPT};
     opts.python_version = "3";
     opts.restart_after_each_job = restart;
     pool = std::make_unique<local_pool>(io.get_executor(), sched, std::move(opts));
