@@ -75,12 +75,6 @@ net::awaitable<void> worker_link::supervise() {
     outbox_.clear();
     log::debug("worker ", proc_->pid(), " started");
 
-    // A process that exits ends serve() even if something it started keeps the socket open.
-    proc_->notify_exit([self, gen = generation_] {
-      if (gen != self->generation_ || !self->proc_) return;
-      boost::system::error_code ignored;
-      self->proc_->socket().cancel(ignored);
-    });
     co_await serve();
     // EOF or a kill: whatever happens next, this process takes no more jobs.
     leave_scheduler();
@@ -111,15 +105,6 @@ net::awaitable<void> worker_link::serve() {
   auto& sock = proc_->socket();
   for (;;) {
     auto [ec, n] = co_await sock.async_read_some(net::buffer(buf), use_nothrow_awaitable);
-    if (ec == net::error::operation_aborted) {
-      // The process exited (notify_exit) while something it started may hold the socket open:
-      // take what it wrote before exiting, without waiting for an EOF that may never come.
-      boost::system::error_code drain_ec;
-      sock.non_blocking(true, drain_ec);
-      while (!drain_ec && (n = sock.read_some(net::buffer(buf), drain_ec)) > 0 && consume(buf, n)) {
-      }
-      co_return;
-    }
     if (ec || !consume(buf, n)) co_return;  // EOF: the process exited or was killed
   }
 }

@@ -50,16 +50,6 @@ class worker_process {
   // socket then reads EOF.
   void kill();
 
-  // Calls `on_exit` once the child has exited (without reaping it): a child a job left behind
-  // may hold the socket open, so EOF alone does not tell that the worker is gone.
-  template <typename Handler>
-  void notify_exit(Handler on_exit) {
-    pidfd_.async_wait(net::posix::descriptor_base::wait_read,
-                      [h = std::move(on_exit)](boost::system::error_code ec) mutable {
-                        if (!ec) h();
-                      });
-  }
-
   // Waits until the child has exited and reaps it. Returns a description such as
   // "exited with status 3" or "was killed by signal 11 (SIGSEGV)".
   net::awaitable<std::string> wait_exit();

@@ -27,7 +27,7 @@ import platform
 import re
 import signal
 import sys
-import threading
+import _thread
 import time
 import traceback
 import types
@@ -46,7 +46,7 @@ _ModuleType, _FunctionType = types.ModuleType, types.FunctionType
 _import_module = importlib.import_module
 _getcwd, _chdir, _umask = os.getcwd, os.chdir, os.umask
 _waitpid, _WNOHANG = os.waitpid, os.WNOHANG
-_active_threads = threading.active_count
+_thread_count = _thread._count  # threads other than the main one, however they were started
 _PYTHON_VERSION = platform.python_version()
 
 _functions = {}  # function hash -> _Function (compiled once per process)
@@ -244,7 +244,7 @@ class _Baseline:
         self.signals_touched = False  # a job called signal.signal, alarm or setitimer
         self.process_touched = False  # a job called os.chdir, fchdir or umask
 
-    def restore(self):
+    def restore(self, job_seconds):
         """Puts back what the job changed. Returns why the worker must be replaced (what cannot be
         put back: threads, alarms, signal handlers, children), or None.
 
@@ -255,8 +255,7 @@ class _Baseline:
             if _getcwd_safe() != self.cwd:
                 _chdir(self.cwd)
             _umask(self.umask)
-        environ = os.environ._data  # noqa: SLF001
-        if environ != self.environ:
+        if _environ_data != self.environ:
             os.environ.clear()
             os.environ.update((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
                               if isinstance(k, bytes) else (k, v) for k, v in self.environ.items())
@@ -268,12 +267,14 @@ class _Baseline:
         if not _same_dict(current, self.builtins):
             current.clear()
             current.update(self.builtins)
-        if _active_threads() > 1:
+        if _thread_count() > 0:
             return "the job left threads running"
         if self.signals_touched:
             self.signals_touched = False
             return "the job changed signal handlers or set an alarm"
-        if _children_alive():
+        # Starting a process takes far longer than this: a job this short started none, and the
+        # system call that would tell is spared.
+        if job_seconds > _QUICKER_THAN_ANY_PROCESS_START and _children_alive():
             return "the job left child processes running"
         return None
 
@@ -322,7 +323,9 @@ def _watch(module, names, flag):
         setattr(module, name, watched)
 
 
+_QUICKER_THAN_ANY_PROCESS_START = 20e-6  # seconds
 _baseline = _Baseline()
+_environ_data = os.environ._data  # noqa: SLF001 - the dict os.environ keeps (and changes in place)
 # What these set outlives the job: that worker is replaced after it.
 _watch(signal, ("signal", "alarm", "setitimer", "pthread_kill", "set_wakeup_fd"), "signals_touched")
 # What these change is put back after the job.
@@ -375,11 +378,16 @@ def handle(payload):
     finally:
         sys.stdout, sys.stderr = saved
     try:
-        retire = _baseline.restore()
+        retire = _baseline.restore(_perf_counter() - started)
     except BaseException as exc:  # noqa: BLE001 - the job broke what restore() uses
         retire = "the job left the worker in a state it cannot restore (%s)" % _safe_text(lambda: repr(exc), "?")
     try:
-        reply = _reply(job_id, status, elapsed, body, _capped(out.getvalue()), _capped(err.getvalue()), retire)
+        stdout, stderr = out.getvalue(), err.getvalue()
+        if len(stdout) > _MAX_OUTPUT or len(stderr) > _MAX_OUTPUT:
+            stdout, stderr = _capped(stdout), _capped(stderr)
+        reply = ("%d %s %r%s\n%s,\"stdout\":%s,\"stderr\":%s" % (
+            job_id, status, elapsed, " retire" if retire else "", body, _quote(stdout), _quote(stderr))
+        ).encode("utf-8", "surrogatepass")
         if len(reply) > _MAX_REPLY:
             raise MemoryError
     except BaseException:  # noqa: BLE001 - a result or output too large to send, or to encode

@@ -19,6 +19,7 @@
 #include <deque>
 #include <string>
 #include <string_view>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -53,12 +54,11 @@ struct os_error {
   int err;
 };
 
+// Keeps the GIL: a reply fits the socket's buffer but for huge results, and between jobs no job
+// thread is left to run (a job that leaves one retires its worker).
 void write_all(int fd, std::string_view data) {
   while (!data.empty()) {
-    ssize_t n;
-    Py_BEGIN_ALLOW_THREADS
-    n = ::write(fd, data.data(), data.size());
-    Py_END_ALLOW_THREADS
+    const ssize_t n = ::write(fd, data.data(), data.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       throw os_error{errno};
@@ -95,15 +95,20 @@ std::uint64_t job_id_of(std::string_view frame) {
   return id;
 }
 
+// Set in a child that a job forked (os.fork runs the fork handlers; getpid() per job would cost a
+// system call).
+bool in_forked_child = false;
+
 // Runs one job: handle(payload) must return bytes, the reply.
 void run_job(int fd, PyObject* handle, std::string_view frame, std::string& out) {
-  static const pid_t worker_pid = ::getpid();
   py_ref payload(PyBytes_FromStringAndSize(frame.data(), static_cast<Py_ssize_t>(frame.size())));  // new ref
   if (!payload) throw python_error{};
-  py_ref reply(PyObject_CallFunctionObjArgs(handle, payload.get(), nullptr));  // new ref
+  py_ref args(PyTuple_Pack(1, payload.get()));  // new ref
+  if (!args) throw python_error{};
+  py_ref reply(PyObject_Call(handle, args.get(), nullptr));  // new ref
   // A child the job forked (os.fork) that returned from the job must never answer for the worker
   // nor read its link: it ends here.
-  if (::getpid() != worker_pid) ::_exit(0);
+  if (in_forked_child) ::_exit(0);
   if (!reply) throw python_error{};
   char* data = nullptr;
   Py_ssize_t size = 0;
@@ -174,6 +179,7 @@ PyObject* serve(PyObject*, PyObject* args) {
   // Die with the node even when a job keeps this process from reading the socket (EOF on the
   // socket covers a node that died before this line).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  ::pthread_atfork(nullptr, nullptr, [] { in_forked_child = true; });
   // A node that died before that line sends no signal: this worker would run the jobs already in
   // its socket for nobody.
   if (::getppid() != static_cast<pid_t>(node_pid)) Py_RETURN_NONE;
