@@ -184,6 +184,15 @@ def pid_alive(pid):
         return False
 
 
+def rss_bytes(pid):
+    """The resident memory of process `pid`."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
 def run_ppgate(*args, env=None, timeout=20):
     """Runs ppgate to completion (for --help and bad flags)."""
     e = dict(os.environ)

@@ -10,21 +10,13 @@ import struct
 import sys
 import unittest
 
-from harness import ROOT, Node
+from harness import ROOT, Node, rss_bytes
 
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 from ppgate._websocket import WebSocket  # noqa: E402
 
 SECRET = "cluster-secret-for-tests"
 SQ = "def sq(x):\n    return x*x\n"
-
-
-def rss_bytes(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for %d" % pid)
 
 
 def peer_node():

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "clients
 
 import ppgate as pp  # noqa: E402
 from client_helpers import add, nap  # noqa: E402
-from harness import Node  # noqa: E402
+from harness import Node, rss_bytes  # noqa: E402
 
 SQ = "def sq(x):\n    return x*x\n"
 SLEEP = "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n"
@@ -232,15 +232,7 @@ class TestRetainedOutputIsBounded(unittest.TestCase):
             kept = [i for i in ids if node.request("GET", "/v1/jobs/%d" % i)[0] == 200]
             self.assertIn(ids[-1], kept)
             self.assertLess(len(kept), 10)  # the oldest were forgotten: 404
-            self.assertLess(rss_of(node.proc.pid), 400 * 1024 * 1024)
-
-
-def rss_of(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+            self.assertLess(rss_bytes(node.proc.pid), 400 * 1024 * 1024)
 
 
 class TestJobsCannotReadTheSecret(unittest.TestCase):
