@@ -385,9 +385,7 @@ def handle(payload):
         stdout, stderr = out.getvalue(), err.getvalue()
         if len(stdout) > _MAX_OUTPUT or len(stderr) > _MAX_OUTPUT:
             stdout, stderr = _capped(stdout), _capped(stderr)
-        reply = ("%d %s %r%s\n%s,\"stdout\":%s,\"stderr\":%s" % (
-            job_id, status, elapsed, " retire" if retire else "", body, _quote(stdout), _quote(stderr))
-        ).encode("utf-8", "surrogatepass")
+        reply = _reply(job_id, status, elapsed, body, stdout, stderr, retire)
         if len(reply) > _MAX_REPLY:
             raise MemoryError
     except BaseException:  # noqa: BLE001 - a result or output too large to send, or to encode
