@@ -29,7 +29,7 @@ namespace {
 }  // namespace
 
 worker_process::worker_process(net::any_io_executor ex, const worker_command& command)
-    : socket_(ex), pidfd_(ex) {
+    : socket_(ex), pidfd_(ex), exit_event_(ex, net::steady_timer::time_point::max()) {
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
     throw_errno(errno, "socketpair");
@@ -86,10 +86,32 @@ worker_process::worker_process(net::any_io_executor ex, const worker_command& co
   }
   pidfd_.assign(pidfd);
   socket_.assign(net::local::stream_protocol(), fds[0]);
+  watch_exit();
 }
 
 worker_process::~worker_process() {
+  watch_->owner_gone = true;
   if (!reaped_) kill_and_reap();
+}
+
+void worker_process::watch_exit() {
+  pidfd_.async_wait(net::posix::descriptor_base::wait_read,
+                    [this, watch = watch_](boost::system::error_code ec) {
+                      if (ec || watch->owner_gone) return;
+                      // A wait can complete without the pidfd being readable (Asio reuses a
+                      // closed descriptor's reactor state, and with it an event still queued for
+                      // the previous worker's pidfd): ask the pidfd itself.
+                      pollfd p{pidfd_.native_handle(), POLLIN, 0};
+                      if (::poll(&p, 1, 0) != 1 || (p.revents & POLLIN) == 0) {
+                        watch_exit();
+                        return;
+                      }
+                      watch->exited = true;
+                      // Our end stops reading once what is queued has been read: the link's
+                      // reader gets the worker's last replies, then EOF.
+                      ::shutdown(socket_.native_handle(), SHUT_RD);
+                      exit_event_.cancel();
+                    });
 }
 
 void worker_process::kill() {
@@ -123,10 +145,16 @@ net::awaitable<std::string> worker_process::wait_exit() {
       reaped_ = true;
       co_return "vanished (" + std::string(std::strerror(errno)) + ")";
     }
-    // The pidfd turns readable when the child exits.
-    auto [ec] = co_await pidfd_.async_wait(net::posix::descriptor_base::wait_read,
-                                           use_nothrow_awaitable);
-    if (ec == net::error::operation_aborted) co_return "was stopped";
+    if (watch_->exited) {
+      // Exited but not yet reapable: cannot happen on Linux (the zombie exists before the pidfd
+      // turns readable); poll rather than wait for an event that has been.
+      net::steady_timer pause(socket_.get_executor(), std::chrono::milliseconds(5));
+      co_await pause.async_wait(use_nothrow_awaitable);
+      continue;
+    }
+    auto watch = watch_;
+    co_await exit_event_.async_wait(use_nothrow_awaitable);  // cancelled by watch_exit()
+    if (watch->owner_gone) co_return "was stopped";
   }
 }
 

@@ -9,7 +9,10 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <sys/types.h>
@@ -50,6 +53,9 @@ class worker_process {
   // socket then reads EOF.
   void kill();
 
+  // When the worker exits, the socket reads what it had written and then EOF, even while a
+  // process its job started (and that left the group) still holds the other end open.
+
   // Waits until the child has exited and reaps it. Returns a description such as
   // "exited with status 3" or "was killed by signal 11 (SIGSEGV)".
   net::awaitable<std::string> wait_exit();
@@ -60,10 +66,21 @@ class worker_process {
   static std::string describe_status(int status);
 
  private:
+  void watch_exit();
+
   pid_t pid_ = -1;
   bool reaped_ = false;
   net::local::stream_protocol::socket socket_;
+  // The pidfd has exactly one wait on it, for the life of the process (armed in the constructor):
+  // it turns readable once, and Asio waits on it edge-triggered, so a second or later wait could
+  // miss that edge. wait_exit() waits on exit_event_ instead, a timer cancelled on the exit.
   net::posix::stream_descriptor pidfd_;
+  net::steady_timer exit_event_;
+  struct exit_watch {
+    bool exited = false;
+    bool owner_gone = false;  // the handler may run after this object is destroyed
+  };
+  std::shared_ptr<exit_watch> watch_ = std::make_shared<exit_watch>();
 };
 
 }  // namespace ppgate

@@ -206,6 +206,17 @@ class TestIsolationBetweenJobsOnOneWorker(unittest.TestCase):
                 self.assertEqual((job["status"], job.get("result"), job["stdout"]), ("done", 2, ""), job)
                 self.assertNotEqual(self.probe()["pid"], before, "the worker was replaced")
 
+    def test_a_worker_that_dies_is_replaced_even_if_its_child_holds_the_link(self):
+        """Before: a child that inherited the link kept the node waiting for an EOF that never came,
+        and the slot stayed busy until the child exited."""
+        job = self.node.run("import os, subprocess\ndef f():\n"
+                            "    fd = os.dup(3)\n    os.set_inheritable(fd, True)\n"
+                            "    subprocess.Popen(['sleep', '15'], pass_fds=[fd], start_new_session=True)\n"
+                            "    os._exit(5)\n", "f", wait=10)
+        self.assertEqual(job["error"]["type"], "WorkerDied", job)
+        self.assertIn("exited with status 5", job["error"]["message"], job)
+        self.assertEqual(self.node.run(SQ, "sq", [8], wait=20)["result"], 64)
+
     def test_a_forked_child_never_answers_for_the_worker(self):
         """Before: a forked child that returned into the worker loop became a second reader of the
         link."""

@@ -102,6 +102,7 @@ TEST_CASE("cancelling a running job kills its worker and frees the slot") {
   CHECK(j.state == job_state::cancelled);
   auto& next = f.submit(R"({"source":"def g():\n    return 1\n","function":"g"})");
   REQUIRE(f.wait_end(next));
+  INFO(next.outcome);
   CHECK(next.state == job_state::done);
 }
 
