@@ -19,16 +19,20 @@ struct frame_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Appends header and payload to `out`, so both go out in one write.
-inline void append_frame(std::string& out, std::string_view payload) {
-  if (payload.size() > max_frame_size) throw frame_error("frame payload too large");
-  const auto n = static_cast<std::uint32_t>(payload.size());
+// Appends header and payload to `out`, so both go out in one write. A frame's payload may be
+// given in two parts (a short prefix and the body), to spare copying the body once more.
+inline void append_frame(std::string& out, std::string_view prefix, std::string_view payload) {
+  if (payload.size() > max_frame_size - prefix.size()) throw frame_error("frame payload too large");
+  const auto n = static_cast<std::uint32_t>(prefix.size() + payload.size());
   const char header[frame_header_size] = {
       static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
       static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
   out.append(header, frame_header_size);
+  out.append(prefix);
   out.append(payload);
 }
+
+inline void append_frame(std::string& out, std::string_view payload) { append_frame(out, {}, payload); }
 
 // Incremental decoder: feed it whatever the socket gave, take out complete frames.
 class frame_reader {

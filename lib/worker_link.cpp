@@ -7,6 +7,9 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
+#include <charconv>
+
 
 namespace ppgate {
 
@@ -73,6 +76,8 @@ net::awaitable<void> worker_link::supervise() {
     reader_ = frame_reader();
     writing_.clear();
     outbox_.clear();
+    frames_sent_ = 0;
+    recently_finished_.clear();
     log::debug("worker ", proc_->pid(), " started");
 
     co_await serve();
@@ -144,7 +149,10 @@ void worker_link::ask_for_work() {
 
 void worker_link::send(std::string_view payload) {
   // One write at a time on the socket: frames wait in outbox_ while writing_ is in flight.
-  append_frame(outbox_, payload);
+  char seq[24];
+  auto [end, ec] = std::to_chars(seq, seq + sizeof seq - 1, ++frames_sent_);
+  *end++ = ' ';
+  append_frame(outbox_, std::string_view(seq, static_cast<std::size_t>(end - seq)), payload);
   if (writing_.empty()) write_outbox();
 }
 
@@ -188,17 +196,41 @@ void worker_link::become_running(job& j) {
 }
 
 void worker_link::on_reply(std::string_view frame) {
+  // "<seq> " first: the last frame the worker had received when it wrote this.
+  std::uint64_t received = 0;
+  const auto [p, ec] = std::from_chars(frame.data(), frame.data() + frame.size(), received);
+  if (ec != std::errc() || p == frame.data() + frame.size() || *p != ' ')
+    throw frame_error("a worker reply without the sequence number of the frames it received");
+  frame.remove_prefix(static_cast<std::size_t>(p - frame.data()) + 1);
+  if (frame.starts_with("lost ")) {
+    // Frames we sent never reached the worker's loop: job code read them off the link. None of
+    // the jobs still in flight has started; they go back to the queue, to a fresh process.
+    log::error("worker ", proc_->pid(), " is replaced: its job ", frame.substr(5, frame.find('\n') - 5),
+               " read the worker's link (frames sent to it were taken)");
+    stop_process_and_requeue_waiting();
+    return;
+  }
   const auto [id, word, seconds, outcome, retire] = parse_reported_end(frame);  // "<id> ok|error|skipped <s>[ retire]"
   const bool ok = word == "ok";
   if (in_flight_.empty() || in_flight_.front().id != id) {
-    // Replies come in the order the jobs went out; anything else is a broken worker.
-    log::error("worker ", proc_->pid(), " answered job ", id, " out of turn");
-    replace_process();
+    // Replies come in the order the jobs went out; anything else is job code writing to the link.
+    log::error("worker ", proc_->pid(), " answered job ", id, " out of turn: it is replaced");
+    const bool answered_twice =
+        std::find(recently_finished_.begin(), recently_finished_.end(), id) != recently_finished_.end();
+    if (answered_twice) {
+      // A job that forged its own reply: the real one arrives after it, when the job behind it
+      // has barely started. That one did not fail; it goes back to the queue.
+      stop_process_and_requeue_waiting();
+    } else {
+      replace_process();  // the running job wrote it: supervise() reports that job as failed
+    }
     return;
   }
   job* j = in_flight_.front().j;
   in_flight_.pop_front();
   deadline_.cancel();
+  recently_finished_.push_back(id);
+  if (recently_finished_.size() > 16) recently_finished_.pop_front();
   if (j != nullptr) {
     ++jobs_run_;
     sched_.finish(*j, ok ? job_state::done : job_state::failed, std::string(outcome), seconds);
@@ -215,6 +247,9 @@ void worker_link::on_reply(std::string_view frame) {
     replace_process();  // serve() sees EOF; supervise() starts a fresh process
     return;
   }
+  // Frames written after the worker last read may still be on their way, or taken by the job
+  // that just ended; a sync frame behind them makes the worker see a gap if they were taken.
+  if (received < frames_sent_) send("sync");
   ask_for_work();
 }
 

@@ -89,6 +89,8 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   std::string writing_;   // the frames being written now
   std::string outbox_;    // frames queued behind them
   std::deque<in_flight> in_flight_;  // front: running (or about to); at most max_in_flight_
+  std::uint64_t frames_sent_ = 0;     // to this process; each frame carries its number
+  std::deque<std::uint64_t> recently_finished_;  // ids of this process's last replies
   std::size_t max_in_flight_;
   bool idle_ = false;
   // True while the current process serves and the slot may be given jobs; false from the moment

@@ -95,12 +95,25 @@ std::uint64_t job_id_of(std::string_view frame) {
   return id;
 }
 
+// Node -> worker frames are "<seq> <body>", seq counting 1, 2, ... per process, so that a frame
+// job code read off the link (os.read(3, ...)) shows as a gap. The worker's replies start with
+// "<seq> ": the last frame it received, which tells the node whether its latest frames may have
+// been taken (then it sends a "sync" frame, which exposes the gap).
+struct link_state {
+  std::uint64_t received = 0;   // seq of the last frame read
+  std::uint64_t last_job = 0;   // the last job this process ran: the one that read a missing frame
+  std::string prefix() const { return std::to_string(received) + ' '; }
+};
+
+// Thrown when frames are missing: job code took them off the link.
+struct frames_taken {};
+
 // Set in a child that a job forked (os.fork runs the fork handlers; getpid() per job would cost a
 // system call).
 bool in_forked_child = false;
 
 // Runs one job: handle(payload) must return bytes, the reply.
-void run_job(int fd, PyObject* handle, std::string_view frame, std::string& out) {
+void run_job(int fd, PyObject* handle, std::string_view frame, const link_state& link, std::string& out) {
   py_ref payload(PyBytes_FromStringAndSize(frame.data(), static_cast<Py_ssize_t>(frame.size())));  // new ref
   if (!payload) throw python_error{};
   py_ref args(PyTuple_Pack(1, payload.get()));  // new ref
@@ -114,7 +127,7 @@ void run_job(int fd, PyObject* handle, std::string_view frame, std::string& out)
   Py_ssize_t size = 0;
   if (PyBytes_AsStringAndSize(reply.get(), &data, &size) != 0) throw python_error{};
   const std::string_view text(data, static_cast<std::size_t>(size));
-  ppgate::append_frame(out, text);
+  ppgate::append_frame(out, link.prefix(), text);
   write_all(fd, out);
   // "<id> <status> <seconds> retire": the job left behind what this process cannot undo. No
   // further job may run here (the node requeues those waiting); leave at once, without waiting
@@ -122,10 +135,23 @@ void run_job(int fd, PyObject* handle, std::string_view frame, std::string& out)
   if (text.substr(0, text.find('\n')).ends_with(" retire")) ::_exit(0);
 }
 
-// Frames are run messages (JSON) and "skip <id>" notes: the node took that job back before it
-// started. Jobs run one at a time in arrival order; between two jobs the worker picks up whatever
-// has arrived meanwhile, so a skip note reaches it before the job it names.
-void serve_loop(int fd, PyObject* handle) {
+// Reads "<seq> " off the front of a frame from the node; a seq out of order means job code read
+// frames off the link.
+std::string_view take_seq(std::string_view frame, link_state& link) {
+  std::uint64_t seq = 0;
+  const auto [p, ec] = std::from_chars(frame.data(), frame.data() + frame.size(), seq);
+  if (ec != std::errc() || p == frame.data() + frame.size() || *p != ' ' || seq != link.received + 1)
+    throw frames_taken{};
+  link.received = seq;
+  return frame.substr(static_cast<std::size_t>(p - frame.data()) + 1);
+}
+
+// Bodies are run messages (JSON), "skip <id>" notes (the node took that job back before it
+// started) and "sync" (nothing to do; it only shows a gap). Jobs run one at a time in arrival
+// order. Before each job the worker reads everything that has arrived, so the frames queued
+// behind a job are out of its reach by the time it runs, and a skip note reaches the worker
+// before the job it names.
+void serve_frames(int fd, PyObject* handle, link_state& link) {
   ppgate::frame_reader reader;
   std::deque<std::string> pending;
   std::unordered_set<std::uint64_t> skip;
@@ -133,37 +159,60 @@ void serve_loop(int fd, PyObject* handle) {
   std::string out;
   std::string buf(64 * 1024, '\0');
   for (;;) {
-    const ssize_t n = read_some(fd, buf.data(), buf.size(), /*wait=*/pending.empty());
-    if (n == 0) return;  // the node closed the link: a normal stop
-    if (n < 0 && errno != EAGAIN) throw os_error{errno};
-    if (n > 0) {
+    bool wait = pending.empty();
+    ssize_t n;
+    do {  // a full buffer means more may be waiting
+      n = read_some(fd, buf.data(), buf.size(), wait);
+      if (n == 0) return;  // the node closed the link: a normal stop
+      if (n < 0 && errno != EAGAIN) throw os_error{errno};
+      if (n < 0) break;
+      wait = false;
       reader.feed(buf.data(), static_cast<std::size_t>(n));
-      std::string_view frame;
+    } while (static_cast<std::size_t>(n) == buf.size());
+    std::string_view frame;
+    try {
       while (reader.next(frame)) {
-        if (frame.starts_with("skip ")) {
+        const std::string_view body = take_seq(frame, link);
+        if (body.starts_with("skip ")) {
           std::uint64_t id = 0;
-          std::from_chars(frame.data() + 5, frame.data() + frame.size(), id);
+          std::from_chars(body.data() + 5, body.data() + body.size(), id);
           if (std::find(recently_done.begin(), recently_done.end(), id) == recently_done.end())
             skip.insert(id);
-        } else {
-          pending.emplace_back(frame);
+        } else if (body != "sync") {
+          pending.emplace_back(body);
         }
       }
+    } catch (const ppgate::frame_error&) {
+      throw frames_taken{};  // a frame read in part leaves the rest looking like a huge length
     }
     if (pending.empty()) continue;
 
-    const std::string frame = std::move(pending.front());
+    const std::string frame_text = std::move(pending.front());
     pending.pop_front();
-    const std::uint64_t id = job_id_of(frame);
+    const std::uint64_t id = job_id_of(frame_text);
     recently_done.push_back(id);
     if (recently_done.size() > 16) recently_done.pop_front();
     out.clear();
     if (skip.erase(id) > 0) {
-      ppgate::append_frame(out, std::to_string(id) + " skipped 0\n");
+      ppgate::append_frame(out, link.prefix(), std::to_string(id) + " skipped 0\n");
       write_all(fd, out);
       continue;
     }
-    run_job(fd, handle, frame, out);
+    link.last_job = id;
+    run_job(fd, handle, frame_text, link, out);
+  }
+}
+
+void serve_loop(int fd, PyObject* handle) {
+  link_state link;
+  try {
+    serve_frames(fd, handle, link);
+  } catch (const frames_taken&) {
+    // What this process holds cannot be trusted to be complete: the node requeues the jobs it
+    // sent (none of them started) and replaces the worker.
+    std::string out;
+    ppgate::append_frame(out, link.prefix(), "lost " + std::to_string(link.last_job) + "\n");
+    write_all(fd, out);
   }
 }
 

@@ -227,6 +227,100 @@ class TestIsolationBetweenJobsOnOneWorker(unittest.TestCase):
             self.assertEqual(self.node.run(SQ, "sq", [i])["result"], i * i)
 
 
+SPY = """\
+import os, select
+def spy(wait):
+    # Reads whatever reaches the worker's link while this job runs (wait > 0: for that long).
+    os.set_blocking(3, False)
+    taken = b""
+    if wait:
+        select.select([3], [], [], wait)
+    try:
+        taken = os.read(3, 1 << 20)
+    except BlockingIOError:
+        pass
+    return taken.decode("latin-1")
+"""
+
+FORGE = """\
+import os, struct
+def forge(job_id):
+    # Writes a reply frame for job_id on the worker's link, as if the worker had sent it.
+    reply = b'0 %d ok 0\\n"result":666,"stdout":"","stderr":""' % job_id
+    os.write(3, struct.pack('<I', len(reply)) + reply)
+    return 1
+"""
+
+SECRET = 918273645  # arguments of other jobs that no job may read off the link
+
+
+class TestTheLinkIsTheWorkersOwn(unittest.TestCase):
+    """Before: job code could read the run messages prefetched behind it (other clients' arguments)
+    from the worker's link, and forge replies."""
+
+    def run_behind(self, node, first, args):
+        """Runs `first` with followers sq(SECRET + i) queued behind it; returns its job and theirs."""
+        head = submit(node, first[0], first[1], args)
+        followers = [submit(node, SQ, "sq", [SECRET + i]) for i in range(5)]
+        return wait_for(node, head), [wait_for(node, f) for f in followers]
+
+    def assert_followers_unharmed(self, followers):
+        for i, job in enumerate(followers):
+            self.assertEqual((job["status"], job.get("result")), ("done", (SECRET + i) ** 2), job)
+            self.assertEqual(job["attempts"], 1, "a job whose frame was taken spends no attempt")
+
+    def test_frames_queued_before_a_job_starts_are_out_of_its_reach(self):
+        with Node(workers=1) as node:
+            warm_up(node)
+            for _ in range(20):
+                node.run(SPY, "spy", [0])  # known to be short: prefetched like sq
+            blocker = submit(node, SLEEP, "nap", [0.5])
+            spy = submit(node, SPY, "spy", [0])
+            followers = [submit(node, SQ, "sq", [SECRET + i]) for i in range(5)]
+            self.assertEqual(wait_for(node, blocker)["status"], "done")
+            taken = wait_for(node, spy)
+            self.assertEqual(taken["status"], "done", taken)
+            self.assertNotIn(str(SECRET), taken["result"])
+            self.assert_followers_unharmed([wait_for(node, f) for f in followers])
+
+    def test_a_job_that_reads_the_link_gets_its_worker_replaced(self):
+        """Frames that reach the worker while a job runs are within the job's reach (one process):
+        taking them shows as a gap, the worker is replaced and their jobs run on the next one."""
+        with Node(workers=1) as node:
+            warm_up(node)
+            for _ in range(20):
+                node.run(SPY, "spy", [0])  # known to be short: jobs are prefetched behind it
+            pid = node.worker_pids()[0]
+            spy = submit(node, SPY, "spy", [5])
+            wait_running(node, spy)
+            followers = [submit(node, SQ, "sq", [SECRET + i]) for i in range(5)]
+            self.assertIn(str(SECRET), wait_for(node, spy)["result"], "the spy read a frame")
+            self.assert_followers_unharmed([wait_for(node, f) for f in followers])
+            node.wait_until(lambda: node.worker_pids() and node.worker_pids()[0] != pid,
+                            timeout=WAIT, what="the worker to be replaced")
+            self.assertIn("job %d read the worker's link" % spy, node.log_text())
+            self.assertEqual(node.run(SQ, "sq", [7])["result"], 49)
+
+    def test_a_reply_for_another_job_replaces_the_worker_and_fails_only_the_forger(self):
+        with Node(workers=1) as node:
+            warm_up(node)
+            forger, followers = self.run_behind(node, (FORGE, "forge"), [999999])
+            self.assertEqual((forger["status"], forger["error"]["type"]), ("failed", "WorkerDied"), forger)
+            self.assert_followers_unharmed(followers)
+            self.assertIn("out of turn", node.log_text())
+
+    def test_a_job_that_forges_its_own_reply_harms_no_job_behind_it(self):
+        with Node(workers=1) as node:
+            warm_up(node)
+            last = submit(node, SQ, "sq", [1])
+            wait_for(node, last)
+            forger, followers = self.run_behind(node, (FORGE, "forge"), [last + 1])
+            self.assertEqual(forger["id"], last + 1)
+            self.assertEqual(forger["status"], "done", forger)  # its own result: its own business
+            self.assert_followers_unharmed(followers)
+            self.assertIn("out of turn", node.log_text())
+
+
 class TestRetainedOutputIsBounded(unittest.TestCase):
     def test_chatty_jobs_are_cut_and_old_results_forgotten_within_the_byte_budget(self):
         """Before: --keep-finished counted jobs, not bytes: 10 jobs printing 50 MB each left 596 MB
