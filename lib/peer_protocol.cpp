@@ -26,11 +26,8 @@ std::string to_hex(const unsigned char* data, std::size_t n) {
 }  // namespace
 
 void append_message(std::string& out, msg type, std::string_view payload) {
-  std::string body;
-  body.reserve(1 + payload.size());
-  body.push_back(static_cast<char>(type));
-  body.append(payload);
-  append_frame(out, body);
+  const char type_byte = static_cast<char>(type);
+  append_frame(out, std::string_view(&type_byte, 1), payload);
 }
 
 bool parse_message(std::string_view frame, message& out) {
@@ -60,39 +57,64 @@ bool equal_in_constant_time(std::string_view a, std::string_view b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
+void frame_authenticator::md_ctx_free::operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+
 frame_authenticator::frame_authenticator(std::string_view secret, std::string_view nonce_d,
                                          std::string_view nonce_a, std::string_view sender)
-    : sender_(sender) {
+    : inner_(EVP_MD_CTX_new()), outer_(EVP_MD_CTX_new()), scratch_(EVP_MD_CTX_new()) {
+  if (!inner_ || !outer_ || !scratch_) throw std::bad_alloc();
   const std::string text = "session\n" + std::string(nonce_d) + '\n' + std::string(nonce_a);
+  unsigned char key[32];
   unsigned int len = 0;
   HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
-       reinterpret_cast<const unsigned char*>(text.data()), text.size(), key_, &len);
+       reinterpret_cast<const unsigned char*>(text.data()), text.size(), key, &len);
+  // HMAC-SHA256 by its definition (RFC 2104), with the key's two padded blocks and the sender's
+  // role hashed once here: a tag then costs two state copies and the hashing of the message.
+  unsigned char ipad[64], opad[64];
+  for (std::size_t i = 0; i < 64; ++i) {
+    const unsigned char k = i < sizeof key ? key[i] : 0;
+    ipad[i] = k ^ 0x36;
+    opad[i] = k ^ 0x5c;
+  }
+  const std::string role = std::string(sender) + '\n';
+  if (EVP_DigestInit_ex(inner_.get(), EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(inner_.get(), ipad, sizeof ipad) != 1 ||
+      EVP_DigestUpdate(inner_.get(), role.data(), role.size()) != 1 ||
+      EVP_DigestInit_ex(outer_.get(), EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(outer_.get(), opad, sizeof opad) != 1)
+    throw std::runtime_error("SHA-256 is not available");
 }
 
 void frame_authenticator::tag(std::string_view body, std::uint64_t seq, unsigned char* out) const {
   // HMAC(key, sender "\n" seq(8 bytes, little-endian) body)
-  std::string text;
-  text.reserve(sender_.size() + 9 + body.size());
-  text.append(sender_);
-  text.push_back('\n');
-  for (int i = 0; i < 8; ++i) text.push_back(static_cast<char>((seq >> (8 * i)) & 0xff));
-  text.append(body);
-  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned char seq_bytes[8];
+  for (int i = 0; i < 8; ++i) seq_bytes[i] = static_cast<unsigned char>((seq >> (8 * i)) & 0xff);
+  unsigned char inner_digest[32], digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  HMAC(EVP_sha256(), key_, sizeof key_, reinterpret_cast<const unsigned char*>(text.data()), text.size(),
-       digest, &len);
+  EVP_MD_CTX* c = scratch_.get();
+  if (EVP_MD_CTX_copy_ex(c, inner_.get()) != 1 || EVP_DigestUpdate(c, seq_bytes, sizeof seq_bytes) != 1 ||
+      EVP_DigestUpdate(c, body.data(), body.size()) != 1 || EVP_DigestFinal_ex(c, inner_digest, &len) != 1 ||
+      EVP_MD_CTX_copy_ex(c, outer_.get()) != 1 || EVP_DigestUpdate(c, inner_digest, sizeof inner_digest) != 1 ||
+      EVP_DigestFinal_ex(c, digest, &len) != 1)
+    throw std::runtime_error("SHA-256 failed");
   std::memcpy(out, digest, tag_size);
 }
 
 void frame_authenticator::append_message(std::string& out, msg type, std::string_view payload) {
-  std::string body;
-  body.reserve(1 + payload.size() + tag_size);
-  body.push_back(static_cast<char>(type));
-  body.append(payload);
+  // The frame is built in place: header, type, payload, then the tag over type and payload.
+  const std::size_t n = 1 + payload.size() + tag_size;
+  if (n > max_frame_size) throw frame_error("frame payload too large");
+  out.reserve(out.size() + frame_header_size + n);
+  const char header[frame_header_size] = {
+      static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+      static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
+  out.append(header, frame_header_size);
+  const std::size_t body_at = out.size();
+  out.push_back(static_cast<char>(type));
+  out.append(payload);
   unsigned char t[tag_size];
-  tag(body, seq_++, t);
-  body.append(reinterpret_cast<const char*>(t), tag_size);
-  append_frame(out, body);
+  tag(std::string_view(out).substr(body_at), seq_++, t);
+  out.append(reinterpret_cast<const char*>(t), tag_size);
 }
 
 bool frame_authenticator::open(std::string_view frame, message& out) {

@@ -21,8 +21,11 @@
 #include "frame.hpp"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
+
+typedef struct evp_md_ctx_st EVP_MD_CTX;  // OpenSSL's, as <openssl/types.h> declares it
 
 namespace ppgate::peer {
 
@@ -85,8 +88,13 @@ class frame_authenticator {
  private:
   void tag(std::string_view body, std::uint64_t seq, unsigned char* out) const;
 
-  unsigned char key_[32];
-  std::string sender_;
+  struct md_ctx_free {
+    void operator()(EVP_MD_CTX* c) const;
+  };
+  using md_ctx = std::unique_ptr<EVP_MD_CTX, md_ctx_free>;
+  md_ctx inner_;    // SHA-256 after (key XOR ipad) and the sender's role
+  md_ctx outer_;    // SHA-256 after (key XOR opad)
+  md_ctx scratch_;  // the message being tagged
   std::uint64_t seq_ = 0;
 };
 
