@@ -8,7 +8,10 @@
 #include <boost/asio/write.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 
 
 namespace ppgate {
@@ -35,6 +38,16 @@ std::string build_run_message(const job& j, bool include_source) {
   return m;
 }
 
+std::chrono::nanoseconds stall_limit(const function_def& f) {
+  const auto usual = std::chrono::duration<double>(4 * f.mean_run_seconds);
+  return std::max<std::chrono::nanoseconds>(std::chrono::milliseconds(2),
+                                            std::chrono::duration_cast<std::chrono::nanoseconds>(usual));
+}
+
+// Jobs wait behind a running job only when its function is known to take less than this: behind
+// a longer job, a round trip saved is nothing, and a job held there could run elsewhere.
+constexpr double max_run_seconds_to_wait_behind = 0.01;
+
 worker_link::worker_link(net::any_io_executor ex, scheduler& sched, local_pool& pool,
                          const worker_options& opts)
     : ex_(ex),
@@ -42,6 +55,7 @@ worker_link::worker_link(net::any_io_executor ex, scheduler& sched, local_pool& 
       pool_(pool),
       opts_(opts),
       deadline_(ex),
+      stall_timer_(ex),
       // A fresh process per job leaves nothing to place behind the running job.
       max_in_flight_(opts.restart_after_each_job ? 1 : 16) {}
 
@@ -78,6 +92,9 @@ net::awaitable<void> worker_link::supervise() {
     outbox_.clear();
     frames_sent_ = 0;
     recently_finished_.clear();
+    stall_timer_.cancel();
+    stall_armed_ = false;
+    stalled_ = false;
     log::debug("worker ", proc_->pid(), " started");
 
     co_await serve();
@@ -137,7 +154,11 @@ void worker_link::ask_for_work() {
   if (in_flight_.empty()) {
     idle_ = true;
     sched_.slot_ready(*this);  // may call start() right away
-  } else if (in_flight_.size() < max_in_flight_) {
+  } else if (in_flight_.size() < max_in_flight_ && !stalled_) {
+    const job* running = in_flight_.front().j;
+    if (running != nullptr && !(running->spec.function->runs > 0 &&
+                                running->spec.function->mean_run_seconds < max_run_seconds_to_wait_behind))
+      return;
     // What waits behind the running job may add up to the scheduler's budget, no more.
     double waiting = 0;
     for (std::size_t i = 1; i < in_flight_.size(); ++i)
@@ -183,11 +204,20 @@ void worker_link::start(job& j) {
   const bool include_source = known_functions_.insert(j.spec.function->hash).second;
   sources_sent_ += include_source;
   send(build_run_message(j, include_source));
-  if (in_flight_.size() == 1) become_running(j);
+  if (in_flight_.size() == 1)
+    become_running(j, false);
+  else
+    arm_stall_check();
   ask_for_work();
 }
 
-void worker_link::become_running(job& j) {
+void worker_link::become_running(job& j, bool was_waiting) {
+  ++front_serial_;
+  front_started_ = steady_clock::now();
+  stalled_ = false;
+  // A job that waited behind another starts now: its queue time includes that wait.
+  if (was_waiting) j.started = front_started_;
+  if (in_flight_.size() > 1) arm_stall_check();
   if (!j.spec.timeout) return;
   deadline_.expires_after(*j.spec.timeout);
   deadline_.async_wait([self = shared_from_this(), id = j.id](boost::system::error_code ec) {
@@ -231,7 +261,9 @@ void worker_link::on_reply(std::string_view frame) {
   deadline_.cancel();
   recently_finished_.push_back(id);
   if (recently_finished_.size() > 16) recently_finished_.pop_front();
-  if (j != nullptr) {
+  if (j != nullptr && word == "skipped") {
+    sched_.requeue(*j);  // taken back by a stall check, and the worker did skip it
+  } else if (j != nullptr) {
     ++jobs_run_;
     sched_.finish(*j, ok ? job_state::done : job_state::failed, std::string(outcome), seconds);
   }
@@ -242,7 +274,7 @@ void worker_link::on_reply(std::string_view frame) {
     stop_process_and_requeue_waiting();
     return;
   }
-  if (!in_flight_.empty() && in_flight_.front().j != nullptr) become_running(*in_flight_.front().j);
+  if (!in_flight_.empty() && in_flight_.front().j != nullptr) become_running(*in_flight_.front().j, true);
   if (opts_.restart_after_each_job) {
     replace_process();  // serve() sees EOF; supervise() starts a fresh process
     return;
@@ -251,6 +283,84 @@ void worker_link::on_reply(std::string_view frame) {
   // that just ended; a sync frame behind them makes the worker see a gap if they were taken.
   if (received < frames_sent_) send("sync");
   ask_for_work();
+}
+
+void worker_link::arm_stall_check() {
+  if (stall_armed_ || in_flight_.size() < 2 || in_flight_.front().j == nullptr) return;
+  stall_armed_ = true;
+  stall_timer_.expires_at(front_started_ + stall_limit(*in_flight_.front().j->spec.function));
+  stall_timer_.async_wait([self = shared_from_this(), gen = generation_, serial = front_serial_](
+                              boost::system::error_code ec) {
+    if (ec || gen != self->generation_) return;
+    self->stall_armed_ = false;
+    self->on_stall_check(serial);
+  });
+}
+
+void worker_link::on_stall_check(std::uint64_t serial) {
+  if (!accepting_ || in_flight_.size() < 2) return;
+  if (serial != front_serial_) {
+    arm_stall_check();  // the job that was running has ended; time the one running now
+    return;
+  }
+  // The running job is overdue: what waits behind it may run elsewhere, and nothing more is
+  // placed behind it until it ends.
+  stalled_ = true;
+  sched_.slot_gone(*this);
+  take_back_waiting();
+}
+
+void worker_link::take_back_waiting() {
+  if (!writing_.empty()) {
+    // A write is under way: the notes must reach the socket now, behind it. Try again shortly.
+    stall_timer_.expires_after(std::chrono::milliseconds(1));
+    stall_armed_ = true;
+    stall_timer_.async_wait([self = shared_from_this(), gen = generation_](boost::system::error_code ec) {
+      if (ec || gen != self->generation_) return;
+      self->stall_armed_ = false;
+      if (self->stalled_ && self->accepting_) self->take_back_waiting();
+    });
+    return;
+  }
+  std::string notes;
+  std::vector<std::size_t> taken;
+  for (std::size_t i = 1; i < in_flight_.size(); ++i) {
+    in_flight& f = in_flight_[i];
+    if (f.j == nullptr || f.skip_sent) continue;
+    f.skip_sent = true;
+    taken.push_back(i);
+    char seq[24];
+    auto [end, ec] = std::to_chars(seq, seq + sizeof seq - 1, ++frames_sent_);
+    *end++ = ' ';
+    append_frame(notes, std::string_view(seq, static_cast<std::size_t>(end - seq)), "skip " + std::to_string(f.id));
+  }
+  if (taken.empty()) return;
+  // Written here and now, not queued: the certainty below rests on the notes being in the
+  // worker's socket before we look for its reply.
+  const int fd = proc_->socket().native_handle();
+  ssize_t n;
+  do {
+    n = ::send(fd, notes.data(), notes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  const std::size_t written = n > 0 ? static_cast<std::size_t>(n) : 0;
+  if (written < notes.size()) {
+    outbox_.assign(notes, written);
+    write_outbox();
+    return;  // uncertain: the worker's replies will say which jobs it skipped
+  }
+  // The worker writes a job's reply before it reads again, and it reads everything that has
+  // arrived before it starts a job. So if no byte of a reply has come since the notes went into
+  // its socket, it is still on the running job and will skip every job named.
+  int unread = 0;
+  if (::ioctl(fd, FIONREAD, &unread) != 0 || unread != 0 || reader_.buffered() != 0) return;
+  std::vector<job*> requeue;
+  for (std::size_t i : taken) {
+    requeue.push_back(in_flight_[i].j);
+    in_flight_[i].j = nullptr;  // its "skipped" reply will be ignored
+  }
+  log::debug("worker ", proc_->pid(), ": job ", in_flight_.front().id, " is overdue; ", requeue.size(),
+             " jobs waiting behind it go back to the queue");
+  for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) sched_.requeue(**it);
 }
 
 void worker_link::leave_scheduler() {
@@ -265,6 +375,7 @@ void worker_link::replace_process() {
   // process serves.
   leave_scheduler();
   deadline_.cancel();
+  stall_timer_.cancel();
   if (proc_) proc_->kill();
 }
 

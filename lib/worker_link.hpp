@@ -6,7 +6,10 @@
 // (scheduler::slot_can_prefetch), so the worker goes from one short job to the next without
 // waiting for a round trip through the gateway, and writes and reads are batched. Such a job has
 // not started: if the worker is stopped, it goes back to the queue without an attempt counted; if
-// it is cancelled, the worker is told to skip it.
+// it is cancelled, the worker is told to skip it. Jobs are placed only behind a job whose function
+// is known to be short, and when that job runs far longer than usual (stall check), the jobs
+// behind it are taken back for other slots: the worker is told to skip them, and they are
+// requeued at once when the worker is certain to get the note before it could start them.
 // Owned by local_pool through shared_ptr; its supervising coroutine holds one more reference, so a
 // retired link lives until its process is reaped. Distinct objects: safe. Shared objects: unsafe.
 #pragma once
@@ -58,6 +61,7 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   struct in_flight {
     std::uint64_t id;
     job* j;
+    bool skip_sent = false;  // taken back by a stall check; the worker's reply tells if it ran
   };
 
   net::awaitable<void> supervise();
@@ -67,7 +71,11 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   bool consume(const char* data, std::size_t n);
   void on_reply(std::string_view frame);
   void on_timeout(std::uint64_t job_id);
-  void become_running(job& j);
+  void become_running(job& j, bool was_waiting);
+  // The stall check: a timer at the running job's start plus a few times its function's mean.
+  void arm_stall_check();
+  void on_stall_check(std::uint64_t serial);
+  void take_back_waiting();
   void ask_for_work();
   void send(std::string_view payload);
   void write_outbox();
@@ -91,6 +99,11 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   std::deque<in_flight> in_flight_;  // front: running (or about to); at most max_in_flight_
   std::uint64_t frames_sent_ = 0;     // to this process; each frame carries its number
   std::deque<std::uint64_t> recently_finished_;  // ids of this process's last replies
+  net::steady_timer stall_timer_;
+  bool stall_armed_ = false;
+  bool stalled_ = false;              // the running job is overdue: nothing more goes behind it
+  std::uint64_t front_serial_ = 0;    // counts jobs that became the running one
+  steady_clock::time_point front_started_{};
   std::size_t max_in_flight_;
   bool idle_ = false;
   // True while the current process serves and the slot may be given jobs; false from the moment
@@ -103,5 +116,9 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
 
 // Builds the run message a worker receives for `j` (exposed for tests).
 std::string build_run_message(const job& j, bool include_source);
+
+// How long a job may run before the jobs waiting behind it are taken back: a few times its
+// function's mean, and never less than a few round trips (exposed for tests).
+std::chrono::nanoseconds stall_limit(const function_def& f);
 
 }  // namespace ppgate

@@ -122,6 +122,39 @@ class TestCancelAndTimeoutHarmNoOtherJob(unittest.TestCase):
                 self.assertEqual((len(results), all(results)), (600, True))
 
 
+class TestJobsDoNotWaitBehindASlowCall(unittest.TestCase):
+    """Before: a slow call of a function known to be short held the jobs prefetched behind it while
+    another worker was idle (8 of 40 held for 20 s), and their queue_seconds hid that wait."""
+
+    def test_jobs_behind_an_overdue_call_run_on_the_idle_worker(self):
+        with Node(workers=2) as node:
+            for _ in range(30):
+                node.run(SLEEP, "nap", [0])  # nap is known to be short
+            for round_ in range(3):
+                slow = submit(node, SLEEP, "nap", [30])
+                followers = [submit(node, SLEEP, "nap", [0]) for _ in range(40)]
+                for job_id in followers:
+                    job = wait_for(node, job_id)
+                    self.assertEqual((job["status"], job["attempts"]), ("done", 1), job)
+                status, job, _ = node.request("GET", "/v1/jobs/%d" % slow)
+                self.assertEqual(job["status"], "running", "every follower ended while the slow call ran")
+                node.request("DELETE", "/v1/jobs/%d" % slow)
+
+    def test_queue_seconds_counts_the_wait_behind_another_job(self):
+        with Node(workers=1) as node:
+            for _ in range(30):
+                node.run(SLEEP, "nap", [0])
+            slow = submit(node, SLEEP, "nap", [0.6])
+            wait_running(node, slow)
+            followers = [submit(node, SLEEP, "nap", [0]) for _ in range(3)]
+            self.assertEqual(wait_for(node, slow)["status"], "done")
+            for job_id in followers:
+                job = wait_for(node, job_id)
+                self.assertEqual(job["status"], "done", job)
+                # One worker: none of them could start before the 0.6 s call ended.
+                self.assertGreater(job["queue_seconds"], 0.3, job)
+
+
 PROBE = """\
 import builtins, os, sys
 def probe():
