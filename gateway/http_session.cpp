@@ -53,8 +53,9 @@ net::awaitable<void> linger(beast::tcp_stream& stream) {
 
 }  // namespace
 
-net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& server) {
-  const connection_tracker::scoped counted(server.connections());
+net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::address from,
+                                      node_server& server) {
+  const connection_tracker::scoped counted(server.connections(), from);
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   const auto& opts = server.options();
@@ -68,7 +69,7 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& 
     // head has arrived, the connection may be closed to make room for another (node_server).
     stream.expires_after(opts.idle_timeout);
     std::optional<connection_tracker::waiting> waiting_for_head(std::in_place, *server.connections(),
-                                                                stream.socket());
+                                                                stream.socket(), from);
     auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_nothrow_awaitable);
     waiting_for_head.reset();
     if (!ec) {

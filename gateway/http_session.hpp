@@ -10,6 +10,7 @@ namespace ppgate {
 class node_server;
 
 // Spawned once per accepted connection; takes the socket by value.
-net::awaitable<void> run_http_session(net::ip::tcp::socket socket, node_server& server);
+net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::address from,
+                                      node_server& server);
 
 }  // namespace ppgate

@@ -191,7 +191,10 @@ net::awaitable<void> node_server::accept_loop() {
       co_await pause.async_wait(use_nothrow_awaitable);
       continue;
     }
-    if (connections_->open >= opts_.max_connections && !connections_->evict_oldest_waiting()) {
+    boost::system::error_code no_peer;
+    const net::ip::address from = socket.remote_endpoint(no_peer).address();
+    if (no_peer) continue;  // it hung up already
+    if (connections_->open >= opts_.max_connections && !connections_->make_room_for(from)) {
       // Answer right away and close; a fresh socket's send buffer takes this without blocking.
       static const std::string busy =
           "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
@@ -204,7 +207,7 @@ net::awaitable<void> node_server::accept_loop() {
     }
     boost::system::error_code ignored;
     socket.set_option(net::ip::tcp::no_delay(true), ignored);
-    net::co_spawn(io_, run_http_session(std::move(socket), *this),
+    net::co_spawn(io_, run_http_session(std::move(socket), from, *this),
                   log::on_failure("http session"));
   }
 }

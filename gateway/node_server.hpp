@@ -18,6 +18,7 @@
 
 #include <list>
 #include <memory>
+#include <unordered_map>
 
 namespace ppgate {
 
@@ -29,32 +30,48 @@ class rest_api;
 // node_server, still holds its count safely.
 struct connection_tracker {
   std::size_t open = 0;
+  std::unordered_map<net::ip::address, std::size_t> open_by_address;
   steady_clock::time_point last_activity = steady_clock::now();
 
   // Connections waiting for a request head (new, slow or idle keep-alive ones), oldest first. At
-  // the connection limit the oldest is closed to make room, so clients that send nothing (or send
-  // slowly) cannot lock out those that send a request at once.
+  // the connection limit one of them is closed to make room, so clients that send nothing (or
+  // send slowly) cannot lock out those that send a request at once.
   struct waiting_entry {
     net::ip::tcp::socket* socket;
+    net::ip::address address;
     bool* evicted;
   };
   std::list<waiting_entry> waiting_for_head;
 
-  // Closes the connection that has waited longest for its request head; false if none waits.
-  bool evict_oldest_waiting() {
-    if (waiting_for_head.empty()) return false;
-    auto& oldest = waiting_for_head.front();
-    *oldest.evicted = true;
+  // At the limit, makes room for a connection from `newcomer`: closes the oldest connection
+  // waiting for a head among those of the address that holds the most connections — so each
+  // address keeps a fair share, and one that opens connections by the hundred closes its own.
+  // False (refuse the newcomer) when none waits, or when the newcomer's address already holds
+  // more than any address it could take room from.
+  bool make_room_for(const net::ip::address& newcomer) {
+    auto victim = waiting_for_head.end();
+    std::size_t most = 0;
+    for (auto it = waiting_for_head.begin(); it != waiting_for_head.end(); ++it) {
+      const std::size_t held = open_by_address[it->address];
+      if (held > most) {  // strictly more: the oldest of the largest holder
+        most = held;
+        victim = it;
+      }
+    }
+    if (victim == waiting_for_head.end()) return false;
+    const auto own = open_by_address.find(newcomer);
+    if (own != open_by_address.end() && own->second + 1 > most && victim->address != newcomer) return false;
+    *victim->evicted = true;
     boost::system::error_code ignored;
-    oldest.socket->close(ignored);
-    waiting_for_head.pop_front();
+    victim->socket->close(ignored);
+    waiting_for_head.erase(victim);
     return true;
   }
 
   class waiting {  // one connection waiting for a head, for as long as this lives
    public:
-    waiting(connection_tracker& t, net::ip::tcp::socket& s) : t_(t) {
-      it_ = t_.waiting_for_head.insert(t_.waiting_for_head.end(), waiting_entry{&s, &evicted_});
+    waiting(connection_tracker& t, net::ip::tcp::socket& s, const net::ip::address& from) : t_(t) {
+      it_ = t_.waiting_for_head.insert(t_.waiting_for_head.end(), waiting_entry{&s, from, &evicted_});
     }
     ~waiting() {
       if (!evicted_) t_.waiting_for_head.erase(it_);
@@ -70,12 +87,16 @@ struct connection_tracker {
 
   class scoped {  // one open connection
    public:
-    explicit scoped(std::shared_ptr<connection_tracker> t) : t_(std::move(t)) {
+    scoped(std::shared_ptr<connection_tracker> t, const net::ip::address& from)
+        : t_(std::move(t)), from_(from) {
       ++t_->open;
+      ++t_->open_by_address[from_];
       t_->last_activity = steady_clock::now();
     }
     ~scoped() {
       --t_->open;
+      if (auto it = t_->open_by_address.find(from_); it != t_->open_by_address.end() && --it->second == 0)
+        t_->open_by_address.erase(it);
       t_->last_activity = steady_clock::now();
     }
     scoped(const scoped&) = delete;
@@ -83,6 +104,7 @@ struct connection_tracker {
 
    private:
     std::shared_ptr<connection_tracker> t_;
+    net::ip::address from_;
   };
 };
 

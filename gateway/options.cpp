@@ -125,7 +125,8 @@ serve options:
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
   --max-body BYTES       largest request body accepted (default 67108864)
   --max-header BYTES     largest request header accepted (default 16384)
-  --max-connections N    simultaneous HTTP connections (default 512); more get 503
+  --max-connections N    simultaneous HTTP connections (default 512); at the limit the busiest
+                         client address's oldest idle connection makes room, else 503
   --idle-timeout SECONDS close a connection idle or sending slower than this (default 60)
   --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
   --keep-finished-bytes BYTES  at most this much of their results and output (default 536870912);

@@ -195,6 +195,36 @@ class TestSlowClients(unittest.TestCase):
                     s.close()
 
 
+    def test_each_address_keeps_a_fair_share_of_the_connections(self):
+        """Before: at the limit the oldest waiting connection was closed whoever held it, so one
+        address opening connections by the hundred closed everyone else's idle keep-alives."""
+        def connect(source):
+            s = socket.socket()
+            s.settimeout(10)
+            s.bind((source, 0))  # every 127/8 address is this host's loopback
+            s.connect(("127.0.0.1", node.port))
+            return s
+
+        def ask(s):
+            s.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            return s.recv(4096).split(b"\r\n", 1)[0]
+
+        with Node("--max-connections", "20", workers=1) as node:
+            calm = [connect("127.0.0.2") for _ in range(3)]  # idle keep-alives, the oldest
+            flood = []
+            try:
+                for _ in range(200):
+                    s = connect("127.0.0.3")
+                    s.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                    flood.append(s)
+                for s in calm:
+                    self.assertEqual(ask(s), b"HTTP/1.1 200 OK")
+                status, _, _ = node.request("GET", "/v1/stats")  # a third address gets in too
+                self.assertEqual(status, 200)
+            finally:
+                for s in calm + flood:
+                    s.close()
+
 class TestSessionsThatStopReading(unittest.TestCase):
     def test_a_session_that_reads_no_results_is_held_back_then_closed(self):
         """Before: a job session whose client stopped reading grew the node to 2.35 GB in 27 s."""
