@@ -1,5 +1,7 @@
 #include "http_session.hpp"
 
+#include "request_head.hpp"
+
 #include "http.hpp"
 #include "event_session.hpp"
 #include "job_session.hpp"
@@ -24,14 +26,6 @@ http::status status_for_read_error(const boost::system::error_code& ec) {
   if (ec == http::error::body_limit) return http::status::payload_too_large;
   if (ec == http::error::header_limit) return http::status::request_header_fields_too_large;
   return http::status::bad_request;
-}
-
-// RFC 6455: the key is 16 bytes, base64-encoded: 22 characters of the alphabet and "==".
-bool valid_websocket_key(std::string_view key) {
-  if (key.size() != 24 || !key.ends_with("==")) return false;
-  return std::all_of(key.begin(), key.end() - 2, [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/';
-  });
 }
 
 // Closes after a refusal without reading the body into memory: the answer goes out first, and

@@ -5,6 +5,7 @@
 #include "json_writer.hpp"
 #include "log.hpp"
 #include "node_server.hpp"
+#include "request_head.hpp"
 #include "stats_format.hpp"
 
 #include <boost/asio/this_coro.hpp>
@@ -17,46 +18,6 @@
 namespace ppgate {
 
 std::string_view web_page_html();  // generated from web/index.html
-
-http_response make_response(http::status status, std::string body, unsigned version,
-                            std::string_view content_type) {
-  http_response res{status, version};
-  res.set(http::field::server, "ppgate");
-  res.set(http::field::content_type, content_type);
-  res.set(http::field::cache_control, "no-store");
-  res.body() = std::move(body);
-  return res;
-}
-
-http_response make_error(http::status status, std::string_view message, unsigned version) {
-  return make_response(status, json_error_body(message), version);
-}
-
-void decorate_websocket_handshake(http_response& res) {
-  res.set(http::field::server, "ppgate");
-  if (res.result() == http::status::switching_protocols) return;
-  res.body() = json_error_body("WebSocket handshake refused: " + res.body());
-  res.set(http::field::content_type, "application/json");
-  res.prepare_payload();
-}
-
-target_parts split_target(std::string_view target) {
-  const auto q = target.find('?');
-  if (q == std::string_view::npos) return {target, {}};
-  return {target.substr(0, q), target.substr(q + 1)};
-}
-
-std::optional<std::string_view> query_param(std::string_view query, std::string_view name) {
-  while (!query.empty()) {
-    const auto amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    const auto eq = pair.find('=');
-    if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? "" : pair.substr(eq + 1);
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return std::nullopt;
-}
 
 namespace {
 
@@ -77,22 +38,6 @@ std::optional<double> parse_wait(std::string_view query) {
 bool parse_job_id(std::string_view text, std::uint64_t& id) {
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
   return ec == std::errc() && p == text.data() + text.size() && !text.empty();
-}
-
-// Host header without the port: "localhost:8080" -> "localhost", "[::1]:80" -> "::1".
-std::string_view host_name(std::string_view host) {
-  if (host.starts_with('[')) {
-    const auto close = host.find(']');
-    return close == std::string_view::npos ? host : host.substr(1, close - 1);
-  }
-  return host.substr(0, host.rfind(':'));
-}
-
-bool is_loopback_name(std::string_view name) {
-  if (name == "localhost" || name == "::1") return true;
-  boost::system::error_code ec;
-  const auto address = net::ip::make_address(std::string(name), ec);
-  return !ec && address.is_loopback();
 }
 
 bool wants_text(const http_request& req) {
@@ -118,44 +63,7 @@ rest_api::rest_api(node_server& server) : server_(server) {}
 std::optional<http_response> rest_api::check_access(const http_request& req,
                                                     std::string_view path) const {
   const auto& opts = server_.options();
-  const auto host = req[http::field::host];
-  // One Host, one name: "127.0.0.1:P, evil.example" or a second Host header would let a rebinding
-  // browser or a confused proxy pass the loopback check with a name it did not mean.
-  const auto hosts = req.equal_range(http::field::host);
-  if (std::distance(hosts.first, hosts.second) > 1 ||
-      host.find_first_of(", \t") != std::string_view::npos)
-    return make_error(http::status::bad_request, "the request must carry exactly one Host header with one name",
-                      req.version());
-  if (opts.secret.empty() && !opts.insecure && !is_loopback_name(host_name(host))) {
-    // Without a secret the node trusts loopback only; a foreign Host header means a browser
-    // was pointed here through DNS rebinding.
-    return make_error(http::status::forbidden, "this node accepts only loopback host names", req.version());
-  }
-  // A WebSocket handshake is a GET, but a session submits jobs: it is held to the same rule.
-  const bool changes_state = (req.method() != http::verb::get && req.method() != http::verb::head) ||
-                             beast::websocket::is_upgrade(req);
-  if (changes_state) {
-    // Browsers send Origin on cross-site requests; only same-origin pages may change state.
-    const auto origin = req[http::field::origin];
-    const auto fetch_site = req["Sec-Fetch-Site"];
-    const bool cross_site = fetch_site == "cross-site" || fetch_site == "same-site";
-    // The node speaks plain HTTP: its own pages have an http:// origin, nothing else.
-    const bool foreign_origin = !origin.empty() && origin != "http://" + std::string(host);
-    if (cross_site || foreign_origin)
-      return make_error(http::status::forbidden, "cross-origin requests may not change state", req.version());
-  }
-  if (opts.secret.empty() || path == "/healthz" || path == "/") return std::nullopt;
-  const auto auth = req[http::field::authorization];
-  constexpr std::string_view scheme = "Bearer ";
-  const bool ok = auth.size() == scheme.size() + opts.secret.size() && auth.starts_with(scheme) &&
-                  CRYPTO_memcmp(auth.data() + scheme.size(), opts.secret.data(), opts.secret.size()) == 0;
-  if (ok) return std::nullopt;
-  auto res = make_error(http::status::unauthorized,
-                        auth.empty() ? "this node requires 'Authorization: Bearer <token>'"
-                                     : "invalid bearer token",
-                        req.version());
-  res.set(http::field::www_authenticate, "Bearer");
-  return res;
+  return refuse_request_head(req, path, access_policy{opts.secret, opts.insecure});
 }
 
 net::awaitable<http_response> rest_api::handle(http_request& req) {

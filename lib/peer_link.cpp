@@ -7,7 +7,6 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <charconv>
-#include <sstream>
 
 namespace ppgate {
 
@@ -73,16 +72,16 @@ class peer_link::channel : public peer_channel {
       refused = true;
       co_return 0;
     }
-    std::istringstream in{std::string(challenge->payload)};
-    int version = 0;
-    std::string nonce_a, proof_a;
-    in >> version >> nonce_a >> proof_a;
+    const auto c = peer::parse_challenge(challenge->payload);
+    const int version = c ? c->version : 0;
     if (challenge->type != peer::msg::challenge || version != peer::protocol_version) {
       why = "protocol version mismatch: this node speaks version " +
             std::to_string(peer::protocol_version) + ", the peer speaks version " + std::to_string(version);
       refused = true;
       co_return 0;
     }
+    const std::string& nonce_a = c->nonce;
+    const std::string& proof_a = c->proof;
     if (!peer::equal_in_constant_time(proof_a, peer::proof_of(settings_.secret, "acceptor", nonce_d, nonce_a))) {
       why = "authentication failed: the peer does not hold this cluster's secret";
       refused = true;
@@ -103,13 +102,13 @@ class peer_link::channel : public peer_channel {
                     : "no welcome from the peer";
       co_return 0;
     }
-    // "<slots> <python version> <name>"
-    const std::string_view w = welcome->payload;
-    std::size_t slots = 0;
-    const auto [after_slots, ec] = std::from_chars(w.data(), w.data() + w.size(), slots);
-    std::string_view rest(after_slots, static_cast<std::size_t>(w.data() + w.size() - after_slots));
-    if (rest.starts_with(' ')) rest.remove_prefix(1);
-    link_.python_version_ = std::string(rest.substr(0, rest.find(' ')));
+    const auto w = peer::parse_welcome(welcome->payload);
+    if (!w) {
+      why = "a malformed welcome";
+      co_return 0;
+    }
+    link_.python_version_ = w->python;
+    const std::size_t slots = w->slots;
     co_return slots;  // 0 is a valid, if idle, peer
   }
 

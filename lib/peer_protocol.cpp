@@ -5,6 +5,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <charconv>
 #include <cstring>
 #include <stdexcept>
 
@@ -35,6 +36,52 @@ bool parse_message(std::string_view frame, message& out) {
   out.type = static_cast<msg>(static_cast<unsigned char>(frame[0]));
   out.payload = frame.substr(1);
   return true;
+}
+
+namespace {
+
+// The next space-separated word of `rest` (consumed with its separator).
+std::string_view next_word(std::string_view& rest) {
+  const auto space = rest.find(' ');
+  const std::string_view word = rest.substr(0, space);
+  rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
+  return word;
+}
+
+template <typename T>
+bool parse_number(std::string_view word, T& out) {
+  const auto [p, ec] = std::from_chars(word.data(), word.data() + word.size(), out);
+  return ec == std::errc() && p == word.data() + word.size() && !word.empty();
+}
+
+}  // namespace
+
+std::optional<hello> parse_hello(std::string_view payload) {
+  // "PPGATE <version> <nonce> <name>"
+  hello h;
+  h.magic = next_word(payload);
+  if (!parse_number(next_word(payload), h.version)) return std::nullopt;
+  h.nonce = next_word(payload);
+  h.name = next_word(payload);
+  return h;
+}
+
+std::optional<challenge> parse_challenge(std::string_view payload) {
+  // "<version> <nonce> <proof>"
+  challenge c;
+  if (!parse_number(next_word(payload), c.version)) return std::nullopt;
+  c.nonce = next_word(payload);
+  c.proof = next_word(payload);
+  return c;
+}
+
+std::optional<welcome> parse_welcome(std::string_view payload) {
+  // "<slots> <python version> <name>"
+  welcome w;
+  if (!parse_number(next_word(payload), w.slots)) return std::nullopt;
+  w.python = next_word(payload);
+  w.name = next_word(payload);
+  return w;
 }
 
 std::string make_nonce() {

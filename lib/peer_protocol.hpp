@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -55,6 +56,30 @@ struct message {
 
 // Splits a received payload into type and body; false for an empty one.
 bool parse_message(std::string_view frame, message& out);
+
+// The handshake's messages, as parsed from their payloads (words separated by single spaces;
+// a name may be empty). Parsers return nullopt for a payload that is not of that form.
+struct hello {
+  std::string magic;     // must be peer::magic
+  int version = 0;
+  std::string nonce;
+  std::string name;      // how the dialer names itself
+};
+std::optional<hello> parse_hello(std::string_view payload);
+
+struct challenge {
+  int version = 0;
+  std::string nonce;
+  std::string proof;
+};
+std::optional<challenge> parse_challenge(std::string_view payload);
+
+struct welcome {
+  std::size_t slots = 0;
+  std::string python;    // the acceptor's workers' Python version
+  std::string name;
+};
+std::optional<welcome> parse_welcome(std::string_view payload);
 
 // 32 random bytes, hex-encoded.
 std::string make_nonce();

@@ -6,7 +6,6 @@
 #include <boost/asio/this_coro.hpp>
 
 #include <charconv>
-#include <sstream>
 #include <utility>
 
 namespace ppgate {
@@ -72,18 +71,15 @@ class peer_server::connection : public peer_channel {
     std::string storage;
     auto hello = co_await receive(storage);
     if (!hello || hello->type != peer::msg::hello) co_return co_await refuse("expected a hello");
-    // "PPGATE <version> <nonce> <name>"
-    std::istringstream in{std::string(hello->payload)};
-    std::string word, nonce_d, name;
-    int version = 0;
-    in >> word >> version >> nonce_d >> name;
-    if (word != peer::magic) co_return co_await refuse("not a ppgate peer");
-    if (version != peer::protocol_version)
+    const auto h = peer::parse_hello(hello->payload);
+    if (!h || h->magic != peer::magic) co_return co_await refuse("not a ppgate peer");
+    if (h->version != peer::protocol_version)
       co_return co_await refuse("protocol version mismatch: this node speaks version " +
                                 std::to_string(peer::protocol_version) + ", the peer speaks version " +
-                                std::to_string(version));
-    if (nonce_d.size() != 64) co_return co_await refuse("a malformed hello");
-    if (!name.empty()) peer_name_ = name;
+                                std::to_string(h->version));
+    if (h->nonce.size() != 64) co_return co_await refuse("a malformed hello");
+    const std::string& nonce_d = h->nonce;
+    if (!h->name.empty()) peer_name_ = h->name;
     const std::string nonce_a = peer::make_nonce();
     send(peer::msg::challenge, std::to_string(peer::protocol_version) + " " + nonce_a + " " +
                                    peer::proof_of(settings_.secret, "acceptor", nonce_d, nonce_a));

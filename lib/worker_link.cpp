@@ -16,28 +16,6 @@
 
 namespace ppgate {
 
-std::string build_run_message(const job& j, bool include_source) {
-  const function_def& f = *j.spec.function;
-  std::string m;
-  m.reserve(96 + j.spec.args.size() + (include_source ? f.source.size() : 0));
-  m += "{\"id\":";
-  m += std::to_string(j.id);
-  m += ",\"fn\":\"";
-  m += f.hash;
-  m += '"';
-  if (include_source) {
-    m += ",\"entry\":";
-    append_json_string(m, f.entry);
-    m += ",\"source\":";
-    append_json_string(m, f.source);
-    m += ",\"modules\":";
-    append_modules_json(m, f.modules);
-  }
-  append_arguments_json(m, j.spec);
-  m += '}';
-  return m;
-}
-
 std::chrono::nanoseconds stall_limit(const function_def& f) {
   const auto usual = std::chrono::duration<double>(4 * f.mean_run_seconds);
   return std::max<std::chrono::nanoseconds>(std::chrono::milliseconds(2),
@@ -170,10 +148,7 @@ void worker_link::ask_for_work() {
 
 void worker_link::send(std::string_view payload) {
   // One write at a time on the socket: frames wait in outbox_ while writing_ is in flight.
-  char seq[24];
-  auto [end, ec] = std::to_chars(seq, seq + sizeof seq - 1, ++frames_sent_);
-  *end++ = ' ';
-  append_frame(outbox_, std::string_view(seq, static_cast<std::size_t>(end - seq)), payload);
+  append_worker_frame(outbox_, ++frames_sent_, payload);
   if (writing_.empty()) write_outbox();
 }
 
@@ -226,21 +201,17 @@ void worker_link::become_running(job& j, bool was_waiting) {
 }
 
 void worker_link::on_reply(std::string_view frame) {
-  // "<seq> " first: the last frame the worker had received when it wrote this.
-  std::uint64_t received = 0;
-  const auto [p, ec] = std::from_chars(frame.data(), frame.data() + frame.size(), received);
-  if (ec != std::errc() || p == frame.data() + frame.size() || *p != ' ')
-    throw frame_error("a worker reply without the sequence number of the frames it received");
-  frame.remove_prefix(static_cast<std::size_t>(p - frame.data()) + 1);
-  if (frame.starts_with("lost ")) {
+  const worker_reply reply = parse_worker_reply(frame);
+  if (reply.frames_taken) {
     // Frames we sent never reached the worker's loop: job code read them off the link. None of
     // the jobs still in flight has started; they go back to the queue, to a fresh process.
-    log::error("worker ", proc_->pid(), " is replaced: its job ", frame.substr(5, frame.find('\n') - 5),
+    log::error("worker ", proc_->pid(), " is replaced: its job ", reply.last_job,
                " read the worker's link (frames sent to it were taken)");
     stop_process_and_requeue_waiting();
     return;
   }
-  const auto [id, word, seconds, outcome, retire] = parse_reported_end(frame);  // "<id> ok|error|skipped <s>[ retire]"
+  const std::uint64_t received = reply.received;
+  const auto& [id, word, seconds, outcome, retire] = reply.end;  // "<id> ok|error|skipped <s>[ retire]"
   const bool ok = word == "ok";
   if (in_flight_.empty() || in_flight_.front().id != id) {
     // Replies come in the order the jobs went out; anything else is job code writing to the link.
@@ -329,10 +300,7 @@ void worker_link::take_back_waiting() {
     if (f.j == nullptr || f.skip_sent) continue;
     f.skip_sent = true;
     taken.push_back(i);
-    char seq[24];
-    auto [end, ec] = std::to_chars(seq, seq + sizeof seq - 1, ++frames_sent_);
-    *end++ = ' ';
-    append_frame(notes, std::string_view(seq, static_cast<std::size_t>(end - seq)), "skip " + std::to_string(f.id));
+    append_worker_frame(notes, ++frames_sent_, "skip " + std::to_string(f.id));
   }
   if (taken.empty()) return;
   // Written here and now, not queued: the certainty below rests on the notes being in the

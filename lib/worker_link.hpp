@@ -16,6 +16,7 @@
 
 #include "frame.hpp"
 #include "scheduler.hpp"
+#include "worker_protocol.hpp"
 #include "worker_process.hpp"
 
 #include <deque>
@@ -113,9 +114,6 @@ class worker_link : public slot, public std::enable_shared_from_this<worker_link
   std::uint64_t jobs_run_ = 0;
   std::uint64_t sources_sent_ = 0;
 };
-
-// Builds the run message a worker receives for `j` (exposed for tests).
-std::string build_run_message(const job& j, bool include_source);
 
 // How long a job may run before the jobs waiting behind it are taken back: a few times its
 // function's mean, and never less than a few round trips (exposed for tests).

@@ -3,7 +3,8 @@
 # (real ppgate processes on loopback), the JavaScript client in Node.js, and the stats page and
 # the JavaScript client in headless Chromium. Then the unit and integration suites once more
 # against a build with AddressSanitizer and UndefinedBehaviorSanitizer (PPGATE_SANITIZE=0 skips it):
-# any sanitizer report from ppgate counts as a failure.
+# any sanitizer report from ppgate counts as a failure. Last, the libFuzzer targets run for a
+# bounded time each (PPGATE_FUZZ=0 skips them).
 # Ends with one line: "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -90,6 +91,34 @@ if [ "${PPGATE_SANITIZE:-1}" != 0 ]; then
     fi
   else
     echo "the sanitized build failed"; failed=$((failed + 1))
+  fi
+fi
+
+# The fuzz targets (tests/fuzz/, built by clang with libFuzzer, ASan and UBSan): each runs for
+# PPGATE_FUZZ_SECONDS from its seed corpus (copied: what it finds stays in the logs); one that
+# crashes, leaks, hangs or trips a sanitizer counts as a failure. PPGATE_FUZZ=0 skips them.
+if [ "${PPGATE_FUZZ:-1}" != 0 ]; then
+  FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz}
+  targets=(fuzz_http_head fuzz_job_request fuzz_session_message fuzz_worker_frames fuzz_peer_frames)
+  if { [ -f "$FUZZ_BUILD/build.ninja" ] || CC=clang CXX=clang++ meson setup "$FUZZ_BUILD" \
+         -Db_sanitize=address,undefined -Db_lundef=false >/dev/null; } &&
+     ninja -C "$FUZZ_BUILD" "${targets[@]/#/tests/fuzz/}"; then
+    for t in "${targets[@]}"; do
+      work="$logs/fuzz/$t"
+      mkdir -p "$work/corpus"
+      cp tests/fuzz/corpus/"$t"/* "$work/corpus/"
+      if (cd "$work" && UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" timeout 300 \
+            "$OLDPWD/$FUZZ_BUILD/tests/fuzz/$t" -max_total_time="${PPGATE_FUZZ_SECONDS:-30}" \
+            -rss_limit_mb=2048 -timeout=10 corpus > run.log 2>&1); then
+        echo "fuzz $t: $(grep -E "^Done [0-9]+ runs" "$work/run.log")"
+        passed=$((passed + 1))
+      else
+        echo "fuzz $t FAILED:"; tail -n 40 "$work/run.log"; ls "$work"
+        failed=$((failed + 1))
+      fi
+    done
+  else
+    echo "the fuzz targets did not build"; failed=$((failed + 1))
   fi
 fi
 

@@ -1,0 +1,54 @@
+#include "worker_protocol.hpp"
+
+#include "frame.hpp"
+#include "json_writer.hpp"
+
+#include <charconv>
+
+namespace ppgate {
+
+std::string build_run_message(const job& j, bool include_source) {
+  const function_def& f = *j.spec.function;
+  std::string m;
+  m.reserve(96 + j.spec.args.size() + (include_source ? f.source.size() : 0));
+  m += "{\"id\":";
+  m += std::to_string(j.id);
+  m += ",\"fn\":\"";
+  m += f.hash;
+  m += '"';
+  if (include_source) {
+    m += ",\"entry\":";
+    append_json_string(m, f.entry);
+    m += ",\"source\":";
+    append_json_string(m, f.source);
+    m += ",\"modules\":";
+    append_modules_json(m, f.modules);
+  }
+  append_arguments_json(m, j.spec);
+  m += '}';
+  return m;
+}
+
+void append_worker_frame(std::string& out, std::uint64_t seq, std::string_view body) {
+  char prefix[24];
+  auto [end, ec] = std::to_chars(prefix, prefix + sizeof prefix - 1, seq);
+  *end++ = ' ';
+  append_frame(out, std::string_view(prefix, static_cast<std::size_t>(end - prefix)), body);
+}
+
+worker_reply parse_worker_reply(std::string_view frame) {
+  worker_reply r;
+  const auto [p, ec] = std::from_chars(frame.data(), frame.data() + frame.size(), r.received);
+  if (ec != std::errc() || p == frame.data() + frame.size() || *p != ' ')
+    throw frame_error("a worker reply without the sequence number of the frames it received");
+  frame.remove_prefix(static_cast<std::size_t>(p - frame.data()) + 1);
+  if (frame.starts_with("lost ")) {
+    r.frames_taken = true;
+    std::from_chars(frame.data() + 5, frame.data() + frame.size(), r.last_job);
+    return r;
+  }
+  r.end = parse_reported_end(frame);
+  return r;
+}
+
+}  // namespace ppgate

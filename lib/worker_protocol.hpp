@@ -1,0 +1,34 @@
+// The messages on the node <-> worker link (docs/architecture.md, "worker/"): length-prefixed
+// frames (frame.hpp) both ways. The node's frames are numbered, "<seq> <body>", the bodies being
+// run messages (JSON), "skip <id>" and "sync"; the worker's replies start with "<seq> ", the last
+// frame it had read, followed by "<id> ok|error|skipped <seconds>[ retire]\n<outcome members>" or
+// "lost <job>" (frames were taken off the link by that job).
+// The worker's own half is worker/worker_module.cpp.
+#pragma once
+
+#include "job.hpp"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ppgate {
+
+// The run message a worker receives for `j`; the function's source only when that worker has not
+// had it yet.
+std::string build_run_message(const job& j, bool include_source);
+
+// Appends one numbered frame to `out`.
+void append_worker_frame(std::string& out, std::uint64_t seq, std::string_view body);
+
+struct worker_reply {
+  std::uint64_t received = 0;  // the last frame the worker had read when it replied
+  bool frames_taken = false;   // "lost": frames never reached the worker's loop
+  std::uint64_t last_job = 0;  // with frames_taken: the job that ran last, which took them
+  reported_end end;            // otherwise: the job's end (views into the frame)
+};
+
+// Throws frame_error for a reply that does not start with "<seq> ".
+worker_reply parse_worker_reply(std::string_view frame);
+
+}  // namespace ppgate
