@@ -59,13 +59,25 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::addr
     parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
     parser.body_limit(opts.max_body_bytes);
 
-    // The whole request must arrive within the idle timeout: slow senders are cut off. Until its
-    // head has arrived, the connection may be closed to make room for another (node_server).
-    stream.expires_after(opts.idle_timeout);
+    // A connection may stay idle for the idle timeout; once a request has begun, its head must
+    // follow within the (short) header timeout and the rest within the idle timeout: slow senders
+    // are cut off. Until its head has arrived, the connection may be closed to make room for
+    // another (node_server).
     std::optional<connection_tracker::waiting> waiting_for_head(std::in_place, *server.connections(),
                                                                 stream.socket(), from);
-    auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, use_nothrow_awaitable);
+    boost::system::error_code ec;
+    std::size_t n = 0;
+    if (buffer.size() == 0) {
+      stream.expires_after(opts.idle_timeout);
+      std::tie(ec, n) = co_await stream.async_read_some(buffer.prepare(16 * 1024), use_nothrow_awaitable);
+      buffer.commit(n);
+    }
+    if (!ec) {
+      stream.expires_after(opts.header_timeout);
+      std::tie(ec, n) = co_await http::async_read_header(stream, buffer, parser, use_nothrow_awaitable);
+    }
     waiting_for_head.reset();
+    if (!ec) stream.expires_after(opts.idle_timeout);
     if (!ec) {
       // Access is decided on the head, before any of the body is read: a stranger's upload costs
       // this node nothing (the connection closes, the body unread).

@@ -128,6 +128,7 @@ serve options:
   --max-connections N    simultaneous HTTP connections (default 512); at the limit the busiest
                          client address's oldest idle connection makes room, else 503
   --idle-timeout SECONDS close a connection idle or sending slower than this (default 60)
+  --header-timeout SECONDS  a request head, once begun, must arrive whole within this (default 10)
   --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
   --keep-finished-bytes BYTES  at most this much of their results and output (default 536870912);
                          the oldest finished jobs are forgotten first
@@ -228,6 +229,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.max_connections = parse_int<std::size_t>(flag, take_value(), 1, 100000);
     } else if (flag == "--idle-timeout") {
       o.idle_timeout = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400));
+    } else if (flag == "--header-timeout") {
+      o.header_timeout = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400));
     } else if (flag == "--keep-finished") {
       o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
     } else if (flag == "--keep-finished-bytes") {

@@ -32,6 +32,7 @@ struct serve_options {
   std::size_t max_header_bytes = 16 * 1024;
   std::size_t max_connections = 512;
   std::chrono::seconds idle_timeout{60};
+  std::chrono::seconds header_timeout{10};  // a request head, once begun, must be whole within this
   std::size_t keep_finished = 100000;
   std::size_t keep_finished_bytes = 512u * 1024 * 1024;
   std::string log_level = "info";

@@ -195,6 +195,20 @@ class TestSlowClients(unittest.TestCase):
                     s.close()
 
 
+    def test_a_half_sent_head_is_cut_off_and_an_idle_connection_is_not(self):
+        """Before: a half-sent request head held its connection for the whole idle timeout."""
+        with Node("--header-timeout", "1", "--idle-timeout", "60", workers=1) as node:
+            idle = socket.create_connection(("127.0.0.1", node.port), timeout=15)
+            half = socket.create_connection(("127.0.0.1", node.port), timeout=15)
+            try:
+                half.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                self.assertEqual(half.recv(4096), b"", "closed by the node, well before the idle timeout")
+                idle.sendall(b"GET /v1/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                self.assertEqual(idle.recv(4096).split(b"\r\n", 1)[0], b"HTTP/1.1 200 OK")
+            finally:
+                idle.close()
+                half.close()
+
     def test_each_address_keeps_a_fair_share_of_the_connections(self):
         """Before: at the limit the oldest waiting connection was closed whoever held it, so one
         address opening connections by the hundred closed everyone else's idle keep-alives."""
