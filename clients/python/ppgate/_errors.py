@@ -1,5 +1,9 @@
 """Exceptions of the ppgate client."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class DestroyedServerError(RuntimeError):
     """The Server was destroyed: it accepts no jobs (as pp's DestroyedServerError)."""
@@ -14,7 +18,8 @@ class JobError(Exception):
     ``stdout``/``stderr`` hold what the job printed.
     """
 
-    def __init__(self, type, message, traceback="", stdout="", stderr="", job_id=None):
+    def __init__(self, type: str, message: str, traceback: str = "", stdout: str = "", stderr: str = "",
+                 job_id: int | None = None) -> None:
         super().__init__(type, message)
         self.type = type
         self.message = message
@@ -23,7 +28,7 @@ class JobError(Exception):
         self.stderr = stderr
         self.job_id = job_id
 
-    def __str__(self):
+    def __str__(self) -> str:
         text = "%s: %s" % (self.type, self.message)
         if self.traceback:
             text += "\n\nRemote traceback:\n" + self.traceback.rstrip("\n")
@@ -50,13 +55,15 @@ class SubmitError(JobError):
     """The node refused the job (its message says why)."""
 
 
-_BY_TYPE = {"WorkerDied": WorkerDiedError, "TimeoutError": JobTimeoutError, "Cancelled": JobCancelledError}
+_BY_TYPE: dict[str, type[JobError]] = {"WorkerDied": WorkerDiedError, "TimeoutError": JobTimeoutError, "Cancelled": JobCancelledError}
 
 
-def error_from_job(data):
+def error_from_job(data: dict[str, Any]) -> JobError:
     """The exception for a job object (JSON) that did not end `done`."""
     err = data.get("error") or {}
     kind = err.get("type", data.get("status", "unknown"))
-    cls = JobLostError if data.get("status") == "lost" else _BY_TYPE.get(kind, JobError)
+    cls = _BY_TYPE.get(kind, JobError)
+    if data.get("status") == "lost":
+        cls = JobLostError
     return cls(kind, err.get("message", ""), err.get("traceback", ""), data.get("stdout", ""),
                data.get("stderr", ""), data.get("id"))

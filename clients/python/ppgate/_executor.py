@@ -1,12 +1,17 @@
 """ppgate.Executor: a concurrent.futures.Executor whose calls run on a ppgate node."""
 
+from __future__ import annotations
+
 import concurrent.futures
 import threading
+from typing import Any, Callable, Iterable, Iterator, Optional, Set, TypeVar
 
-from ._pp import Job, Server
+from ._pp import Call, Job, Server
+
+T = TypeVar("T")
 
 
-def _cancel_job_of(future, job):
+def _cancel_job_of(future: concurrent.futures.Future[Any], job: Job) -> None:
     """A future cancelled by its owner cancels its job on the node. The notify step is what
     executors owe a cancelled future, so that concurrent.futures.wait() counts it as done."""
     if future.cancelled():
@@ -14,25 +19,25 @@ def _cancel_job_of(future, job):
         job.cancel()
 
 
-class _JobFuture(concurrent.futures.Future):
+class _JobFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     """A future whose result() and exception() read the job's result on the waiting thread, as
     job() does (docs/python-client.md, "Speed"), rather than wait for the session's background
     reader to hand it over: one thread wake-up less on every call."""
 
-    def __init__(self, session):
+    def __init__(self, server: Server) -> None:
         super().__init__()
-        self._session = session
+        self._server = server
 
-    def _read_until_done(self, timeout):
+    def _read_until_done(self, timeout: Optional[float]) -> Optional[float]:
         if not self.done():
-            self._session.wait_for(self.done, timeout)
+            self._server.read_results_until(self.done, timeout)
         # Done, or the timeout has passed: the base class answers at once either way.
         return None if self.done() else 0
 
-    def result(self, timeout=None):
+    def result(self, timeout: Optional[float] = None) -> Any:
         return super().result(self._read_until_done(timeout))
 
-    def exception(self, timeout=None):
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
         return super().exception(self._read_until_done(timeout))
 
 
@@ -44,34 +49,36 @@ class Executor(concurrent.futures.Executor):
     effect: submissions are batched on the connection anyway.
     """
 
-    def __init__(self, max_workers=None, *, url=None, token=None):
+    def __init__(self, max_workers: Optional[int] = None, *, url: Optional[str] = None,
+                 token: Optional[str] = None) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
         self._server = Server("autodetect" if max_workers is None else max_workers, url=url, token=token)
         self._lock = threading.Lock()
-        self._futures = set()
+        self._futures: Set[concurrent.futures.Future[Any]] = set()
         self._shutdown = False
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = _JobFuture(self._server._session)
+            future = _JobFuture(self._server)
             job = Job(self._server, future=future)
             self._futures.add(future)
         future.add_done_callback(self._forget)
         future.add_done_callback(lambda f: _cancel_job_of(f, job))
-        self._server._send(job, fn, args, kwargs, (), (), None, "default", None, 0)
+        self._server.submit_call(job, Call(fn, args, kwargs))
         return future
 
-    def _forget(self, future):
+    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[T]:
         return super().map(fn, *iterables, timeout=timeout)
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._shutdown = True
             futures = list(self._futures)

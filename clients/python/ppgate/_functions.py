@@ -17,6 +17,8 @@ imported first. Better than pp:
   deeply nested (``dumps_noting_sources``, ``with_sources``): once per link and set of classes.
 """
 
+from __future__ import annotations
+
 import ast
 import builtins
 import collections
@@ -28,6 +30,7 @@ import sys
 import sysconfig
 import textwrap
 import types
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 _INSTALLED_PREFIXES = tuple(
     os.path.join(os.path.realpath(p), "")
@@ -47,8 +50,9 @@ class FunctionSpec:
     __slots__ = ("key", "definition", "closure", "closure_cells", "value_names", "value_globals",
                  "shipped")
 
-    def __init__(self, key, definition, closure=(), closure_cells=None, value_names=(),
-                 shipped=frozenset(), value_globals=None):
+    def __init__(self, key: Hashable, definition: Dict[str, Any], closure: Tuple[str, ...] = (),
+                 closure_cells: Optional[Tuple[Any, ...]] = None, value_names: Tuple[str, ...] = (),
+                 shipped: frozenset[int] = frozenset(), value_globals: Optional[Dict[str, Any]] = None) -> None:
         self.key = key
         self.definition = definition
         self.closure = closure
@@ -58,7 +62,7 @@ class FunctionSpec:
         self.value_globals = value_globals  # the function's own module globals, for value_names
 
 
-def _is_installed(module_name):
+def _is_installed(module_name: Optional[str]) -> bool:
     if not module_name or module_name == "__main__":
         return False
     if module_name in sys.builtin_module_names or module_name == "builtins":
@@ -67,10 +71,10 @@ def _is_installed(module_name):
     path = getattr(sys.modules.get(module_name), "__file__", None) or getattr(module, "__file__", None)
     if not path:
         return module is not None and module_name.partition(".")[0] in sys.builtin_module_names
-    return os.path.realpath(path).startswith(_INSTALLED_PREFIXES)
+    return os.path.realpath(str(path)).startswith(_INSTALLED_PREFIXES)
 
 
-def _dedented_source(obj):
+def _dedented_source(obj: Any) -> str:
     try:
         return textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError) as exc:
@@ -78,7 +82,7 @@ def _dedented_source(obj):
                          "or make it importable on the node" % (obj, exc)) from None
 
 
-def _strip_decorators(source):
+def _strip_decorators(source: str) -> str:
     """The def without its decorators (staticmethod, classmethod...): a plain module-level def."""
     tree = ast.parse(source)
     node = tree.body[0]
@@ -88,14 +92,14 @@ def _strip_decorators(source):
     return textwrap.dedent("".join(lines[node.lineno - 1:]))
 
 
-def _lambda_source(func):
+def _lambda_source(func: types.FunctionType) -> str:
     """`_ppgate_lambda = <the lambda>`, cut out of the lines that define it."""
     try:
         lines, _ = inspect.getsourcelines(func)
     except (OSError, TypeError) as exc:
         raise ValueError("cannot send this lambda: its source is not available (%s)" % exc) from None
     text = textwrap.dedent("".join(lines))
-    candidates = []
+    candidates: List[Tuple[str, ast.Lambda]] = []
     for attempt in (text, "(\n" + text + "\n)", text.rstrip().rstrip(",").rstrip(")")):
         try:
             tree = ast.parse(attempt)
@@ -107,6 +111,8 @@ def _lambda_source(func):
     code = func.__code__
     for attempt, node in candidates:
         segment = ast.get_source_segment(attempt, node)
+        if segment is None:
+            continue
         compiled = compile(segment, "<lambda>", "eval")
         inner = next(c for c in compiled.co_consts if isinstance(c, types.CodeType))
         if (inner.co_code, inner.co_consts, inner.co_names, inner.co_varnames) == \
@@ -115,7 +121,7 @@ def _lambda_source(func):
     raise ValueError("cannot find the source of lambda %r; define it with def instead" % func)
 
 
-def _source_keeping_module(obj):
+def _source_keeping_module(obj: Any) -> str:
     """The source of a top-level function or class, plus a line that gives it back its module's
     name when that is not __main__: pickles then name it as the client does (the worker makes
     that module name resolve to the job's namespace)."""
@@ -126,7 +132,7 @@ def _source_keeping_module(obj):
     return source
 
 
-def _global_names(code):
+def _global_names(code: types.CodeType) -> set[str]:
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
@@ -134,7 +140,7 @@ def _global_names(code):
     return names
 
 
-def _import_for(name, module):
+def _import_for(name: str, module: types.ModuleType) -> str:
     if module.__name__ == name:
         return "import " + name
     return "import %s as %s" % (module.__name__, name)
@@ -143,13 +149,13 @@ def _import_for(name, module):
 class _Collector:
     """Gathers the sources and imports a function needs, following global names."""
 
-    def __init__(self):
-        self.sources = []
-        self.imports = []
-        self.values = []
-        self.seen = set()
+    def __init__(self) -> None:
+        self.sources: List[str] = []
+        self.imports: List[str] = []
+        self.values: List[str] = []
+        self.seen: set[int] = set()
 
-    def add_object(self, name, value):
+    def add_object(self, name: str, value: Any) -> bool:
         if isinstance(value, types.ModuleType):
             statement = _import_for(name, value)
             if statement not in self.imports:
@@ -183,12 +189,12 @@ class _Collector:
             self.values.append(name)
         return False
 
-    def add_bases(self, cls):
+    def add_bases(self, cls: type) -> None:
         for base in cls.__bases__:
             if base is not object:
                 self.add_object(base.__name__, base)
 
-    def follow_class(self, cls):
+    def follow_class(self, cls: type) -> None:
         """Follows the global names its methods use (its bases are added by add_bases)."""
         for method in vars(cls).values():
             if isinstance(method, (staticmethod, classmethod)):
@@ -196,18 +202,21 @@ class _Collector:
             if isinstance(method, types.FunctionType):
                 self.follow(method.__code__, method.__globals__)
 
-    def follow(self, code, namespace):
+    def follow(self, code: types.CodeType, namespace: Mapping[str, Any]) -> None:
         for name in sorted(_global_names(code)):
             if name in namespace and not name.startswith("__"):
                 self.add_object(name, namespace[name])
 
 
-def describe(func, depfuncs=(), modules=(), user_globals=None):
+def describe(func: Callable[..., Any], depfuncs: Tuple[Any, ...] = (), modules: Tuple[str, ...] = (),
+             user_globals: Optional[Dict[str, Any]] = None) -> Tuple[FunctionSpec, Any]:
     """Returns (FunctionSpec, first_arg) for `func`; first_arg is the instance of a bound method
     (to go first in the arguments), or None. With `user_globals` (pp's globals=), global names
     are looked up there first, then in the function's module, and the plain values the function
     uses travel too."""
-    first_arg = None
+    first_arg: Any = None
+    func_obj: Any
+    entry_owner: Optional[type]
     if isinstance(func, types.MethodType):
         owner = func.__self__
         cls = owner if isinstance(owner, type) else type(owner)
@@ -220,7 +229,7 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
         entry_owner = None
 
     key = (func_obj, entry_owner, depfuncs, modules, user_globals is not None)
-    definition = {"modules": list(modules)}
+    definition: Dict[str, Any] = {"modules": list(modules)}
 
     if isinstance(func_obj, (types.BuiltinFunctionType, types.BuiltinMethodType)) or not isinstance(
             func_obj, types.FunctionType):
@@ -278,7 +287,7 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
         else:
             raise TypeError("depfuncs must hold functions or classes, not %r" % (dep,))
 
-    closure_names = ()
+    closure_names: Tuple[str, ...] = ()
     cells = None
     if func_obj.__closure__:
         closure_names = func_obj.__code__.co_freevars
@@ -294,7 +303,7 @@ def describe(func, depfuncs=(), modules=(), user_globals=None):
 _PLAIN_TYPES = frozenset((int, float, complex, str, bytes, bool, type(None)))
 
 
-def _needs_source(obj):
+def _needs_source(obj: Any) -> bool:
     """True for a class or function the node cannot import by name: defined in __main__ or in a
     module of the program (not the standard library or site-packages)."""
     module = getattr(obj, "__module__", None)
@@ -307,12 +316,12 @@ class _NotingPickler(pickle.Pickler):
     """A pickler that notes, in `found`, the classes of the objects it pickles (and the classes and
     functions pickled themselves) that need their source on the node."""
 
-    def __init__(self, file, found):
+    def __init__(self, file: io.BytesIO, found: List[Any]) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL)
         self.found = found
-        self.looked_at = set()
+        self.looked_at: set[Any] = set()
 
-    def reducer_override(self, obj):
+    def reducer_override(self, obj: Any) -> Any:
         # Called for every object but the plain ones (pickle's fast paths); pickling goes on as usual.
         target = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
         if target not in self.looked_at:
@@ -322,7 +331,7 @@ class _NotingPickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps_noting_sources(value, found):
+def dumps_noting_sources(value: Any, found: List[Any]) -> bytes:
     """Pickles `value` (pickle.HIGHEST_PROTOCOL); appends to `found` the classes and functions in
     it that must travel as source."""
     if type(value) is tuple and all(type(v) in _PLAIN_TYPES for v in value):
@@ -332,7 +341,7 @@ def dumps_noting_sources(value, found):
     return buffer.getvalue()
 
 
-def with_sources(spec, objects):
+def with_sources(spec: FunctionSpec, objects: Sequence[Any]) -> FunctionSpec:
     """A FunctionSpec that is `spec` whose source also defines `objects` (classes and functions
     the job's arguments carry), with the classes they derive from; `spec` when it has them all."""
     missing = [o for o in objects if id(o) not in spec.shipped]
@@ -357,10 +366,10 @@ def with_sources(spec, objects):
                         spec.value_names, spec.shipped | frozenset(collector.seen), spec.value_globals)
 
 
-def closure_values(function, user_globals):
+def closure_values(function: FunctionSpec, user_globals: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """The names to set in the job's namespace: the closure's captured values, then `globals=`.
     Raises ValueError naming a captured variable that cannot be pickled."""
-    values = {}
+    values: Dict[str, Any] = {}
     for name, cell in zip(function.closure, function.closure_cells or ()):
         try:
             value = cell.cell_contents
@@ -386,7 +395,7 @@ def closure_values(function, user_globals):
     return values
 
 
-def name_unpicklable(values, exc):
+def name_unpicklable(values: Mapping[str, Any], exc: Exception) -> Exception:
     """A ValueError naming the variable of `values` that cannot be pickled (after `exc`)."""
     for name, value in values.items():
         try:

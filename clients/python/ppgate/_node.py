@@ -1,5 +1,7 @@
 """Finding the ppgate binary and running a private node for Server() without a url."""
 
+from __future__ import annotations
+
 import json
 import os
 import select
@@ -8,11 +10,12 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Sequence
 
 _START_TIMEOUT = 30.0
 
 
-def find_ppgate():
+def find_ppgate() -> str:
     """The ppgate executable: $PPGATE_BINARY, then PATH, then the build tree of this checkout."""
     env = os.environ.get("PPGATE_BINARY")
     if env:
@@ -40,7 +43,8 @@ class PrivateNode:
     Its workers run this very interpreter (sys.executable) with this process's sys.path and
     working directory, as pp's do: a job imports whatever the calling script can."""
 
-    def __init__(self, ncpus="autodetect", restart=False, ppservers=(), secret=None):
+    def __init__(self, ncpus: int | str = "autodetect", restart: bool = False,
+                 ppservers: Sequence[str] = (), secret: str | None = None) -> None:
         self.token = secrets.token_urlsafe(24)
         args = [find_ppgate(), "serve", "--listen", "127.0.0.1:0",
                 "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
@@ -60,7 +64,7 @@ class PrivateNode:
             if "*" in ppservers:
                 args.append("--discover")
             args += ["--peer-secret-env", "PPGATE_PEER_SECRET"]
-            env["PPGATE_PEER_SECRET"] = secret
+            env["PPGATE_PEER_SECRET"] = secret or ""
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)
         line = self._first_line()
@@ -70,8 +74,9 @@ class PrivateNode:
             raise RuntimeError("the private ppgate node did not start (%s)" % (line or "no output"))
         self.url = line[len(prefix):]
 
-    def _first_line(self):
+    def _first_line(self) -> str:
         deadline = time.monotonic() + _START_TIMEOUT
+        assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         data = b""
         while not data.endswith(b"\n") and time.monotonic() < deadline:
@@ -84,7 +89,7 @@ class PrivateNode:
             data += chunk
         return data.decode(errors="replace").strip()
 
-    def stop(self):
+    def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -92,4 +97,5 @@ class PrivateNode:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.proc.stdout.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

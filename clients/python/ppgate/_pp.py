@@ -1,7 +1,10 @@
 """Parallel Python's API (pp / ppft) on a ppgate node: Server, the job object, Template."""
 
+from __future__ import annotations
+
 import atexit
 import base64
+import concurrent.futures
 import http.client
 import json
 import os
@@ -16,10 +19,13 @@ import types
 import urllib.parse
 import warnings
 import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-from ._errors import DestroyedServerError, JobError
+from ._errors import DestroyedServerError, JobError, JobLostError
 from ._errors import error_from_job
-from ._functions import closure_values, describe, dumps_noting_sources, name_unpicklable, with_sources
+from ._functions import (FunctionSpec, closure_values, describe, dumps_noting_sources, name_unpicklable,
+                         with_sources)
 from ._node import PrivateNode
 from ._session import Session
 
@@ -30,14 +36,29 @@ _EMPTY_ARGS = base64.b64encode(pickle.dumps((), _PICKLE)).decode()
 class Statistics:
     """Per-node statistics, as pp's get_stats() returns them."""
 
-    def __init__(self, ncpus, rworker=None):
+    def __init__(self, ncpus: int, rworker: Any = None) -> None:
         self.ncpus = ncpus
         self.time = 0.0
         self.njobs = 0
         self.rworker = rworker
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Statistics(ncpus=%r, njobs=%r, time=%r)" % (self.ncpus, self.njobs, self.time)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call to run on a node, as Server.submit and Executor.submit describe it."""
+
+    func: Callable[..., Any]
+    args: Tuple[Any, ...] = ()
+    kwargs: Optional[Dict[str, Any]] = None
+    depfuncs: Tuple[Any, ...] = ()
+    modules: Tuple[str, ...] = ()
+    globals: Optional[Dict[str, Any]] = None
+    group: str = "default"
+    timeout: Optional[float] = None
+    retries: int = 0
 
 
 class Job:
@@ -56,7 +77,16 @@ class Job:
                  "_callback", "_callbackargs", "_future", "_raw", "_result", "_error", "_printed",
                  "_tag", "_ending", "_lock")
 
-    def __init__(self, server, group="default", callback=None, callbackargs=(), future=None):
+    id: Optional[int]
+    group: str
+    stdout: str
+    stderr: str
+    callback_error: Optional[Exception]
+    finished: bool
+    _tag: Optional[int]
+
+    def __init__(self, server: Server, group: str = "default", callback: Optional[Callable[..., Any]] = None,
+                 callbackargs: Tuple[Any, ...] = (), future: Optional[concurrent.futures.Future[Any]] = None) -> None:
         self.id = None  # the node's job id, known once the job has ended
         self.group = group
         self.stdout = ""
@@ -67,15 +97,15 @@ class Job:
         self._callback = callback
         self._callbackargs = callbackargs
         self._future = future
-        self._raw = None
-        self._result = None
-        self._error = None
+        self._raw: Optional[bytes] = None
+        self._result: Any = None
+        self._error: Optional[JobError] = None
         self._printed = False
         self._tag = None  # this connection's name for the job (see _session.py)
         self._ending = False
-        self._lock = None  # made on demand (see `lock`)
+        self._lock: Optional[threading.Lock] = None  # made on demand (see `lock`)
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> bool:
         """Waits for the job to end; returns True if it has ended."""
         if self.finished:
             return True
@@ -84,7 +114,7 @@ class Job:
             return self._server._session.wait_for(lambda: self.finished, timeout)
         return self._server._wait_for(lambda: self.finished, timeout)
 
-    def __call__(self, raw_result=False, timeout=None):
+    def __call__(self, raw_result: bool = False, timeout: Optional[float] = None) -> Any:
         if not self.finished and not self.wait(timeout):
             raise TimeoutError("job %s has not finished within %s s" % (self.id, timeout))
         if not self._printed:
@@ -97,37 +127,37 @@ class Job:
             raise self._error
         return self._raw if raw_result else self._result
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Asks the node to cancel the job: a queued job is dropped, a running one stopped."""
         session = self._server._session
         if session is not None and not self.finished:
             session.cancel(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "finished" if self.finished else "pending"
         return "<ppgate.Job id=%s group=%r %s>" % (self.id, self.group, state)
 
     # --- what pp's _Task has, and pathos reads ---
 
     @property
-    def tid(self):
+    def tid(self) -> Optional[int]:
         """pp's task id: the node's job id once known, else this connection's number for it."""
         return self.id if self.id is not None else self._tag
 
     @property
-    def server(self):
+    def server(self) -> Server:
         return self._server
 
     @property
-    def callback(self):
+    def callback(self) -> Optional[Callable[..., Any]]:
         return self._callback
 
     @property
-    def callbackargs(self):
+    def callbackargs(self) -> Tuple[Any, ...]:
         return self._callbackargs
 
     @property
-    def lock(self):
+    def lock(self) -> threading.Lock:
         """A lock held until the job has finished, as pp's _Task.lock (pathos waits on it)."""
         with self._server._cv:
             if self._lock is None:
@@ -137,7 +167,7 @@ class Job:
             return self._lock
 
     @property
-    def sresult(self):
+    def sresult(self) -> Optional[bytes]:
         """pp's pickled ``(result, output)`` pair, once the job has finished (None before). For
         a job that failed: ``(None, its traceback and output)``, as pp's workers send it."""
         if not self.finished:
@@ -150,13 +180,15 @@ class Job:
 
     # --- called by the session's threads ---
 
-    def _complete(self, data, notify=True):
+    def _complete(self, data: Dict[str, Any], notify: bool = True) -> None:
         stdout, stderr = data.get("stdout", ""), data.get("stderr", "")
         if data["status"] == "done":
+            raw: Optional[bytes] = None
+            result: Any = None
+            error: Optional[JobError] = None
             try:
                 raw = base64.b64decode(data["result"])
                 result = pickle.loads(raw)
-                error = None
             except Exception as exc:  # noqa: BLE001 - becomes the job's error
                 raw = result = None
                 error = JobError(type(exc).__name__, "the result could not be unpickled here: %s" % exc,
@@ -165,10 +197,11 @@ class Job:
         else:
             self._end(None, None, error_from_job(data), stdout, stderr, notify)
 
-    def _fail(self, error):
+    def _fail(self, error: JobError) -> None:
         self._end(None, None, error, error.stdout, error.stderr)
 
-    def _end(self, raw, result, error, stdout, stderr, notify=True):
+    def _end(self, raw: Optional[bytes], result: Any, error: Optional[JobError], stdout: str, stderr: str,
+             notify: bool = True) -> None:
         # A job ends once: a result racing a connection loss is settled by the first to arrive.
         with self._server._ending_lock:
             if self._ending:
@@ -200,10 +233,11 @@ class Server:
     """
 
     default_port = 8080
-    default_secret = None
+    default_secret: Optional[str] = None
 
-    def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False, proto=2,
-                 socket_timeout=3600, *, url=None, token=None):
+    def __init__(self, ncpus: Union[int, str] = "autodetect", ppservers: Tuple[str, ...] = (),
+                 secret: Optional[str] = None, restart: bool = False, proto: int = 2,
+                 socket_timeout: float = 3600, *, url: Optional[str] = None, token: Optional[str] = None) -> None:
         if not isinstance(ppservers, tuple):
             raise TypeError("ppservers argument must be a tuple")
         _check_ncpus(ncpus)
@@ -223,20 +257,20 @@ class Server:
         self.ppservers = [(h, int(p)) for h, _, p in (x.rpartition(":") for x in ppservers if x != "*")]
         self.auto_ppservers = "*" in ppservers
         self._exiting = False
-        self._node = None
-        self._session = None
+        self._node: Optional[PrivateNode] = None
+        self._session: Optional[Session] = None
         self._destroyed = False
         self._creation_time = time.time()
         # One condition for every wait of this server (job(), wait(group)); `_waiters` counts
         # threads inside it, so ending a job costs a notify only when someone waits.
         self._cv = threading.Condition()
         self._waiters = 0
-        self._unfinished = {}  # group -> number of unfinished jobs
+        self._unfinished: Dict[str, int] = {}  # group -> number of unfinished jobs
         self._ending_lock = threading.Lock()
-        self._functions = {}  # (function key) -> FunctionSpec, first_arg
-        self._callbacks = None
+        self._functions: Dict[Any, FunctionSpec] = {}  # function key -> its FunctionSpec
+        self._callbacks: Optional[queue.SimpleQueue[Optional[Job]]] = None
         self._rest_lock = threading.Lock()
-        self._rest = None
+        self._rest: Optional[http.client.HTTPConnection] = None
         if url is None:
             self._node = PrivateNode(ncpus, restart, ppservers, secret)
             url, token = self._node.url, self._node.token
@@ -254,13 +288,22 @@ class Server:
             self.destroy()
             raise
         ref = weakref.ref(self)
-        self._atexit = lambda: ref() is not None and ref().destroy()
-        atexit.register(self._atexit)
+
+        def destroy_at_exit() -> None:
+            server = ref()
+            if server is not None:
+                server.destroy()
+
+        self._atexit: Optional[Callable[[], None]] = destroy_at_exit
+        atexit.register(destroy_at_exit)
 
     # --- pp's API ---
 
-    def submit(self, func, args=(), depfuncs=(), modules=(), callback=None, callbackargs=(),
-               group="default", globals=None, *, timeout=None, retries=0):
+    def submit(self, func: Callable[..., Any], args: Tuple[Any, ...] = (), depfuncs: Tuple[Any, ...] = (),
+               modules: Tuple[str, ...] = (), callback: Optional[Callable[..., Any]] = None,
+               callbackargs: Tuple[Any, ...] = (), group: str = "default",
+               globals: Optional[Dict[str, Any]] = None, *, timeout: Optional[float] = None,
+               retries: int = 0) -> Job:
         """Submits func(*args) and returns a Job. ``timeout`` (seconds of running time) and
         ``retries`` (attempts after a worker crash) are ppgate's additions."""
         if self._destroyed:
@@ -279,51 +322,53 @@ class Server:
             if not isinstance(module, str):
                 raise TypeError("modules argument must be a list of strings")
         job = Job(self, group, callback, callbackargs)
-        self._send(job, func, args, None, depfuncs, modules, globals, group, timeout, retries)
+        self.submit_call(job, Call(func, args, None, depfuncs, modules, globals, group, timeout, retries))
         return job
 
-    def wait(self, group=None):
+    def wait(self, group: Optional[str] = None) -> None:
         """Waits until every job of `group` (every job, when None) has finished."""
         if group is None:
             self._wait_for(lambda: not any(self._unfinished.values()), None)
         else:
-            self._wait_for(lambda: not self._unfinished.get(group), None)
+            name = group
+            self._wait_for(lambda: not self._unfinished.get(name), None)
 
-    def get_ncpus(self):
-        return self._request("GET", "/v1/workers")["count"]
+    def get_ncpus(self) -> int:
+        return int(self._request("GET", "/v1/workers")["count"])
 
-    def set_ncpus(self, ncpus="autodetect"):
+    def set_ncpus(self, ncpus: Union[int, str] = "autodetect") -> None:
         """Resizes the node's local worker pool, up or down ("autodetect": one per CPU)."""
         _check_ncpus(ncpus)
         self._request("PUT", "/v1/workers", {"count": "auto" if ncpus == "autodetect" else ncpus})
 
-    def get_active_nodes(self):
+    def get_active_nodes(self) -> Dict[str, int]:
         """{node name: number of workers}, as pp's get_active_nodes(): "local" and each connected
         remote node by host:port."""
         return {n["name"]: n["slots"] for n in self._request("GET", "/v1/nodes")["nodes"]
                 if n.get("connected", True)}
 
-    def get_stats(self):
+    def get_stats(self) -> Dict[str, Statistics]:
         """{node name: Statistics}, as pp's get_stats()."""
-        stats = {}
+        stats: Dict[str, Statistics] = {}
         for n in self._request("GET", "/v1/stats")["nodes"]:
             s = Statistics(n.get("ncpus", 0))
             s.njobs, s.time = n["njobs"], n["time"]
             stats[n["name"]] = s
         return stats
 
-    def print_stats(self):
+    def print_stats(self) -> None:
         """Prints pp's job execution statistics table."""
         print(self._request("GET", "/v1/stats", accept="text/plain"), end="")
 
-    def destroy(self):
+    def destroy(self) -> None:
         """Cancels this server's unfinished jobs and closes the connection; a private node is
         stopped. Safe to call more than once."""
         if self._destroyed:
             return
         self._destroyed = True
-        if getattr(self, "_atexit", None) is not None:
-            atexit.unregister(self._atexit)
+        at_exit = getattr(self, "_atexit", None)
+        if at_exit is not None:
+            atexit.unregister(at_exit)
         if self._session is not None:
             # Unfinished jobs are cancelled on the node when their session closes, and end here
             # as lost.
@@ -336,16 +381,20 @@ class Server:
         if self._node is not None:
             self._node.stop()
 
-    def __enter__(self):
+    def __enter__(self) -> Server:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.destroy()
 
-    # --- internals shared with Template and Executor ---
+    # --- for Executor (internal, but not private) ---
 
-    def _send(self, job, func, args, kwargs, depfuncs, modules, user_globals, group, timeout, retries):
-        key = (func.__func__ if isinstance(func, types.MethodType) else func, depfuncs, modules,
+    def submit_call(self, job: Job, call: Call) -> None:
+        """Sends `call` as `job` (made by the caller, for this server): what submit() does after
+        checking its arguments, and what Executor.submit() does."""
+        func, args, kwargs, depfuncs, modules = call.func, call.args, call.kwargs, call.depfuncs, call.modules
+        user_globals, group, timeout, retries = call.globals, call.group, call.timeout, call.retries
+        key: Tuple[Any, ...] = (func.__func__ if isinstance(func, types.MethodType) else func, depfuncs, modules,
                user_globals is not None)
         if isinstance(func, types.MethodType):
             key += (func.__self__ if isinstance(func.__self__, type) else type(func.__self__),)
@@ -363,8 +412,8 @@ class Server:
             function = cached
         if isinstance(func, types.MethodType) and not isinstance(func.__self__, type):
             args = (func.__self__,) + args
-        travelling = []  # classes and functions in the arguments that go as source
-        fields = {"codec": "pickle",
+        travelling: list[Any] = []  # classes and functions in the arguments that go as source
+        fields: Dict[str, Any] = {"codec": "pickle",
                   "args": base64.b64encode(dumps_noting_sources(args, travelling)).decode()
                   if args else _EMPTY_ARGS}
         if kwargs:
@@ -388,13 +437,24 @@ class Server:
         with self._cv:
             self._unfinished[group] = self._unfinished.get(group, 0) + 1
         try:
+            if self._session is None:
+                raise DestroyedServerError("server instance has been destroyed")
             self._session.submit(job, function, fields)
         except BaseException:
             job._ending = True
             self._job_finished(job)
             raise
 
-    def _warn_if_python_differs(self):
+    def read_results_until(self, done: Callable[[], bool], timeout: Optional[float] = None) -> bool:
+        """Reads the node's messages on this thread until done() holds (True) or `timeout` passes
+        (False): a waiting thread takes its own result off the socket (docs/python-client.md)."""
+        if self._session is None:
+            return done()
+        return self._session.wait_for(done, timeout)
+
+    # --- internals ---
+
+    def _warn_if_python_differs(self) -> None:
         """A node started by hand may run another Python than this one: pickles, C extensions
         and syntax may not carry over. Say so once, naming both versions."""
         here = "%d.%d" % sys.version_info[:2]
@@ -406,14 +466,14 @@ class Server:
                               RuntimeWarning, stacklevel=3)
                 return
 
-    def _with_sources(self, function, travelling):
+    def _with_sources(self, function: FunctionSpec, travelling: Tuple[Any, ...]) -> FunctionSpec:
         key = (function.key, travelling)
         spec = self._functions.get(key)
         if spec is None:
             spec = self._functions[key] = with_sources(function, travelling)
         return spec
 
-    def _job_finished(self, job, notify=True):
+    def _job_finished(self, job: Job, notify: bool = True) -> None:
         # As in pp, a job counts as finished only after its callback ran: wait() covers callbacks.
         with self._cv:
             job.finished = True
@@ -423,13 +483,13 @@ class Server:
             if notify and self._waiters:
                 self._cv.notify_all()
 
-    def _wake_waiters(self):
+    def _wake_waiters(self) -> None:
         """After a batch of results: one wake-up for all of them."""
         if self._waiters:
             with self._cv:
                 self._cv.notify_all()
 
-    def _wait_for(self, predicate, timeout):
+    def _wait_for(self, predicate: Callable[[], bool], timeout: Optional[float]) -> bool:
         with self._cv:
             self._waiters += 1
             try:
@@ -437,7 +497,7 @@ class Server:
             finally:
                 self._waiters -= 1
 
-    def _run_callback(self, job):
+    def _run_callback(self, job: Job) -> None:
         # Callbacks run on a thread of their own, so a slow callback never holds up results.
         if self._callbacks is None:
             with self._cv:
@@ -448,12 +508,13 @@ class Server:
         self._callbacks.put(job)
 
     @staticmethod
-    def _callback_loop(jobs):
+    def _callback_loop(jobs: queue.SimpleQueue[Optional[Job]]) -> None:
         while True:
             job = jobs.get()
             if job is None:
                 return
             try:
+                assert job._callback is not None
                 job._callback(*(job._callbackargs + (job._result,)))
             except Exception as exc:  # noqa: BLE001 - reported, and the job still finishes
                 job.callback_error = exc
@@ -462,7 +523,7 @@ class Server:
             finally:
                 job._server._job_finished(job)
 
-    def _request(self, method, path, body=None, accept="application/json"):
+    def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
         if self._destroyed:
             raise DestroyedServerError("server instance has been destroyed")
         parts = urllib.parse.urlsplit(self.url)
@@ -473,7 +534,7 @@ class Server:
         with self._rest_lock:
             for attempt in (1, 2):  # once more on a fresh connection if keep-alive went stale
                 if self._rest is None:
-                    self._rest = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+                    self._rest = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
                 try:
                     self._rest.request(method, path, body=payload, headers=headers)
                     res = self._rest.getresponse()
@@ -494,7 +555,7 @@ class Server:
         return text if accept == "text/plain" else json.loads(text)
 
 
-def _check_ncpus(ncpus):
+def _check_ncpus(ncpus: object) -> None:
     if ncpus == "autodetect":
         return
     if not isinstance(ncpus, int) or isinstance(ncpus, bool):
@@ -506,8 +567,10 @@ def _check_ncpus(ncpus):
 class Template:
     """pp's Template: a function with fixed depfuncs, modules, callback and group; submit(*args)."""
 
-    def __init__(self, job_server, func, depfuncs=(), modules=(), callback=None, callbackargs=(),
-                 group="default", globals=None):
+    def __init__(self, job_server: Server, func: Callable[..., Any], depfuncs: Tuple[Any, ...] = (),
+                 modules: Tuple[str, ...] = (), callback: Optional[Callable[..., Any]] = None,
+                 callbackargs: Tuple[Any, ...] = (), group: str = "default",
+                 globals: Optional[Dict[str, Any]] = None) -> None:
         self.job_server = job_server
         self.func = func
         self.depfuncs = depfuncs
@@ -517,6 +580,6 @@ class Template:
         self.group = group
         self.globals = globals
 
-    def submit(self, *args):
+    def submit(self, *args: Any) -> Job:
         return self.job_server.submit(self.func, args, self.depfuncs, self.modules, self.callback,
                                       self.callbackargs, self.group, self.globals)

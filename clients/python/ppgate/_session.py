@@ -10,14 +10,18 @@ thread waits, a background reader takes the role, so callbacks and futures still
 Function sources go once per connection: later jobs refer to them by a per-connection ``fn_id``.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import select
 import threading
 import time
 import urllib.parse
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
-from ._errors import JobLostError, SubmitError
+from ._errors import JobError, JobLostError, SubmitError
+from ._functions import FunctionSpec
 from ._websocket import WebSocket
 
 _MAX_BATCH = 5000
@@ -31,8 +35,25 @@ _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 _SPIN_SECONDS = 0.0003 if _CPUS > 1 else 0.0
 
 
+class SessionJob(Protocol):
+    """What the session needs of a job (ppgate.Job is one)."""
+
+    id: Optional[int]
+    finished: bool
+    _tag: Optional[int]
+
+    def _complete(self, data: Dict[str, Any], notify: bool = True) -> None: ...
+
+    def _fail(self, error: JobError) -> None: ...
+
+
+# Queued for the writer: ("job", job, function, fields) or ("cancel", job).
+_Outgoing = Tuple[Any, ...]
+
+
 class Session:
-    def __init__(self, url, token=None, timeout=30.0, on_results=None):
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 30.0,
+                 on_results: Optional[Callable[[], None]] = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("url must look like http://HOST:PORT, not %r" % url)
@@ -40,14 +61,14 @@ class Session:
         self._ws = WebSocket(parts.hostname, parts.port or 80, "/v1/session", headers, timeout)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._outgoing = []                   # ("job", job, function, fields) or ("cancel", job)
-        self._jobs = {}                       # tag -> job, from sending until its result arrives
+        self._outgoing: List[_Outgoing] = []
+        self._jobs: Dict[int, SessionJob] = {}  # tag -> job, from sending until its result arrives
         self._next_tag = 1
         self._next_fn_id = 1
-        self._fn_ids = {}                     # function key -> fn_id defined on this connection
-        self._defining = {}                   # tag -> function key, for jobs carrying a definition
+        self._fn_ids: Dict[Any, int] = {}     # function key -> fn_id defined on this connection
+        self._defining: Dict[int, Any] = {}   # tag -> function key, for jobs carrying a definition
         self._on_results = on_results        # called after each batch of results is handed out
-        self._error = None                    # set once the connection is gone
+        self._error: Optional[JobLostError] = None  # set once the connection is gone
         self._turn = threading.Condition(self._lock)  # signalled when the reading role is free
         self._reading = False                 # a thread holds the reading role
         self._foreground = 0                  # threads waiting for a job that read themselves
@@ -65,7 +86,7 @@ class Session:
 
     # --- called by Server/Executor threads ---
 
-    def submit(self, job, function, fields):
+    def submit(self, job: SessionJob, function: FunctionSpec, fields: Dict[str, Any]) -> None:
         with self._lock:
             if self._error is not None:
                 raise self._error
@@ -84,14 +105,14 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
 
-    def cancel(self, job):
+    def cancel(self, job: SessionJob) -> None:
         with self._lock:
             if self._error is not None or job.finished:
                 return
             self._outgoing.append(("cancel", job))
             self._wake.notify()
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             if self._error is None:
                 self._error = JobLostError("Closed", "the session was closed")
@@ -110,7 +131,7 @@ class Session:
 
     # --- writer thread ---
 
-    def _write_loop(self):
+    def _write_loop(self) -> None:
         try:
             while True:
                 with self._lock:
@@ -123,13 +144,13 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
 
-    def _take_outgoing(self):
+    def _take_outgoing(self) -> List[bytes]:
         """Encodes what is queued and claims the socket for sending it. Runs under the lock."""
         items, self._outgoing = self._outgoing, []
         self._sending = True
         return self._encode(items)
 
-    def _send_taken(self, messages):
+    def _send_taken(self, messages: List[bytes]) -> None:
         """Sends what _take_outgoing returned, then hands the socket back (to the writer thread
         if more has been queued meanwhile)."""
         try:
@@ -141,13 +162,13 @@ class Session:
                 if self._outgoing:
                     self._wake.notify()
 
-    def _encode(self, items):
+    def _encode(self, items: List[_Outgoing]) -> List[bytes]:
         """Turns queued items into messages. Each job gets a tag, which its result will carry;
         it is registered before its message goes out. Runs under the lock."""
-        messages = []
-        batch = []
+        messages: List[bytes] = []
+        batch: List[Dict[str, Any]] = []
 
-        def flush():
+        def flush() -> None:
             if batch:
                 messages.append(json.dumps(batch, separators=(",", ":")).encode())
                 batch.clear()
@@ -178,7 +199,7 @@ class Session:
 
     # --- reading ---
 
-    def wait_for(self, predicate, timeout=None):
+    def wait_for(self, predicate: Callable[[], bool], timeout: Optional[float] = None) -> bool:
         """Reads and dispatches messages on this thread until predicate() holds (True) or the
         timeout passes (False). For waits whose end arrives as a message: a job's result."""
         started = time.perf_counter()
@@ -230,7 +251,7 @@ class Session:
                 self._foreground -= 1
                 self._last_foreground = time.monotonic()
 
-    def _spin(self, seconds):
+    def _spin(self, seconds: float) -> bool:
         """Polls the socket for up to `seconds`; True once bytes have arrived."""
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
@@ -238,7 +259,7 @@ class Session:
                 return True
         return False
 
-    def _release_reading(self):
+    def _release_reading(self) -> None:
         with self._lock:
             self._reading = False
             # Only threads waiting for the role are woken; the background reader polls (below),
@@ -246,7 +267,7 @@ class Session:
             if self._role_waiters:
                 self._turn.notify_all()
 
-    def _read_loop(self):
+    def _read_loop(self) -> None:
         try:
             while True:
                 with self._lock:
@@ -279,7 +300,7 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
 
-    def _handle(self, payload):
+    def _handle(self, payload: bytes) -> None:
         """Dispatches one message from the node. Called by the thread holding the reading role,
         so messages are handled one at a time, in order."""
         message = json.loads(payload)
@@ -312,7 +333,7 @@ class Session:
         if self._on_results is not None:
             self._on_results()
 
-    def _lost(self, exc):
+    def _lost(self, exc: BaseException) -> None:
         with self._lock:
             if self._error is None:
                 self._error = JobLostError("ConnectionLost", "the connection to the node was lost: %s" % exc)
@@ -320,7 +341,7 @@ class Session:
             self._turn.notify_all()
         self._fail_all()
 
-    def _fail_all(self):
+    def _fail_all(self) -> None:
         """Every job still waiting ends with the session's error: none waits forever."""
         with self._lock:
             waiting = list(self._jobs.values())
@@ -329,4 +350,5 @@ class Session:
             self._outgoing = []
             error = self._error
         for job in waiting:
+            assert error is not None
             job._fail(JobLostError(error.type, error.message))

@@ -3,6 +3,8 @@
 One thread reads (recv); any thread may send (sends are serialized by a lock).
 """
 
+from __future__ import annotations
+
 import base64
 import hashlib
 import json
@@ -10,6 +12,7 @@ import os
 import socket
 import struct
 import threading
+from typing import Mapping
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TEXT, _BINARY, _CLOSE, _PING, _PONG, _CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
@@ -22,12 +25,12 @@ class ConnectionClosed(ConnectionError):
 class HandshakeError(ConnectionError):
     """The server refused the WebSocket upgrade; `status` and the server's message say why."""
 
-    def __init__(self, status, message):
+    def __init__(self, status: int, message: str) -> None:
         super().__init__("HTTP %s: %s" % (status, message))
         self.status = status
 
 
-def _mask(payload, key):
+def _mask(payload: bytes, key: bytes) -> bytes:
     # XOR the payload with the repeated 4-byte key, done on big integers so it runs in C.
     n = len(payload)
     if n == 0:
@@ -37,7 +40,8 @@ def _mask(payload, key):
 
 
 class WebSocket:
-    def __init__(self, host, port, path, headers=None, timeout=30.0):
+    def __init__(self, host: str, port: int, path: str, headers: Mapping[str, str] | None = None,
+                 timeout: float = 30.0) -> None:
         self._sock = socket.create_connection((host, port), timeout=timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._send_lock = threading.Lock()
@@ -51,7 +55,7 @@ class WebSocket:
         self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         head = self._read_until(b"\r\n\r\n").decode("latin-1")
         status_line, _, rest = head.partition("\r\n")
-        fields = {}
+        fields: dict[str, str] = {}
         for line in rest.split("\r\n"):
             name, _, value = line.partition(":")
             fields[name.strip().lower()] = value.strip()
@@ -70,14 +74,14 @@ class WebSocket:
             raise ConnectionError("the server answered the WebSocket upgrade wrongly")
         self._sock.settimeout(None)  # the reader blocks until the server says something
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self._sock.fileno()
 
-    def buffered(self):
+    def buffered(self) -> bool:
         """True when received bytes wait in this object (select() on the socket would not see them)."""
         return bool(self._buffer)
 
-    def poll(self):
+    def poll(self) -> bool:
         """Takes in whatever bytes have arrived, without blocking; True if there were any."""
         try:
             chunk = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
@@ -88,13 +92,13 @@ class WebSocket:
         self._buffer += chunk
         return True
 
-    def _fill(self):
+    def _fill(self) -> None:
         chunk = self._sock.recv(1 << 16)
         if not chunk:
             raise ConnectionClosed("the server closed the connection")
         self._buffer += chunk
 
-    def _read_until(self, marker):
+    def _read_until(self, marker: bytes) -> bytes:
         while True:
             i = self._buffer.find(marker)
             if i >= 0:
@@ -105,14 +109,14 @@ class WebSocket:
                 raise ConnectionError("the server's handshake answer is too long")
             self._fill()
 
-    def _read_exact(self, n):
+    def _read_exact(self, n: int) -> bytes:
         while len(self._buffer) < n:
             self._fill()
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         return data
 
-    def _send_frame(self, opcode, payload):
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
         n = len(payload)
         if n < 126:
             header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
@@ -126,20 +130,20 @@ class WebSocket:
             key, self._keys = self._keys[:4], self._keys[4:]
             self._sock.sendall(header + key + _mask(payload, key))
 
-    def send_text(self, payload):
+    def send_text(self, payload: bytes) -> None:
         """Sends `payload` (UTF-8 bytes) as one text message."""
         self._send_frame(_TEXT, payload)
 
-    def recv(self):
+    def recv(self) -> bytes:
         """Returns the next text or binary message as bytes; answers pings on the way."""
         message = bytearray()
         while True:
             b0, b1 = self._read_exact(2)
             opcode, n = b0 & 0x0F, b1 & 0x7F
             if n == 126:
-                n = struct.unpack("!H", self._read_exact(2))[0]
+                n = int(struct.unpack("!H", self._read_exact(2))[0])
             elif n == 127:
-                n = struct.unpack("!Q", self._read_exact(8))[0]
+                n = int(struct.unpack("!Q", self._read_exact(8))[0])
             key = self._read_exact(4) if b1 & 0x80 else None
             payload = self._read_exact(n)
             if key:
@@ -155,7 +159,7 @@ class WebSocket:
             if b0 & 0x80:
                 return bytes(message)
 
-    def close(self):
+    def close(self) -> None:
         try:
             self._send_frame(_CLOSE, struct.pack("!H", 1000))
         except OSError:
