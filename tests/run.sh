@@ -55,8 +55,8 @@ run_integration() {  # log
 run_unit "$BUILD/tests/ppgate-unit-tests" "$logs/unit.log"
 PPGATE_BINARY="$PWD/$BUILD/gateway/ppgate" run_integration "$logs/integration.log"
 
-# Node's test runner (the JS client in Node.js, then in the browser) prints "# pass N" and "# fail N".
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+# Node's test runner (the JS client in Node.js and its TypeScript types, then in the browser) prints "# pass N" and "# fail N".
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/typescript ]; then
   (cd tests/browser && npm ci --no-audit --no-fund) || { echo "cannot install the browser test's npm packages"; }
 fi
 export PPGATE_BINARY="$PWD/$BUILD/gateway/ppgate"
