@@ -3,7 +3,7 @@
 #include "event_session.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
-#include "node_server.hpp"
+#include "node_directory.hpp"
 #include "stats_format.hpp"
 
 namespace ppgate {
@@ -25,12 +25,13 @@ std::string_view event_name(const job& j, job_event what) {
 
 }  // namespace
 
-event_hub::event_hub(node_server& server, std::chrono::milliseconds interval)
-    : server_(server), interval_(interval) {}
+event_hub::event_hub(net::any_io_executor ex, scheduler& sched, const node_directory& nodes,
+                     std::chrono::milliseconds interval)
+    : ex_(ex), sched_(sched), nodes_(nodes), interval_(interval) {}
 
 void event_hub::start() {
-  ticker_.emplace(server_.executor());
-  net::co_spawn(server_.executor(), tick_loop(), log::on_failure("event stream"));
+  ticker_.emplace(ex_);
+  net::co_spawn(ex_, tick_loop(), log::on_failure("event stream"));
 }
 
 void event_hub::stop() {
@@ -71,8 +72,7 @@ net::awaitable<void> event_hub::tick_loop() {
 }
 
 std::string event_hub::snapshot() {
-  auto& sched = server_.jobs();
-  const scheduler_stats stats = sched.stats();
+  const scheduler_stats stats = sched_.stats();
   const auto now = steady_clock::now();
   const double window = std::chrono::duration<double>(now - last_time_).count();
   const std::uint64_t ended = stats.latency.count - last_latency_.count;
@@ -88,7 +88,7 @@ std::string event_hub::snapshot() {
   out += ",\"interval\":";
   append_json_number(out, std::chrono::duration<double>(interval_).count());
   out += ",\"stats\":";
-  out += format_stats_json(stats, server_.total_slots());
+  out += format_stats_json(stats, nodes_.total_slots());
   out += ",\"rates\":{\"jobs_per_second\":";
   append_json_number(out, rate);
   out += ",\"latency_mean\":";
@@ -98,10 +98,10 @@ std::string event_hub::snapshot() {
   out += ",\"latency_p95\":";
   append_json_number(out, p95);
   out += "},\"nodes\":";
-  out += server_.nodes_json();
+  out += format_nodes_json(nodes_.nodes());
   out += ",\"recent_failures\":[";
   bool first = true;
-  for (const auto& f : sched.recent_failures()) {
+  for (const auto& f : sched_.recent_failures()) {
     if (!first) out += ',';
     first = false;
     out += "{\"id\":" + std::to_string(f.id) + ",\"function\":";

@@ -14,16 +14,17 @@
 namespace ppgate {
 
 class event_session;
-class node_server;
+class node_directory;
 
 class event_hub : public job_event_sink {
  public:
-  event_hub(node_server& server, std::chrono::milliseconds interval);
+  // `sched` and `nodes` are borrowed and outlive the hub.
+  event_hub(net::any_io_executor ex, scheduler& sched, const node_directory& nodes,
+            std::chrono::milliseconds interval);
 
   void start();  // the snapshot ticker
   void stop();
   void add(const std::shared_ptr<event_session>& subscriber);
-  std::chrono::milliseconds interval() const { return interval_; }
 
   // The current snapshot, as the stream sends it (also the newest state for tests and the page).
   std::string snapshot();
@@ -33,7 +34,9 @@ class event_hub : public job_event_sink {
  private:
   net::awaitable<void> tick_loop();
 
-  node_server& server_;
+  net::any_io_executor ex_;
+  scheduler& sched_;
+  const node_directory& nodes_;
   std::chrono::milliseconds interval_;
   std::vector<std::weak_ptr<event_session>> subscribers_;
   std::size_t job_subscribers_ = 0;  // as of the last tick, so idle streams cost nothing per job

@@ -1,7 +1,6 @@
 #include "event_session.hpp"
 
 #include "event_hub.hpp"
-#include "node_server.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -15,8 +14,7 @@ namespace ppgate {
 namespace websocket = beast::websocket;
 using namespace net::experimental::awaitable_operators;
 
-event_session::event_session(node_server& server, bool wants_jobs)
-    : server_(server), wants_jobs_(wants_jobs) {}
+event_session::event_session(event_hub& hub, bool wants_jobs) : hub_(hub), wants_jobs_(wants_jobs) {}
 
 net::awaitable<void> event_session::run(beast::tcp_stream stream, http_request req) {
   auto self = shared_from_this();
@@ -28,7 +26,7 @@ net::awaitable<void> event_session::run(beast::tcp_stream stream, http_request r
   if (ec) co_return;
   wake_.emplace(co_await net::this_coro::executor, net::steady_timer::time_point::max());
   ws_ = &ws;
-  server_.events().add(self);
+  hub_.add(self);
   co_await (read_loop(ws) || write_loop(ws));
   closing_ = true;
   ws_ = nullptr;

@@ -17,14 +17,14 @@
 
 namespace ppgate {
 
-class node_server;
+class event_hub;
 
 class event_session : public std::enable_shared_from_this<event_session> {
  public:
   static constexpr std::size_t max_pending_events = 5000;
   static constexpr std::chrono::seconds stalled_after{10};
 
-  event_session(node_server& server, bool wants_jobs);
+  event_session(event_hub& hub, bool wants_jobs);
 
   // Completes the handshake for `req` and serves the subscriber until it leaves.
   net::awaitable<void> run(beast::tcp_stream stream, http_request req);
@@ -42,7 +42,7 @@ class event_session : public std::enable_shared_from_this<event_session> {
   net::awaitable<void> write_loop(ws_stream& ws);
   void wake();
 
-  node_server& server_;
+  event_hub& hub_;
   bool wants_jobs_;
   std::shared_ptr<const std::string> snapshot_;  // the newest one not yet sent
   std::string events_;                          // pending job events, joined by ','

@@ -6,6 +6,8 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 
+#include <chrono>
+#include <cstddef>
 #include <optional>
 #include <string_view>
 
@@ -23,6 +25,14 @@ http_response make_error(http::status status, std::string_view message, unsigned
 // The decorator of both WebSocket handshakes: ppgate's Server header, and a refused handshake's
 // reason as a JSON error body like every other error's.
 void decorate_websocket_handshake(http_response& res);
+
+// The bounds every HTTP connection and WebSocket session keeps (docs/cli.md).
+struct http_limits {
+  std::size_t max_body_bytes = 64u * 1024 * 1024;  // also a WebSocket message's
+  std::size_t max_header_bytes = 16 * 1024;
+  std::chrono::seconds idle_timeout{60};
+  std::chrono::seconds header_timeout{10};  // a request head, once begun, must be whole within this
+};
 
 struct target_parts {
   std::string_view path;

@@ -1,11 +1,8 @@
 #include "http_session.hpp"
 
-#include "request_head.hpp"
-
-#include "http.hpp"
 #include "event_session.hpp"
 #include "job_session.hpp"
-#include "node_server.hpp"
+#include "request_head.hpp"
 #include "rest_api.hpp"
 
 #include <boost/beast/core/flat_buffer.hpp>
@@ -48,11 +45,11 @@ net::awaitable<void> linger(beast::tcp_stream& stream) {
 }  // namespace
 
 net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::address from,
-                                      node_server& server) {
-  const connection_tracker::scoped counted(server.connections(), from);
+                                      std::shared_ptr<connection_tracker> connections, http_services services) {
+  const connection_tracker::scoped counted(connections, from);
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
-  const auto& opts = server.options();
+  const http_limits& opts = services.limits;
 
   for (;;) {
     http::request_parser<http::string_body> parser;
@@ -62,8 +59,8 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::addr
     // A connection may stay idle for the idle timeout; once a request has begun, its head must
     // follow within the (short) header timeout and the rest within the idle timeout: slow senders
     // are cut off. Until its head has arrived, the connection may be closed to make room for
-    // another (node_server).
-    std::optional<connection_tracker::waiting> waiting_for_head(std::in_place, *server.connections(),
+    // another (listener).
+    std::optional<connection_tracker::waiting> waiting_for_head(std::in_place, *connections,
                                                                 stream.socket(), from);
     boost::system::error_code ec;
     std::size_t n = 0;
@@ -89,7 +86,7 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::addr
         if (token && head[http::field::authorization].empty())
           head.set(http::field::authorization, "Bearer " + std::string(*token));
       }
-      std::optional<http_response> denied = server.api().check_access(head, path);
+      std::optional<http_response> denied = services.api.check_access(head, path);
       if (!denied && beast::websocket::is_upgrade(head) && !valid_websocket_key(head["Sec-WebSocket-Key"]))
         denied = make_error(http::status::bad_request,
                             "Sec-WebSocket-Key must be 16 random bytes in base64 (RFC 6455)", head.version());
@@ -121,7 +118,7 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::addr
       break;
     }
 
-    server.touch();
+    services.seen->touch();
     http_request req = parser.release();
     stream.expires_never();  // ?wait=S long-polls are bounded by S instead
     const auto [path, query] = split_target(req.target());
@@ -129,14 +126,15 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::addr
       // Access was checked on the head. The connection becomes a WebSocket; the session owns it
       // from here on.
       if (path == "/v1/session") {
-        co_await std::make_shared<job_session>(server)->run(std::move(stream), std::move(req));
+        co_await std::make_shared<job_session>(services.jobs, opts, services.seen)
+            ->run(std::move(stream), std::move(req));
       } else {
         const bool jobs = query_param(query, "jobs").value_or("0") == "1";
-        co_await std::make_shared<event_session>(server, jobs)->run(std::move(stream), std::move(req));
+        co_await std::make_shared<event_session>(services.events, jobs)->run(std::move(stream), std::move(req));
       }
       co_return;
     }
-    http_response res = co_await server.api().handle(req);
+    http_response res = co_await services.api.handle(req);
     res.keep_alive(req.keep_alive() && res.keep_alive());
     res.prepare_payload();
     stream.expires_after(opts.idle_timeout);

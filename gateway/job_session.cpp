@@ -1,8 +1,8 @@
 #include "job_session.hpp"
 
-#include "job_request.hpp"
+#include "job_parser.hpp"
+#include "json_writer.hpp"
 #include "log.hpp"
-#include "node_server.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -15,20 +15,65 @@ namespace ppgate {
 namespace websocket = beast::websocket;
 using namespace net::experimental::awaitable_operators;
 
-job_session::job_session(node_server& server) : server_(server) {}
+namespace {
+
+// What a session's client is told (docs/rest.md, "Sessions"): {"results":[...]} with compact
+// results (the client knows everything else about its jobs), and {"rejected":[tags],"error":...}
+// for a refused batch.
+class session_json_encoding final : public tagged_jobs::encoding {
+ public:
+  void append_result(std::string& results, std::int64_t tag, const job& j) const override {
+    if (!results.empty()) results += ',';
+    results += "{\"tag\":";
+    results += std::to_string(tag);
+    results += ",\"id\":";
+    results += std::to_string(j.id);
+    results += ",\"status\":\"";
+    results += to_string(j.state);
+    results += "\",\"run_seconds\":";
+    append_json_number(results, j.run_seconds);
+    results += ',';
+    results += j.outcome;
+    results += '}';
+  }
+  std::string refuse_batch(std::string&, const std::vector<std::int64_t>& tags,
+                           std::string_view why) const override {
+    std::string rejected = "{\"rejected\":[";
+    for (std::size_t i = 0; i < tags.size(); ++i) {
+      if (i > 0) rejected += ',';
+      rejected += std::to_string(tags[i]);
+    }
+    rejected += "],\"error\":{\"message\":";
+    append_json_string(rejected, why);
+    rejected += "}}";
+    return rejected;
+  }
+  std::string results_message(std::string&& results) const override {
+    std::string out = "{\"results\":[";
+    out += results;
+    out += "]}";
+    return out;
+  }
+};
+
+const session_json_encoding session_json;
+
+}  // namespace
+
+job_session::job_session(scheduler& sched, const http_limits& limits, std::shared_ptr<activity> seen)
+    : sched_(sched), limits_(limits), activity_(std::move(seen)) {}
 
 net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req) {
   auto self = shared_from_this();
   ws_stream ws(std::move(stream));
   ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
   ws.set_option(websocket::stream_base::decorator(decorate_websocket_handshake));
-  ws.read_message_max(server_.options().max_body_bytes);
+  ws.read_message_max(limits_.max_body_bytes);
   auto [ec] = co_await ws.async_accept(req, use_nothrow_awaitable);
   if (ec) co_return;
   wake_.emplace(co_await net::this_coro::executor, net::steady_timer::time_point::max());
   drained_.emplace(co_await net::this_coro::executor);
-  jobs_ = std::make_shared<tagged_jobs>(server_.jobs(), [this] { wake_->cancel(); },
-                                        tagged_jobs::format::session_json);
+  jobs_ = std::make_shared<tagged_jobs>(sched_, [this] { wake_->cancel(); }, session_json);
 
   co_await (read_loop(ws) || write_loop(ws));
 
@@ -42,7 +87,7 @@ net::awaitable<void> job_session::read_loop(ws_stream& ws) {
   beast::flat_buffer buffer;
   for (;;) {
     if (!co_await wait_for_drain()) {
-      log::warn("a session has read none of its results for ", server_.options().idle_timeout.count(),
+      log::warn("a session has read none of its results for ", limits_.idle_timeout.count(),
                 " s; closing it");
       beast::get_lowest_layer(ws).close();
       break;
@@ -52,7 +97,7 @@ net::awaitable<void> job_session::read_loop(ws_stream& ws) {
     if (ec) break;
     std::string text = beast::buffers_to_string(buffer.data());
     buffer.consume(n);
-    server_.touch();
+    activity_->touch();
     handle_message(text);
   }
   closing_ = true;
@@ -62,7 +107,7 @@ net::awaitable<void> job_session::read_loop(ws_stream& ws) {
 
 net::awaitable<bool> job_session::wait_for_drain() {
   while (!closing_ && jobs_->unsent_bytes() + writing_bytes_ > max_unsent_bytes) {
-    drained_->expires_after(server_.options().idle_timeout);
+    drained_->expires_after(limits_.idle_timeout);
     auto [ec] = co_await drained_->async_wait(use_nothrow_awaitable);
     if (!ec) co_return false;  // the timer ran out: no write completed meanwhile
   }
@@ -83,7 +128,7 @@ net::awaitable<void> job_session::write_loop(ws_stream& ws) {
     writing_bytes_ = 0;
     if (ec) co_return;
     drained_->cancel();  // progress: a reader held back by backpressure looks again
-    server_.session_replied();
+    activity_->session_replied();
   }
 }
 

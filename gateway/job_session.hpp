@@ -6,6 +6,7 @@
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
+#include "activity.hpp"
 #include "http.hpp"
 #include "job.hpp"
 #include "tagged_jobs.hpp"
@@ -19,11 +20,9 @@
 
 namespace ppgate {
 
-class node_server;
-
 class job_session : public std::enable_shared_from_this<job_session> {
  public:
-  explicit job_session(node_server& server);
+  job_session(scheduler& sched, const http_limits& limits, std::shared_ptr<activity> seen);
 
   // Completes the WebSocket handshake for `req` and serves the client until it leaves. Jobs the
   // client submitted and that have not ended are then cancelled: nobody is left to collect them.
@@ -42,7 +41,9 @@ class job_session : public std::enable_shared_from_this<job_session> {
   net::awaitable<void> write_loop(ws_stream& ws);
   void handle_message(std::string& text);
 
-  node_server& server_;
+  scheduler& sched_;
+  http_limits limits_;
+  std::shared_ptr<activity> activity_;
   std::shared_ptr<tagged_jobs> jobs_;
   std::optional<net::steady_timer> wake_;  // cancelled to wake the writer
   std::optional<net::steady_timer> drained_;  // cancelled by the writer after each write

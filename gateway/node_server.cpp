@@ -1,13 +1,10 @@
 #include "node_server.hpp"
 
 #include "event_hub.hpp"
-#include "http_session.hpp"
+#include "listener.hpp"
 #include "log.hpp"
 #include "rest_api.hpp"
-#include "json_writer.hpp"
 #include "stats_format.hpp"
-
-#include <boost/asio/write.hpp>
 
 #include <cstdio>
 #include <fstream>
@@ -16,14 +13,25 @@
 
 namespace ppgate {
 
+namespace {
+
+http_limits limits_of(const serve_options& o) {
+  return {o.max_body_bytes, o.max_header_bytes, o.idle_timeout, o.header_timeout};
+}
+
+}  // namespace
+
 node_server::node_server(net::io_context& io, serve_options opts, worker_options workers)
     : io_(io),
       opts_(std::move(opts)),
       scheduler_(scheduler::options{opts_.keep_finished, opts_.keep_finished_bytes}),
       pool_(io.get_executor(), scheduler_, std::move(workers)),
-      api_(std::make_unique<rest_api>(*this)),
-      events_(std::make_unique<event_hub>(*this, opts_.stats_interval)),
-      acceptor_(io),
+      peers_(io.get_executor(), scheduler_, pool_, opts_.peers, opts_.peer),
+      api_(std::make_unique<rest_api>(scheduler_, *this, opts_.secret, opts_.insecure)),
+      events_(std::make_unique<event_hub>(io.get_executor(), scheduler_, *this, opts_.stats_interval)),
+      listener_(std::make_unique<listener>(
+          io.get_executor(), opts_.max_connections,
+          http_services{*api_, scheduler_, *events_, limits_of(opts_), activity_})),
       stop_signals_(io, SIGINT, SIGTERM),
       stats_signal_(io, SIGUSR1),
       parent_watch_(io) {
@@ -35,11 +43,7 @@ node_server::~node_server() { scheduler_.set_event_sink(nullptr); }
 
 void node_server::start() {
   const net::ip::tcp::endpoint endpoint(net::ip::make_address(opts_.listen_host), opts_.listen_port);
-  acceptor_.open(endpoint.protocol());
-  acceptor_.set_option(net::socket_base::reuse_address(true));
-  acceptor_.bind(endpoint);
-  acceptor_.listen(net::socket_base::max_listen_connections);
-  port_ = acceptor_.local_endpoint().port();
+  listener_->listen(endpoint);
 
   if (!opts_.pid_file.empty()) {
     std::ofstream pid(opts_.pid_file);
@@ -50,36 +54,19 @@ void node_server::start() {
   watch_parent();
   scheduler_.set_event_sink(events_.get());
   events_->start();
-  resize_pool(opts_.workers);
-  if (!opts_.peer_listen_host.empty()) {
-    peer_server_ = std::make_unique<peer_server>(io_.get_executor(), scheduler_, pool_, opts_.peer);
-    peer_server_->listen({net::ip::make_address(opts_.peer_listen_host), opts_.peer_listen_port});
-    if (opts_.peer_listen_port == 0)  // the name peers know this node by needs the real port
-      opts_.peer.name = opts_.peer_listen_host + ":" + std::to_string(peer_server_->port());
-  }
-  for (const auto& [host, port] : opts_.peers) add_peer(host, port);
-  if (opts_.discover) {
-    discovery_options d;
-    d.cluster = opts_.cluster;
-    d.port = opts_.discover_port;
-    d.announce = peer_server_ ? opts_.peer.name : std::string{};
-    d.bind_host = opts_.peer_listen_host;
-    discovery_ = std::make_unique<discovery>(
-        io_.get_executor(), d, [this](const std::string& host, std::uint16_t port) { add_peer(host, port); });
-    discovery_->start();
-  }
+  resize_local(opts_.workers);
+  peers_.start();
   wait_for_signals();
-  net::co_spawn(io_, accept_loop(), log::on_failure("listener"));
   if (opts_.idle_exit)
     net::co_spawn(io_, idle_watch(), log::on_failure("idle watch"));
 
   // Tests and scripts read the real port from this first line when they ask for port 0.
   const bool v6 = endpoint.address().is_v6();
   std::printf("ppgate listening on http://%s%s%s:%u\n", v6 ? "[" : "", opts_.listen_host.c_str(),
-              v6 ? "]" : "", static_cast<unsigned>(port_));
-  if (peer_server_)
-    std::printf("ppgate accepting peers on %s:%u%s\n", opts_.peer_listen_host.c_str(),
-                static_cast<unsigned>(peer_server_->port()), opts_.peer.tls.enabled() ? " (TLS)" : "");
+              v6 ? "]" : "", static_cast<unsigned>(listener_->port()));
+  if (peers_.listening())
+    std::printf("ppgate accepting peers on %s:%u%s\n", opts_.peers.listen_host.c_str(),
+                static_cast<unsigned>(peers_.port()), opts_.peer.tls.enabled() ? " (TLS)" : "");
   std::fflush(stdout);
   log::info("serving with ", pool_.size(), " workers", opts_.secret.empty() ? "" : ", bearer token required");
 }
@@ -89,61 +76,42 @@ void node_server::stop() {
   stopped_ = true;
   log::info("stopping");
   boost::system::error_code ec;
-  acceptor_.close(ec);
+  listener_->stop();
   stop_signals_.cancel(ec);
   stats_signal_.cancel(ec);
   parent_watch_.close(ec);
   events_->stop();
   scheduler_.set_event_sink(nullptr);
-  if (peer_server_) peer_server_->stop();
-  if (discovery_) discovery_->stop();
-  for (auto& link : peer_links_) link->stop();
+  peers_.stop();
   pool_.shutdown();
   if (!opts_.pid_file.empty()) ::unlink(opts_.pid_file.c_str());
   io_.stop();
 }
 
-void node_server::resize_pool(std::optional<std::size_t> workers) {
+void node_server::resize_local(std::optional<std::size_t> workers) {
   pool_.resize(workers ? *workers : local_pool::usable_cpus());
-  if (peer_server_) peer_server_->capacity_changed();
+  peers_.capacity_changed();
 }
 
-void node_server::add_peer(const std::string& host, std::uint16_t port) {
-  const std::string name = host + ":" + std::to_string(port);
-  for (const auto& link : peer_links_)
-    if (link->name() == name) return;
-  auto link = std::make_shared<peer_link>(io_.get_executor(), scheduler_, host, port, opts_.peer,
-                                          opts_.peer_inflight);
-  peer_links_.push_back(link);
-  link->launch();
-}
-
-std::size_t node_server::total_slots() {
-  std::size_t n = pool_.size();
-  for (const auto& link : peer_links_) n += link->slot_count();
-  return n;
-}
-
-std::string node_server::stats_table() {
-  return format_stats_table(scheduler_.stats(), total_slots());
-}
-
-std::string node_server::nodes_json() {
-  std::string out = format_nodes_json(pool_);
-  out.pop_back();  // the closing ']'
-  for (const auto& link : peer_links_) {
-    out += ",{\"name\":";
-    append_json_string(out, link->name());
-    out += ",\"python\":";
-    append_json_string(out, link->python_version());
-    out += ",\"kind\":\"remote\",\"slots\":" + std::to_string(link->slot_count()) +
-           ",\"busy\":" + std::to_string(link->busy()) + ",\"connected\":";
-    out += link->connected() ? "true" : "false";
-    out += ",\"last_error\":";
-    append_json_string(out, link->last_error());
-    out += '}';
+std::vector<node_summary> node_server::nodes() const {
+  std::vector<node_summary> out;
+  node_summary& local = out.emplace_back();
+  local.name = pool_.name();
+  local.python = pool_.python_version();
+  local.workers = pool_.workers();
+  local.slots = local.workers.size();
+  local.busy = static_cast<std::size_t>(std::count_if(local.workers.begin(), local.workers.end(),
+                                                      [](const auto& w) { return w.state == worker_state::busy; }));
+  for (const auto& peer : peers_.dialed()) {
+    node_summary& n = out.emplace_back();
+    n.name = peer->name();
+    n.python = peer->python_version();
+    n.remote = true;
+    n.slots = peer->slot_count();
+    n.busy = peer->busy();
+    n.connected = peer->connected();
+    n.last_error = peer->last_error();
   }
-  out += ']';
   return out;
 }
 
@@ -173,43 +141,11 @@ void node_server::wait_for_stats_signal() {
   stats_signal_.async_wait([this](boost::system::error_code ec, int) {
     if (ec) return;
     // As ppserver does on SIGUSR1: print the statistics table to standard output.
-    const std::string table = stats_table();
+    const std::string table = format_stats_table(scheduler_.stats(), total_slots());
     std::fwrite(table.data(), 1, table.size(), stdout);
     std::fflush(stdout);
     wait_for_stats_signal();
   });
-}
-
-net::awaitable<void> node_server::accept_loop() {
-  for (;;) {
-    auto [ec, socket] = co_await acceptor_.async_accept(use_nothrow_awaitable);
-    if (ec == net::error::operation_aborted || !acceptor_.is_open()) co_return;
-    if (ec) {
-      // Out of file descriptors and the like: back off instead of spinning.
-      log::warn("accept: ", ec.message());
-      net::steady_timer pause(io_, std::chrono::milliseconds(100));
-      co_await pause.async_wait(use_nothrow_awaitable);
-      continue;
-    }
-    boost::system::error_code no_peer;
-    const net::ip::address from = socket.remote_endpoint(no_peer).address();
-    if (no_peer) continue;  // it hung up already
-    if (connections_->open >= opts_.max_connections && !connections_->make_room_for(from)) {
-      // Answer right away and close; a fresh socket's send buffer takes this without blocking.
-      static const std::string busy =
-          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-          "Content-Length: 58\r\n\r\n{\"error\":{\"message\":\"too many connections; retry later\"}}";
-      boost::system::error_code ignored;
-      socket.non_blocking(true, ignored);
-      socket.write_some(net::buffer(busy), ignored);
-      socket.close(ignored);
-      continue;
-    }
-    boost::system::error_code ignored;
-    socket.set_option(net::ip::tcp::no_delay(true), ignored);
-    net::co_spawn(io_, run_http_session(std::move(socket), from, *this),
-                  log::on_failure("http session"));
-  }
 }
 
 net::awaitable<void> node_server::idle_watch() {
@@ -218,10 +154,10 @@ net::awaitable<void> node_server::idle_watch() {
     tick.expires_after(std::chrono::milliseconds(250));
     auto [ec] = co_await tick.async_wait(use_nothrow_awaitable);
     if (ec || stopped_) co_return;
-    const bool busy = connections_->open > 0 || scheduler_.queue_depth() > 0 || scheduler_.running() > 0;
+    const bool busy = listener_->open_connections() > 0 || scheduler_.queue_depth() > 0 || scheduler_.running() > 0;
     if (busy) {
-      touch();
-    } else if (steady_clock::now() - connections_->last_activity >= *opts_.idle_exit) {
+      activity_->touch();
+    } else if (steady_clock::now() - activity_->last_seen >= *opts_.idle_exit) {
       log::info("idle for ", opts_.idle_exit->count(), " s; exiting (--idle-exit)");
       stop();
       co_return;

@@ -243,14 +243,14 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else if (flag == "--peer-listen") {
       serve_options scratch;
       parse_listen(take_value(), scratch);
-      o.peer_listen_host = scratch.listen_host;
-      o.peer_listen_port = scratch.listen_port;
+      o.peers.listen_host = scratch.listen_host;
+      o.peers.listen_port = scratch.listen_port;
     } else if (flag == "--peers") {
       std::string_view list = take_value();
       while (!list.empty()) {
         const auto comma = list.find(',');
         const auto item = list.substr(0, comma);
-        if (!item.empty()) o.peers.push_back(parse_peer(flag, item));
+        if (!item.empty()) o.peers.dial.push_back(parse_peer(flag, item));
         list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
       }
     } else if (flag == "--advertise") {
@@ -265,15 +265,15 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.peer.heartbeat = parse_seconds(flag, take_value(), 0.05, 60);
     } else if (flag == "--discover") {
       no_value();
-      o.discover = true;
+      o.peers.discover = true;
     } else if (flag == "--cluster") {
-      o.cluster = take_value();
-      if (o.cluster.empty() || o.cluster.find_first_of(" \t\n") != std::string::npos)
+      o.peers.cluster = take_value();
+      if (o.peers.cluster.empty() || o.peers.cluster.find_first_of(" \t\n") != std::string::npos)
         throw usage_error("--cluster expects a name without spaces");
     } else if (flag == "--discover-port") {
-      o.discover_port = parse_int<std::uint16_t>(flag, take_value(), 1, 65535);
+      o.peers.discover_port = parse_int<std::uint16_t>(flag, take_value(), 1, 65535);
     } else if (flag == "--peer-inflight") {
-      o.peer_inflight = parse_int<std::size_t>(flag, take_value(), 1, 64);
+      o.peers.inflight_per_slot = parse_int<std::size_t>(flag, take_value(), 1, 64);
     } else if (flag == "--tls-cert") {
       o.peer.tls.cert_file = take_value();
     } else if (flag == "--tls-key") {
@@ -319,7 +319,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     throw usage_error("the secret must be at least 8 characters long, not all blanks");
   if (!o.peer.secret.empty() && blank(o.peer.secret))
     throw usage_error("the peers' secret must not be all blanks");
-  const bool peering = !o.peer_listen_host.empty() || !o.peers.empty() || o.discover;
+  const bool peering = !o.peers.listen_host.empty() || !o.peers.dial.empty() || o.peers.discover;
   if (o.peer.secret.empty()) o.peer.secret = o.secret;
   if (peering && o.peer.secret.empty())
     throw usage_error("peers authenticate each other with a shared secret: give --secret-file, "
@@ -330,8 +330,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     throw usage_error("--tls-cert and --tls-key go together");
   if (!o.peer.tls.ca_file.empty() && o.peer.tls.cert_file.empty())
     throw usage_error("--tls-ca needs --tls-cert and --tls-key");
-  if (o.peer.name.empty() && !o.peer_listen_host.empty())
-    o.peer.name = o.peer_listen_host + ":" + std::to_string(o.peer_listen_port);
+  if (o.peer.name.empty() && !o.peers.listen_host.empty())
+    o.peer.name = o.peers.listen_host + ":" + std::to_string(o.peers.listen_port);
   const bool loopback = boost::asio::ip::make_address(o.listen_host).is_loopback();
   if (!loopback && o.secret.empty() && !o.insecure)
     throw usage_error("--listen " + o.listen_host +

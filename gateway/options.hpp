@@ -1,7 +1,7 @@
 // Command line of `ppgate`: parsing, validation and --help. No Beast here.
 #pragma once
 
-#include "peer_channel.hpp"
+#include "peer/peer_settings.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -43,14 +43,8 @@ struct serve_options {
   std::chrono::microseconds busy_poll{100};
 
   // Peers (docs/peers.md).
-  std::string peer_listen_host;      // empty: no peer listener
-  std::uint16_t peer_listen_port = 0;
-  std::vector<std::pair<std::string, std::uint16_t>> peers;  // to dial
-  std::size_t peer_inflight = 8;     // jobs in flight per slot of a peer (beyond one: short jobs)
-  peer_settings peer;                // secret, advertised name, TLS
-  bool discover = false;             // find peers of the same cluster by UDP broadcast
-  std::string cluster = "ppgate";
-  std::uint16_t discover_port = 7099;
+  peers_options peers;  // the peer port, peers to dial, discovery
+  peer_settings peer;   // secret, advertised name, TLS
 };
 
 enum class command { serve, help, version };

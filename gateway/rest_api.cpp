@@ -1,10 +1,10 @@
 #include "rest_api.hpp"
 
 #include "job_json.hpp"
-#include "job_request.hpp"
+#include "job_parser.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
-#include "node_server.hpp"
+#include "node_directory.hpp"
 #include "request_head.hpp"
 #include "stats_format.hpp"
 
@@ -58,12 +58,12 @@ std::string job_list_json(const std::vector<std::string>& items) {
 
 }  // namespace
 
-rest_api::rest_api(node_server& server) : server_(server) {}
+rest_api::rest_api(scheduler& sched, node_directory& nodes, std::string secret, bool insecure)
+    : sched_(sched), nodes_(nodes), secret_(std::move(secret)), insecure_(insecure) {}
 
 std::optional<http_response> rest_api::check_access(const http_request& req,
                                                     std::string_view path) const {
-  const auto& opts = server_.options();
-  return refuse_request_head(req, path, access_policy{opts.secret, opts.insecure});
+  return refuse_request_head(req, path, access_policy{secret_, insecure_});
 }
 
 net::awaitable<http_response> rest_api::handle(http_request& req) {
@@ -105,21 +105,19 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
       if (method == http::verb::put) co_return resize_workers(req);
       if (method == http::verb::get)
         co_return make_response(http::status::ok,
-                                "{\"count\":" + std::to_string(server_.pool().size()) + "}", req.version());
+                                "{\"count\":" + std::to_string(nodes_.local_workers()) + "}", req.version());
       co_return not_allowed("GET, PUT");
     }
     if (path == "/metrics") {
       if (method != http::verb::get) co_return not_allowed("GET");
-      const auto workers = server_.pool().workers();
-      const auto busy = static_cast<std::size_t>(
-          std::count_if(workers.begin(), workers.end(), [](const auto& w) { return w.state == "busy"; }));
-      co_return make_response(http::status::ok, format_metrics(server_.jobs().stats(), workers.size(), busy),
+      const node_summary local = nodes_.nodes().front();
+      co_return make_response(http::status::ok, format_metrics(sched_.stats(), local.slots, local.busy),
                               req.version(), "text/plain; version=0.0.4; charset=utf-8");
     }
     if (path == "/healthz") {
       if (method != http::verb::get) co_return not_allowed("GET");
       co_return make_response(http::status::ok,
-                              "{\"status\":\"ok\",\"workers\":" + std::to_string(server_.pool().size()) + "}",
+                              "{\"status\":\"ok\",\"workers\":" + std::to_string(nodes_.local_workers()) + "}",
                               req.version());
     }
     if (path == "/" || path == "/index.html") {
@@ -134,20 +132,19 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
 }
 
 net::awaitable<http_response> rest_api::submit_jobs(http_request& req, std::optional<double> wait) {
-  auto& sched = server_.jobs();
   job_submission submission = parse_job_submission(
-      req.body(), [&sched](function_def def) { return sched.intern(std::move(def)); });
+      req.body(), [this](function_def def) { return sched_.intern(std::move(def)); });
 
   std::vector<std::uint64_t> ids;
   ids.reserve(submission.jobs.size());
-  for (auto& spec : submission.jobs) ids.push_back(sched.submit(std::move(spec)).id);
+  for (auto& spec : submission.jobs) ids.push_back(sched_.submit(std::move(spec)).id);
   if (wait) co_await wait_for_jobs(ids, *wait);
 
   bool all_finished = true;
   std::vector<std::string> bodies;
   bodies.reserve(ids.size());
   for (const auto id : ids) {
-    const job* j = sched.find(id);
+    const job* j = sched_.find(id);
     if (j == nullptr) {
       bodies.push_back("{\"id\":" + std::to_string(id) + ",\"status\":\"expired\"}");
       continue;
@@ -171,19 +168,18 @@ net::awaitable<http_response> rest_api::get_job(const http_request& req, std::ui
     const std::vector<std::uint64_t> ids{id};
     co_await wait_for_jobs(ids, *wait);
   }
-  const job* j = server_.jobs().find(id);
+  const job* j = sched_.find(id);
   if (j == nullptr)
     co_return make_error(http::status::not_found, "no job " + std::to_string(id), req.version());
   co_return make_response(http::status::ok, format_job_json(*j), req.version());
 }
 
 http_response rest_api::cancel_job(const http_request& req, std::uint64_t id) {
-  auto& sched = server_.jobs();
-  switch (sched.cancel(id)) {
+  switch (sched_.cancel(id)) {
     case scheduler::cancel_result::not_found:
       return make_error(http::status::not_found, "no job " + std::to_string(id), req.version());
     case scheduler::cancel_result::already_finished: {
-      const job* j = sched.find(id);
+      const job* j = sched_.find(id);
       return make_error(http::status::conflict,
                         "job " + std::to_string(id) + " has already ended (" +
                             std::string(to_string(j->state)) + ")",
@@ -192,19 +188,19 @@ http_response rest_api::cancel_job(const http_request& req, std::uint64_t id) {
     case scheduler::cancel_result::cancelled:
       break;
   }
-  return make_response(http::status::ok, format_job_json(*sched.find(id)), req.version());
+  return make_response(http::status::ok, format_job_json(*sched_.find(id)), req.version());
 }
 
 http_response rest_api::stats(const http_request& req) {
-  const auto snapshot = server_.jobs().stats();
+  const auto snapshot = sched_.stats();
   if (wants_text(req))
-    return make_response(http::status::ok, format_stats_table(snapshot, server_.total_slots()),
+    return make_response(http::status::ok, format_stats_table(snapshot, nodes_.total_slots()),
                          req.version(), "text/plain; charset=utf-8");
-  return make_response(http::status::ok, format_stats_json(snapshot, server_.total_slots()), req.version());
+  return make_response(http::status::ok, format_stats_json(snapshot, nodes_.total_slots()), req.version());
 }
 
 http_response rest_api::nodes(const http_request& req) {
-  return make_response(http::status::ok, "{\"nodes\":" + server_.nodes_json() + "}", req.version());
+  return make_response(http::status::ok, "{\"nodes\":" + format_nodes_json(nodes_.nodes()) + "}", req.version());
 }
 
 http_response rest_api::resize_workers(http_request& req) {
@@ -238,27 +234,26 @@ http_response rest_api::resize_workers(http_request& req) {
   }
   if (doc.current_location().error() != simdjson::OUT_OF_BOUNDS) throw request_error("invalid JSON: trailing content after the body");
   if (!have_count) throw request_error("field 'count' is required");
-  server_.resize_pool(count);
-  log::info("worker pool resized to ", server_.pool().size());
-  return make_response(http::status::ok, "{\"count\":" + std::to_string(server_.pool().size()) + "}",
+  nodes_.resize_local(count);
+  log::info("worker pool resized to ", nodes_.local_workers());
+  return make_response(http::status::ok, "{\"count\":" + std::to_string(nodes_.local_workers()) + "}",
                        req.version());
 }
 
 net::awaitable<void> rest_api::wait_for_jobs(const std::vector<std::uint64_t>& ids, double wait) {
-  auto& sched = server_.jobs();
   const auto deadline =
       steady_clock::now() + std::chrono::duration_cast<steady_clock::duration>(std::chrono::duration<double>(wait));
   auto wake = std::make_shared<net::steady_timer>(co_await net::this_coro::executor);
   std::size_t next = 0;  // jobs before this index have ended
   while (steady_clock::now() < deadline) {
     while (next < ids.size()) {
-      const job* j = sched.find(ids[next]);
+      const job* j = sched_.find(ids[next]);
       if (j != nullptr && !is_terminal(j->state)) break;
       ++next;
     }
     if (next == ids.size()) co_return;
     // The scheduler cancels `wake` when this job ends; otherwise it fires at the deadline.
-    sched.notify_on_end(*sched.find(ids[next]), wake);
+    sched_.notify_on_end(*sched_.find(ids[next]), wake);
     wake->expires_at(deadline);
     co_await wake->async_wait(use_nothrow_awaitable);
   }

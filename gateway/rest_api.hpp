@@ -13,11 +13,14 @@
 
 namespace ppgate {
 
-class node_server;
+class node_directory;
+class scheduler;
 
 class rest_api {
  public:
-  explicit rest_api(node_server& server);
+  // `sched` and `nodes` are borrowed and outlive the API. `secret` is the bearer token clients
+  // must present (empty: none); `insecure` accepts any Host name (--insecure).
+  rest_api(scheduler& sched, node_directory& nodes, std::string secret, bool insecure);
 
   // Never throws for bad input: every client mistake becomes a JSON error response.
   net::awaitable<http_response> handle(http_request& req);
@@ -36,7 +39,10 @@ class rest_api {
   // Returns when every job in `ids` has ended, or after `wait` seconds, whichever comes first.
   net::awaitable<void> wait_for_jobs(const std::vector<std::uint64_t>& ids, double wait);
 
-  node_server& server_;
+  scheduler& sched_;
+  node_directory& nodes_;
+  std::string secret_;
+  bool insecure_;
 };
 
 }  // namespace ppgate

@@ -13,38 +13,38 @@ local_pool::local_pool(net::any_io_executor ex, scheduler& sched, worker_options
 local_pool::~local_pool() { shutdown(); }
 
 void local_pool::resize(std::size_t count) {
-  while (links_.size() < count) {
-    auto link = std::make_shared<worker_link>(ex_, sched_, *this, opts_);
-    links_.push_back(link);
-    link->launch();
+  while (slots_.size() < count) {
+    auto slot = std::make_shared<worker_slot>(ex_, sched_, *this, opts_);
+    slots_.push_back(slot);
+    slot->launch();
   }
-  while (links_.size() > count) {
-    // Prefer a link that is not running a job, so shrinking does not wait on long jobs.
-    auto victim = std::find_if(links_.begin(), links_.end(),
-                               [](const auto& l) { return l->info().state != "busy"; });
-    if (victim == links_.end()) victim = links_.end() - 1;
-    auto link = *victim;
-    links_.erase(victim);
-    retiring_.push_back(link);
-    link->retire();
+  while (slots_.size() > count) {
+    // Prefer a slot that is not running a job, so shrinking does not wait on long jobs.
+    auto victim = std::find_if(slots_.begin(), slots_.end(),
+                               [](const auto& l) { return l->info().state != worker_state::busy; });
+    if (victim == slots_.end()) victim = slots_.end() - 1;
+    auto slot = *victim;
+    slots_.erase(victim);
+    retiring_.push_back(slot);
+    slot->retire();
   }
 }
 
 std::vector<worker_info> local_pool::workers() const {
   std::vector<worker_info> out;
-  out.reserve(links_.size());
-  for (const auto& l : links_) out.push_back(l->info());
+  out.reserve(slots_.size());
+  for (const auto& l : slots_) out.push_back(l->info());
   return out;
 }
 
 void local_pool::shutdown() {
-  for (auto& l : links_) l->stop_now();
+  for (auto& l : slots_) l->stop_now();
   for (auto& l : retiring_) l->stop_now();
 }
 
-void local_pool::on_link_ended(worker_link& link) {
-  std::erase_if(retiring_, [&](const auto& l) { return l.get() == &link; });
-  std::erase_if(links_, [&](const auto& l) { return l.get() == &link; });
+void local_pool::on_slot_ended(worker_slot& slot) {
+  std::erase_if(retiring_, [&](const auto& l) { return l.get() == &slot; });
+  std::erase_if(slots_, [&](const auto& l) { return l.get() == &slot; });
 }
 
 std::size_t local_pool::usable_cpus() {

@@ -1,9 +1,9 @@
-// The local node: a pool of worker_links, one per slot, resizable at run time both ways.
+// The local node: a pool of worker_slots, one per slot, resizable at run time both ways.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
 #include "scheduler.hpp"
-#include "worker_link.hpp"
+#include "worker_slot.hpp"
 
 #include <memory>
 #include <string>
@@ -17,19 +17,19 @@ class local_pool : public node {
   ~local_pool() override;
 
   const std::string& name() const override { return name_; }
-  std::size_t slot_count() const override { return links_.size(); }
+  std::size_t slot_count() const override { return slots_.size(); }
   const std::string& python_version() const override { return opts_.python_version; }
 
   // Grows by starting workers; shrinks by retiring idle workers first, then busy ones after their
   // current job.
   void resize(std::size_t count);
-  std::size_t size() const { return links_.size(); }
+  std::size_t size() const { return slots_.size(); }
   std::vector<worker_info> workers() const;
 
   // Kills and reaps every worker process, retiring ones included. Synchronous.
   void shutdown();
 
-  void on_link_ended(worker_link& link);  // called by a link whose supervision has ended
+  void on_slot_ended(worker_slot& slot);  // called by a slot whose supervision has ended
 
   // The number of CPUs this process may run on (sched_getaffinity), at least 1.
   static std::size_t usable_cpus();
@@ -39,8 +39,8 @@ class local_pool : public node {
   scheduler& sched_;
   worker_options opts_;
   std::string name_ = "local";
-  std::vector<std::shared_ptr<worker_link>> links_;     // serving slots
-  std::vector<std::shared_ptr<worker_link>> retiring_;  // leaving; kept until reaped
+  std::vector<std::shared_ptr<worker_slot>> slots_;     // serving slots
+  std::vector<std::shared_ptr<worker_slot>> retiring_;  // leaving; kept until reaped
 };
 
 }  // namespace ppgate

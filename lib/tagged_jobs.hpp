@@ -1,11 +1,12 @@
 // The job-running half of a session, shared by the WebSocket job sessions (/v1/session) and the
 // peer protocol's serving side: batches of jobs in the session format (docs/rest.md, "Sessions")
-// are submitted, each job known by the client's tag; ended jobs are collected as result objects
-// for the transport to send. Owned through shared_ptr (it observes its jobs through weak_ptr).
+// are submitted, each job known by the client's tag; ended jobs are collected as results, written
+// by the transport's `encoding`, for the transport to send. Owned through shared_ptr (it observes
+// its jobs through weak_ptr).
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
-#include "job_request.hpp"
+#include "job_parser.hpp"
 #include "scheduler.hpp"
 
 #include <deque>
@@ -13,18 +14,32 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace ppgate {
 
 class tagged_jobs : public job_observer, public std::enable_shared_from_this<tagged_jobs> {
  public:
-  // session_json: results as {"results":[...]} (WebSocket sessions);
-  // peer_frames: each result as a framed peer `result` message (lib/peer_protocol.hpp), and the
-  // jobs run on this node's own workers only.
-  enum class format { session_json, peer_frames };
+  // How a transport writes what its client is told: gateway/job_session.cpp's JSON messages,
+  // lib/peer/peer_server.cpp's peer frames. Borrowed; it outlives the tagged_jobs.
+  class encoding {
+   public:
+    virtual ~encoding() = default;
+    // Jobs that must run on this node's own workers (a peer's: forwarding them again could send
+    // them in circles).
+    virtual bool local_only() const { return false; }
+    // Appends the result of the job the client knows as `tag` to the results waiting to be sent.
+    virtual void append_result(std::string& results, std::int64_t tag, const job& j) const = 0;
+    // A batch refused whole: the reply to send, or an empty string when each of its tags is
+    // answered by a failed result appended to `results` instead.
+    virtual std::string refuse_batch(std::string& results, const std::vector<std::int64_t>& tags,
+                                     std::string_view why) const = 0;
+    // The message that carries the results collected so far (never empty).
+    virtual std::string results_message(std::string&& results) const = 0;
+  };
 
   // `output_ready` is called whenever replies or results are waiting to be sent.
-  tagged_jobs(scheduler& sched, std::function<void()> output_ready, format f = format::session_json);
+  tagged_jobs(scheduler& sched, std::function<void()> output_ready, const encoding& enc);
 
   // A batch: a JSON array of jobs with "tag" and maybe "fn_id". An accepted batch produces no
   // reply; a refused one produces {"rejected":[tags],"error":{...}}.
@@ -38,21 +53,21 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   bool has_output() const { return !replies_.empty() || !results_.empty(); }
   // Bytes of replies and results waiting to be taken: what backpressure bounds.
   std::size_t unsent_bytes() const { return replies_bytes_ + results_.size(); }
-  // The next message to send: a reply, else {"results":[...]} with every ended job so far.
+  // The next message to send: a reply, else the results of every job ended so far.
   std::string take_output();
   std::size_t open_jobs() const { return open_.size(); }
 
  private:
   scheduler& sched_;
   std::function<void()> output_ready_;
-  format format_;
+  const encoding& encoding_;
   bool closed_ = false;
   session_functions functions_;                          // fn_id -> definition
   std::unordered_map<std::uint64_t, std::int64_t> open_;  // job id -> the client's tag
   std::unordered_map<std::int64_t, std::uint64_t> by_tag_;
   std::deque<std::string> replies_;
   std::size_t replies_bytes_ = 0;
-  std::string results_;  // result objects joined by ','
+  std::string results_;  // as the encoding appends them
 };
 
 }  // namespace ppgate

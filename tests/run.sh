@@ -99,7 +99,7 @@ fi
 # crashes, leaks, hangs or trips a sanitizer counts as a failure. PPGATE_FUZZ=0 skips them.
 if [ "${PPGATE_FUZZ:-1}" != 0 ]; then
   FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz}
-  targets=(fuzz_http_head fuzz_job_request fuzz_session_message fuzz_worker_frames fuzz_peer_frames)
+  targets=(fuzz_http_head fuzz_job_parser fuzz_session_message fuzz_worker_frames fuzz_peer_frames)
   if { [ -f "$FUZZ_BUILD/build.ninja" ] || CC=clang CXX=clang++ meson setup "$FUZZ_BUILD" \
          -Db_sanitize=address,undefined -Db_lundef=false >/dev/null; } &&
      ninja -C "$FUZZ_BUILD" "${targets[@]/#/tests/fuzz/}"; then

@@ -3,7 +3,7 @@
 // the same bytes checked as authenticated frames of an established link.
 #include "frame.hpp"
 #include "job.hpp"
-#include "peer_protocol.hpp"
+#include "peer/peer_protocol.hpp"
 
 #include <cstddef>
 #include <cstdint>

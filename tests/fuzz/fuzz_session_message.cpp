@@ -1,7 +1,7 @@
 // Fuzz target: the messages of one job session (WebSocket /v1/session), one per line of the
 // input, against one session's function table: batches that define and reference functions by
 // "fn_id", and {"cancel": TAG}.
-#include "job_request.hpp"
+#include "job_parser.hpp"
 
 #include <cstddef>
 #include <cstdint>

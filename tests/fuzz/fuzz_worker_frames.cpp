@@ -1,4 +1,4 @@
-// Fuzz target: what a worker sends the node, as worker_link reads it: frames in arbitrary
+// Fuzz target: what a worker sends the node, as worker_slot reads it: frames in arbitrary
 // chunks (the first input byte sets the chunk size), each parsed as a reply.
 #include "frame.hpp"
 #include "worker_protocol.hpp"

@@ -1,5 +1,5 @@
 // The local pool with real worker processes: supervision, timeouts, cancel, resize.
-#include "job_request.hpp"
+#include "job_parser.hpp"
 #include "local_pool.hpp"
 
 #include <boost/asio/io_context.hpp>

@@ -1,4 +1,4 @@
-#include "peer_link.hpp"
+#include "peer_node.hpp"
 
 #include "json_writer.hpp"
 #include "log.hpp"
@@ -11,9 +11,9 @@
 namespace ppgate {
 
 // A slot of the peer: holds one job in flight at a time.
-class peer_link::link_slot : public slot {
+class peer_node::remote_slot : public slot {
  public:
-  link_slot(peer_link& link, bool short_jobs_only) : short_jobs_only(short_jobs_only), link_(link) {}
+  remote_slot(peer_node& link, bool short_jobs_only) : short_jobs_only(short_jobs_only), link_(link) {}
   node& owner() override { return link_; }
   void start(job& j) override {
     job_ = &j;
@@ -35,13 +35,13 @@ class peer_link::link_slot : public slot {
   const bool short_jobs_only;
 
  private:
-  peer_link& link_;
+  peer_node& link_;
 };
 
 // The dialer's side of an authenticated connection.
-class peer_link::channel : public peer_channel {
+class peer_node::channel : public peer_channel {
  public:
-  channel(std::unique_ptr<peer_stream> s, const peer_settings& settings, peer_link& link)
+  channel(std::unique_ptr<peer_stream> s, const peer_settings& settings, peer_node& link)
       : peer_channel(std::move(s), settings), link_(link) {
     peer_name_ = link.name_;
   }
@@ -134,10 +134,10 @@ class peer_link::channel : public peer_channel {
     }
   }
 
-  peer_link& link_;
+  peer_node& link_;
 };
 
-peer_link::peer_link(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
+peer_node::peer_node(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
                      const peer_settings& settings, std::size_t inflight_per_slot)
     : ex_(ex),
       sched_(sched),
@@ -152,21 +152,21 @@ peer_link::peer_link(net::any_io_executor ex, scheduler& sched, std::string host
 
 // The supervising coroutine takes the slots out of the scheduler before it ends; a link outlives
 // the scheduler only when the io_context is torn down, and must not touch it then.
-peer_link::~peer_link() = default;
+peer_node::~peer_node() = default;
 
-void peer_link::launch() {
+void peer_node::launch() {
   backoff_.emplace(ex_);
   net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
                 log::on_failure("peer link"));
 }
 
-void peer_link::stop() {
+void peer_node::stop() {
   stopped_ = true;
   if (backoff_) backoff_->cancel();
   if (channel_) channel_->close();
 }
 
-net::awaitable<std::shared_ptr<peer_link::channel>> peer_link::connect(bool& refused) {
+net::awaitable<std::shared_ptr<peer_node::channel>> peer_node::connect(bool& refused) {
   net::ip::tcp::resolver resolver(ex_);
   auto [rec, endpoints] = co_await resolver.async_resolve(host_, std::to_string(port_), use_nothrow_awaitable);
   if (rec) {
@@ -195,7 +195,7 @@ net::awaitable<std::shared_ptr<peer_link::channel>> peer_link::connect(bool& ref
   co_return c;
 }
 
-net::awaitable<void> peer_link::supervise() {
+net::awaitable<void> peer_node::supervise() {
   auto self = shared_from_this();
   auto delay = std::chrono::milliseconds(250);
   while (!stopped_) {
@@ -226,7 +226,7 @@ net::awaitable<void> peer_link::supervise() {
   link_lost("the node is stopping");
 }
 
-void peer_link::set_capacity(std::size_t remote_slots) {
+void peer_node::set_capacity(std::size_t remote_slots) {
   remote_slots_ = remote_slots;
   // Per remote slot: one slot for any job, and inflight_per_slot - 1 for short jobs only.
   const std::size_t wanted_any = channel_ ? remote_slots : 0;
@@ -244,7 +244,7 @@ void peer_link::set_capacity(std::size_t remote_slots) {
       }
     }
     for (; active < wanted; ++active) {
-      slots_.push_back(std::make_unique<link_slot>(*this, short_only));
+      slots_.push_back(std::make_unique<remote_slot>(*this, short_only));
       slots_.back()->ask_for_work();
     }
     for (auto it = slots_.begin(); active > wanted && it != slots_.end();) {
@@ -265,7 +265,7 @@ void peer_link::set_capacity(std::size_t remote_slots) {
   }
 }
 
-void peer_link::send_job(job& j, link_slot& s) {
+void peer_node::send_job(job& j, remote_slot& s) {
   if (!channel_) {
     // The link went down between the slot's offer and this job: give the job back untouched.
     s.job_ = nullptr;
@@ -301,12 +301,12 @@ void peer_link::send_job(job& j, link_slot& s) {
   channel_->send(peer::msg::run, m);
 }
 
-void peer_link::cancel_job(job& j) {
+void peer_node::cancel_job(job& j) {
   running_.erase(j.id);
   if (channel_) channel_->send(peer::msg::cancel, std::to_string(j.id));
 }
 
-void peer_link::on_result(std::string_view payload) {
+void peer_node::on_result(std::string_view payload) {
   const auto [tag, state, seconds, outcome, retire] = parse_reported_end(payload);  // "<tag> <state> <s>"
 
   if (auto d = defining_.find(tag); d != defining_.end()) {
@@ -318,7 +318,7 @@ void peer_link::on_result(std::string_view payload) {
   }
   auto it = running_.find(tag);
   if (it == running_.end()) return;  // cancelled here meanwhile
-  link_slot& s = *it->second;
+  remote_slot& s = *it->second;
   running_.erase(it);
   job* j = s.job_;
   s.job_ = nullptr;
@@ -335,10 +335,10 @@ void peer_link::on_result(std::string_view payload) {
   s.ask_for_work();
 }
 
-void peer_link::link_lost(const std::string& why) {
+void peer_node::link_lost(const std::string& why) {
   // Every job in flight goes back to the queue (or ends lost when it has been lost too often);
   // the peer's slots leave the scheduler until the link is back.
-  std::vector<std::unique_ptr<link_slot>> old;
+  std::vector<std::unique_ptr<remote_slot>> old;
   old.swap(slots_);
   running_.clear();
   remote_slots_ = 0;

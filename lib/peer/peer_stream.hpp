@@ -3,6 +3,7 @@
 #pragma once
 
 #include "net.hpp"
+#include "peer_settings.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -16,13 +17,6 @@
 #include <variant>
 
 namespace ppgate {
-
-// TLS for peer links: a certificate and key to present, and a CA that the other side's
-// certificate must chain to (without a CA, links are encrypted and the secret authenticates).
-struct tls_config {
-  std::string cert_file, key_file, ca_file;
-  bool enabled() const { return !cert_file.empty(); }
-};
 
 // Throws std::runtime_error naming the file that could not be used.
 std::shared_ptr<net::ssl::context> make_tls_context(const tls_config& cfg, bool server);

@@ -1,6 +1,6 @@
 // Fuzz target: a POST /v1/jobs body (one job or a batch), as parse_job_submission reads it; a
 // refused body is then scanned for the tags of its jobs, as a session does.
-#include "job_request.hpp"
+#include "job_parser.hpp"
 
 #include <cstddef>
 #include <cstdint>

@@ -9,6 +9,7 @@
 
 #include "frame.hpp"
 #include "peer_protocol.hpp"
+#include "peer_settings.hpp"
 #include "peer_stream.hpp"
 #include "scheduler.hpp"
 
@@ -18,15 +19,6 @@
 #include <string>
 
 namespace ppgate {
-
-struct peer_settings {
-  std::string secret;             // the cluster secret: both sides must hold it
-  std::string name;               // how this node names itself to peers (its advertised address)
-  tls_config tls;
-  std::chrono::milliseconds heartbeat{1000};
-  int missed_heartbeats = 5;      // silence for this many intervals ends the connection
-  std::chrono::milliseconds handshake_timeout{10000};
-};
 
 class peer_channel : public std::enable_shared_from_this<peer_channel> {
  public:

@@ -1,4 +1,4 @@
-#include "job_request.hpp"
+#include "job_parser.hpp"
 
 #include <catch2/catch.hpp>
 

@@ -18,13 +18,13 @@
 
 namespace ppgate {
 
-class peer_link : public node, public std::enable_shared_from_this<peer_link> {
+class peer_node : public node, public std::enable_shared_from_this<peer_node> {
  public:
   static constexpr std::size_t default_inflight_per_slot = 8;
 
-  peer_link(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
+  peer_node(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
             const peer_settings& settings, std::size_t inflight_per_slot = default_inflight_per_slot);
-  ~peer_link() override;
+  ~peer_node() override;
 
   const std::string& name() const override { return name_; }
   std::size_t slot_count() const override { return remote_slots_; }
@@ -38,16 +38,16 @@ class peer_link : public node, public std::enable_shared_from_this<peer_link> {
   std::size_t busy() const { return running_.size(); }
 
  private:
-  class link_slot;
+  class remote_slot;
   class channel;
-  friend class link_slot;
+  friend class remote_slot;
   friend class channel;
 
   net::awaitable<void> supervise();
   // Dials and authenticates; returns the channel, or null with last_error_ set.
   net::awaitable<std::shared_ptr<channel>> connect(bool& refused);
   void set_capacity(std::size_t remote_slots);
-  void send_job(job& j, link_slot& s);
+  void send_job(job& j, remote_slot& s);
   void cancel_job(job& j);
   void on_result(std::string_view payload);
   void link_lost(const std::string& why);
@@ -62,8 +62,8 @@ class peer_link : public node, public std::enable_shared_from_this<peer_link> {
   std::shared_ptr<net::ssl::context> tls_;
   std::size_t inflight_per_slot_;
   std::size_t remote_slots_ = 0;
-  std::vector<std::unique_ptr<link_slot>> slots_;
-  std::unordered_map<std::uint64_t, link_slot*> running_;  // job id (its tag on the link) -> slot
+  std::vector<std::unique_ptr<remote_slot>> slots_;
+  std::unordered_map<std::uint64_t, remote_slot*> running_;  // job id (its tag on the link) -> slot
   std::unordered_map<std::string, int> fn_ids_;            // function hash -> fn_id on this link
   int next_fn_id_ = 1;
   std::unordered_map<std::uint64_t, std::string> defining_;  // job id -> hash its message defines

@@ -71,24 +71,38 @@ std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus) {
   return out;
 }
 
-std::string format_nodes_json(const local_pool& pool) {
-  const auto workers = pool.workers();
-  std::size_t busy = 0;
-  std::string list;
-  for (const auto& w : workers) {
-    if (!list.empty()) list += ',';
-    list += "{\"pid\":" + std::to_string(w.pid) + ",\"state\":\"" + w.state + "\",\"job\":";
-    list += w.job ? std::to_string(w.job) : "null";
-    list += ",\"jobs_run\":" + std::to_string(w.jobs_run) +
-            ",\"sources_sent\":" + std::to_string(w.sources_sent) + "}";
-    busy += w.state == "busy";
+std::string format_nodes_json(const std::vector<node_summary>& nodes) {
+  std::string out = "[";
+  for (const auto& n : nodes) {
+    if (out.size() > 1) out += ',';
+    out += "{\"name\":";
+    append_json_string(out, n.name);
+    out += ",\"python\":";
+    append_json_string(out, n.python);
+    out += n.remote ? ",\"kind\":\"remote\"" : ",\"kind\":\"local\"";
+    out += ",\"slots\":" + std::to_string(n.slots) + ",\"busy\":" + std::to_string(n.busy);
+    if (n.remote) {
+      out += ",\"connected\":";
+      out += n.connected ? "true" : "false";
+      out += ",\"last_error\":";
+      append_json_string(out, n.last_error);
+    } else {
+      out += ",\"workers\":[";
+      for (std::size_t i = 0; i < n.workers.size(); ++i) {
+        const worker_info& w = n.workers[i];
+        if (i > 0) out += ',';
+        out += "{\"pid\":" + std::to_string(w.pid) + ",\"state\":\"";
+        out += to_string(w.state);
+        out += "\",\"job\":";
+        out += w.job ? std::to_string(w.job) : "null";
+        out += ",\"jobs_run\":" + std::to_string(w.jobs_run) +
+               ",\"sources_sent\":" + std::to_string(w.sources_sent) + "}";
+      }
+      out += ']';
+    }
+    out += '}';
   }
-  std::string out = "[{\"name\":";
-  append_json_string(out, pool.name());
-  out += ",\"python\":";
-  append_json_string(out, pool.python_version());
-  out += ",\"kind\":\"local\",\"slots\":" + std::to_string(workers.size()) +
-         ",\"busy\":" + std::to_string(busy) + ",\"workers\":[" + list + "]}]";
+  out += ']';
   return out;
 }
 

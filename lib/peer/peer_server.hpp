@@ -24,7 +24,6 @@ class peer_server {
   std::uint16_t port() const { return port_; }
   void capacity_changed();  // the local pool was resized
   void stop();
-  std::size_t connected() const;
 
  private:
   class connection;

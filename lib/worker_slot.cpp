@@ -1,4 +1,4 @@
-#include "worker_link.hpp"
+#include "worker_slot.hpp"
 
 #include "json_writer.hpp"
 #include "local_pool.hpp"
@@ -26,7 +26,7 @@ std::chrono::nanoseconds stall_limit(const function_def& f) {
 // a longer job, a round trip saved is nothing, and a job held there could run elsewhere.
 constexpr double max_run_seconds_to_wait_behind = 0.01;
 
-worker_link::worker_link(net::any_io_executor ex, scheduler& sched, local_pool& pool,
+worker_slot::worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& pool,
                          const worker_options& opts)
     : ex_(ex),
       sched_(sched),
@@ -37,14 +37,14 @@ worker_link::worker_link(net::any_io_executor ex, scheduler& sched, local_pool& 
       // A fresh process per job leaves nothing to place behind the running job.
       max_in_flight_(opts.restart_after_each_job ? 1 : 16) {}
 
-node& worker_link::owner() { return pool_; }
+node& worker_slot::owner() { return pool_; }
 
-void worker_link::launch() {
+void worker_slot::launch() {
   net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
                 log::on_failure("worker supervisor"));
 }
 
-net::awaitable<void> worker_link::supervise() {
+net::awaitable<void> worker_slot::supervise() {
   auto self = shared_from_this();  // a retired link lives until its process is reaped
   int consecutive_spawn_failures = 0;
   while (!retiring_) {
@@ -95,10 +95,10 @@ net::awaitable<void> worker_link::supervise() {
     proc_.reset();
     if (!retiring_) sched_.count_worker_restart();
   }
-  pool_.on_link_ended(*this);
+  pool_.on_slot_ended(*this);
 }
 
-net::awaitable<void> worker_link::serve() {
+net::awaitable<void> worker_slot::serve() {
   accepting_ = true;
   ask_for_work();
   char buf[64 * 1024];
@@ -109,7 +109,7 @@ net::awaitable<void> worker_link::serve() {
   }
 }
 
-bool worker_link::consume(const char* data, std::size_t n) {
+bool worker_slot::consume(const char* data, std::size_t n) {
   try {
     reader_.feed(data, n);
     std::string_view frame;
@@ -123,7 +123,7 @@ bool worker_link::consume(const char* data, std::size_t n) {
   }
 }
 
-void worker_link::ask_for_work() {
+void worker_slot::ask_for_work() {
   if (retiring_) {
     if (in_flight_.empty()) replace_process();
     return;
@@ -146,13 +146,13 @@ void worker_link::ask_for_work() {
   }
 }
 
-void worker_link::send(std::string_view payload) {
+void worker_slot::send(std::string_view payload) {
   // One write at a time on the socket: frames wait in outbox_ while writing_ is in flight.
   append_worker_frame(outbox_, ++frames_sent_, payload);
   if (writing_.empty()) write_outbox();
 }
 
-void worker_link::write_outbox() {
+void worker_slot::write_outbox() {
   writing_.swap(outbox_);
   net::async_write(proc_->socket(), net::buffer(writing_),
                    [self = shared_from_this(), gen = generation_](boost::system::error_code ec, std::size_t) {
@@ -166,7 +166,7 @@ void worker_link::write_outbox() {
                    });
 }
 
-void worker_link::start(job& j) {
+void worker_slot::start(job& j) {
   if (!accepting_) {
     // The scheduler forgets a slot before its process is replaced, so this is a bug; the job
     // must not be sent to a process that is going away.
@@ -186,7 +186,7 @@ void worker_link::start(job& j) {
   ask_for_work();
 }
 
-void worker_link::become_running(job& j, bool was_waiting) {
+void worker_slot::become_running(job& j, bool was_waiting) {
   ++front_serial_;
   front_started_ = steady_clock::now();
   stalled_ = false;
@@ -200,7 +200,7 @@ void worker_link::become_running(job& j, bool was_waiting) {
   });
 }
 
-void worker_link::on_reply(std::string_view frame) {
+void worker_slot::on_reply(std::string_view frame) {
   const worker_reply reply = parse_worker_reply(frame);
   if (reply.frames_taken) {
     // Frames we sent never reached the worker's loop: job code read them off the link. None of
@@ -256,7 +256,7 @@ void worker_link::on_reply(std::string_view frame) {
   ask_for_work();
 }
 
-void worker_link::arm_stall_check() {
+void worker_slot::arm_stall_check() {
   if (stall_armed_ || in_flight_.size() < 2 || in_flight_.front().j == nullptr) return;
   stall_armed_ = true;
   stall_timer_.expires_at(front_started_ + stall_limit(*in_flight_.front().j->spec.function));
@@ -268,7 +268,7 @@ void worker_link::arm_stall_check() {
   });
 }
 
-void worker_link::on_stall_check(std::uint64_t serial) {
+void worker_slot::on_stall_check(std::uint64_t serial) {
   if (!accepting_ || in_flight_.size() < 2) return;
   if (serial != front_serial_) {
     arm_stall_check();  // the job that was running has ended; time the one running now
@@ -281,7 +281,7 @@ void worker_link::on_stall_check(std::uint64_t serial) {
   take_back_waiting();
 }
 
-void worker_link::take_back_waiting() {
+void worker_slot::take_back_waiting() {
   if (!writing_.empty()) {
     // A write is under way: the notes must reach the socket now, behind it. Try again shortly.
     stall_timer_.expires_after(std::chrono::milliseconds(1));
@@ -331,13 +331,13 @@ void worker_link::take_back_waiting() {
   for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) sched_.requeue(**it);
 }
 
-void worker_link::leave_scheduler() {
+void worker_slot::leave_scheduler() {
   accepting_ = false;
   idle_ = false;
   sched_.slot_gone(*this);
 }
 
-void worker_link::replace_process() {
+void worker_slot::replace_process() {
   // Leave the scheduler before anything can be requeued: a job handed to this slot now would be
   // written to a process that is about to die. supervise() offers the slot again once a fresh
   // process serves.
@@ -347,7 +347,7 @@ void worker_link::replace_process() {
   if (proc_) proc_->kill();
 }
 
-void worker_link::stop_process_and_requeue_waiting() {
+void worker_slot::stop_process_and_requeue_waiting() {
   // The running job has been dealt with by the caller; the ones behind it never started, so they
   // go back to the queue (to another slot, or to this one's next process) with no attempt spent.
   replace_process();
@@ -357,7 +357,7 @@ void worker_link::stop_process_and_requeue_waiting() {
     if (it->j != nullptr) sched_.requeue(*it->j);
 }
 
-void worker_link::on_timeout(std::uint64_t job_id) {
+void worker_slot::on_timeout(std::uint64_t job_id) {
   if (in_flight_.empty() || in_flight_.front().id != job_id || in_flight_.front().j == nullptr) return;
   job& j = *in_flight_.front().j;
   in_flight_.pop_front();
@@ -371,7 +371,7 @@ void worker_link::on_timeout(std::uint64_t job_id) {
                 ran);
 }
 
-void worker_link::abort(job& j) {
+void worker_slot::abort(job& j) {
   if (!in_flight_.empty() && in_flight_.front().j == &j) {
     // It is running: only stopping the process stops it.
     in_flight_.pop_front();
@@ -389,7 +389,7 @@ void worker_link::abort(job& j) {
   }
 }
 
-void worker_link::retire() {
+void worker_slot::retire() {
   retiring_ = true;
   // Neither idle nor offering to prefetch any more; the running job (and those behind it) finish.
   idle_ = false;
@@ -397,21 +397,34 @@ void worker_link::retire() {
   if (in_flight_.empty()) replace_process();
 }
 
-void worker_link::stop_now() {
+void worker_slot::stop_now() {
   retiring_ = true;
   leave_scheduler();
   deadline_.cancel();
   if (proc_) proc_->kill_and_reap();
 }
 
-worker_info worker_link::info() const {
+std::string_view to_string(worker_state s) {
+  switch (s) {
+    case worker_state::starting: return "starting";
+    case worker_state::idle: return "idle";
+    case worker_state::busy: return "busy";
+    case worker_state::stopping: return "stopping";
+  }
+  return "unknown";
+}
+
+worker_info worker_slot::info() const {
   worker_info w;
   w.pid = proc_ ? proc_->pid() : 0;
   const job* running = in_flight_.empty() ? nullptr : in_flight_.front().j;
   w.job = running ? running->id : 0;
   w.jobs_run = jobs_run_;
   w.sources_sent = sources_sent_;
-  w.state = retiring_ ? "stopping" : !in_flight_.empty() ? "busy" : idle_ ? "idle" : "starting";
+  w.state = retiring_            ? worker_state::stopping
+            : !in_flight_.empty() ? worker_state::busy
+            : idle_               ? worker_state::idle
+                                  : worker_state::starting;
   return w;
 }
 

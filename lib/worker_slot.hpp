@@ -34,17 +34,20 @@ struct worker_options {
   bool restart_after_each_job = false;   // pp's restart=True
 };
 
+enum class worker_state { starting, idle, busy, stopping };
+std::string_view to_string(worker_state s);
+
 struct worker_info {
   long pid = 0;                // 0 while (re)starting
-  std::string state;           // starting, idle, busy, stopping
+  worker_state state = worker_state::starting;
   std::uint64_t job = 0;       // running job id, or 0
   std::uint64_t jobs_run = 0;  // completed on this slot, over all its processes
   std::uint64_t sources_sent = 0;  // function sources sent; a repeated function sends none
 };
 
-class worker_link : public slot, public std::enable_shared_from_this<worker_link> {
+class worker_slot : public slot, public std::enable_shared_from_this<worker_slot> {
  public:
-  worker_link(net::any_io_executor ex, scheduler& sched, local_pool& pool,
+  worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& pool,
               const worker_options& opts);
 
   void launch();     // starts supervising: spawn, serve, reap, repeat

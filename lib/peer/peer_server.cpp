@@ -1,5 +1,6 @@
 #include "peer_server.hpp"
 
+#include "json_writer.hpp"
 #include "log.hpp"
 #include "tagged_jobs.hpp"
 
@@ -9,6 +10,41 @@
 #include <utility>
 
 namespace ppgate {
+
+namespace {
+
+// A framed peer `result` message: "<tag> <state> <run seconds>\n<outcome members>".
+void append_peer_result(std::string& frames, std::int64_t tag, std::string_view state, double run_seconds,
+                        std::string_view outcome) {
+  std::string body = std::to_string(tag);
+  body += ' ';
+  body += state;
+  body += ' ';
+  append_json_number(body, run_seconds);
+  body += '\n';
+  body += outcome;
+  peer::append_message(frames, peer::msg::result, body);
+}
+
+// What a dialer is told of the jobs it sent: peer `result` frames, a refused batch included (each
+// of its jobs ends failed, with the reason). Its jobs run on this node's own workers only.
+class peer_result_encoding final : public tagged_jobs::encoding {
+ public:
+  bool local_only() const override { return true; }
+  void append_result(std::string& results, std::int64_t tag, const job& j) const override {
+    append_peer_result(results, tag, to_string(j.state), j.run_seconds, j.outcome);
+  }
+  std::string refuse_batch(std::string& results, const std::vector<std::int64_t>& tags,
+                           std::string_view why) const override {
+    for (const auto tag : tags) append_peer_result(results, tag, "failed", 0, error_outcome("SubmitError", why));
+    return {};
+  }
+  std::string results_message(std::string&& results) const override { return std::move(results); }
+};
+
+const peer_result_encoding peer_results;
+
+}  // namespace
 
 // One accepted peer: the acceptor's side of the handshake, then its jobs.
 class peer_server::connection : public peer_channel {
@@ -51,7 +87,7 @@ class peer_server::connection : public peer_channel {
     }
     log::info("peer ", peer_name_, " connected");
     jobs_ = std::make_shared<tagged_jobs>(
-        server_.sched_, [this] { send_frames(jobs_->take_output()); }, tagged_jobs::format::peer_frames);
+        server_.sched_, [this] { send_frames(jobs_->take_output()); }, peer_results);
     co_await run();
   }
 
@@ -178,13 +214,6 @@ net::awaitable<void> peer_server::accept_loop() {
 void peer_server::capacity_changed() {
   for (const auto& w : connections_)
     if (auto c = w.lock(); c && !c->closed()) c->capacity_changed(pool_.size());
-}
-
-std::size_t peer_server::connected() const {
-  std::size_t n = 0;
-  for (const auto& w : connections_)
-    if (auto c = w.lock(); c && !c->closed()) ++n;
-  return n;
 }
 
 void peer_server::stop() {

@@ -1,0 +1,37 @@
+// What the REST API and the event stream see of the nodes that run this node's jobs: the local
+// pool and the peers it dials. node_server implements it; tests implement it with fakes.
+#pragma once
+
+#include "worker_slot.hpp"
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ppgate {
+
+struct node_summary {
+  std::string name;
+  std::string python;  // the version its workers run; empty while unknown
+  bool remote = false;
+  std::size_t slots = 0;
+  std::size_t busy = 0;
+  bool connected = true;            // a remote node's link is up
+  std::string last_error;           // a remote node's, empty for none
+  std::vector<worker_info> workers;  // the local node's
+};
+
+class node_directory {
+ public:
+  virtual ~node_directory() = default;
+  // The local node first, then each peer.
+  virtual std::vector<node_summary> nodes() const = 0;
+  virtual std::size_t local_workers() const = 0;
+  // pp's ncpus: local workers plus the peers' slots.
+  virtual std::size_t total_slots() const = 0;
+  // Resizes the local pool; empty: one worker per usable CPU.
+  virtual void resize_local(std::optional<std::size_t> workers) = 0;
+};
+
+}  // namespace ppgate
