@@ -83,62 +83,54 @@ std::string event_hub::snapshot() {
   last_latency_ = stats.latency;
   last_time_ = now;
 
-  std::string out = "{\"type\":\"snapshot\",\"seq\":" + std::to_string(++seq_) + ",\"time\":";
-  append_json_number(out, unix_now());
-  out += ",\"interval\":";
-  append_json_number(out, std::chrono::duration<double>(interval_).count());
-  out += ",\"stats\":";
-  out += format_stats_json(stats, nodes_.total_slots());
-  out += ",\"rates\":{\"jobs_per_second\":";
-  append_json_number(out, rate);
-  out += ",\"latency_mean\":";
-  append_json_number(out, mean);
-  out += ",\"latency_p50\":";
-  append_json_number(out, p50);
-  out += ",\"latency_p95\":";
-  append_json_number(out, p95);
-  out += "},\"nodes\":";
-  out += format_nodes_json(nodes_.nodes());
-  out += ",\"recent_failures\":[";
-  bool first = true;
+  std::string out;
+  json_writer w(out);
+  w.begin_object()
+      .member("type", "snapshot")
+      .member("seq", ++seq_)
+      .member("time", unix_now())
+      .member("interval", std::chrono::duration<double>(interval_).count());
+  w.key("stats");
+  write_stats_json(w, stats, nodes_.total_slots());
+  w.key("rates")
+      .begin_object()
+      .member("jobs_per_second", rate)
+      .member("latency_mean", mean)
+      .member("latency_p50", p50)
+      .member("latency_p95", p95)
+      .end_object();
+  w.key("nodes");
+  write_nodes_json(w, nodes_.nodes());
+  w.key("recent_failures").begin_array();
   for (const auto& f : sched_.recent_failures()) {
-    if (!first) out += ',';
-    first = false;
-    out += "{\"id\":" + std::to_string(f.id) + ",\"function\":";
-    append_json_string(out, f.function);
-    out += ",\"node\":";
-    append_json_string(out, f.node);
-    out += ",\"time\":";
-    append_json_number(out, f.unix_time);
-    out += ',';
-    out += f.outcome;
-    out += '}';
+    w.begin_object()
+        .member("id", f.id)
+        .member("function", f.function)
+        .member("node", f.node)
+        .member("time", f.unix_time)
+        .raw_items(f.outcome)
+        .end_object();
   }
-  out += "]}";
+  w.end_array().end_object();
   return out;
 }
 
 void event_hub::on_job_event(const job& j, job_event what) {
   if (job_subscribers_ == 0) return;
-  std::string e = "{\"id\":" + std::to_string(j.id) + ",\"event\":\"";
-  e += event_name(j, what);
-  e += "\",\"function\":";
-  append_json_string(e, j.spec.function->entry);
-  e += ",\"group\":";
-  append_json_string(e, j.spec.group);
-  if (what != job_event::queued) {
-    e += ",\"node\":";
-    append_json_string(e, j.node);
-  }
-  e += ",\"time\":";
-  append_json_number(e, unix_now());
-  if (what == job_event::ended && (j.state == job_state::failed || j.state == job_state::lost)) {
-    e += ',';
-    e += j.outcome;
-  }
-  e += '}';
-  for (const auto& w : subscribers_)
-    if (auto s = w.lock(); s && s->wants_jobs()) s->offer_job_event(e);
+  std::string e;
+  json_writer w(e);
+  w.begin_object()
+      .member("id", j.id)
+      .member("event", event_name(j, what))
+      .member("function", j.spec.function->entry)
+      .member("group", j.spec.group);
+  if (what != job_event::queued) w.member("node", j.node);
+  w.member("time", unix_now());
+  if (what == job_event::ended && (j.state == job_state::failed || j.state == job_state::lost))
+    w.raw_items(j.outcome);
+  w.end_object();
+  for (const auto& subscriber : subscribers_)
+    if (auto s = subscriber.lock(); s && s->wants_jobs()) s->offer_job_event(e);
 }
 
 }  // namespace ppgate

@@ -1,6 +1,7 @@
 #include "event_session.hpp"
 
 #include "event_hub.hpp"
+#include "json_writer.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -53,9 +54,16 @@ net::awaitable<void> event_session::write_loop(ws_stream& ws) {
     }
     std::shared_ptr<const std::string> snapshot;
     if (!events_.empty() || dropped_ > 0) {
-      message = "{\"type\":\"jobs\",\"events\":[";
-      message += events_;
-      message += "],\"dropped\":" + std::to_string(dropped_) + "}";
+      message.clear();
+      json_writer(message)
+          .begin_object()
+          .member("type", "jobs")
+          .key("events")
+          .begin_array()
+          .raw_items(events_)
+          .end_array()
+          .member("dropped", dropped_)
+          .end_object();
       events_.clear();
       pending_events_ = 0;
       dropped_ = 0;

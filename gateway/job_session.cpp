@@ -23,35 +23,27 @@ namespace {
 class session_json_encoding final : public tagged_jobs::encoding {
  public:
   void append_result(std::string& results, std::int64_t tag, const job& j) const override {
-    if (!results.empty()) results += ',';
-    results += "{\"tag\":";
-    results += std::to_string(tag);
-    results += ",\"id\":";
-    results += std::to_string(j.id);
-    results += ",\"status\":\"";
-    results += to_string(j.state);
-    results += "\",\"run_seconds\":";
-    append_json_number(results, j.run_seconds);
-    results += ',';
-    results += j.outcome;
-    results += '}';
+    json_writer(results, /*after_items=*/!results.empty())
+        .begin_object()
+        .member("tag", tag)
+        .member("id", j.id)
+        .member("status", to_string(j.state))
+        .member("run_seconds", j.run_seconds)
+        .raw_items(j.outcome)
+        .end_object();
   }
   std::string refuse_batch(std::string&, const std::vector<std::int64_t>& tags,
                            std::string_view why) const override {
-    std::string rejected = "{\"rejected\":[";
-    for (std::size_t i = 0; i < tags.size(); ++i) {
-      if (i > 0) rejected += ',';
-      rejected += std::to_string(tags[i]);
-    }
-    rejected += "],\"error\":{\"message\":";
-    append_json_string(rejected, why);
-    rejected += "}}";
+    std::string rejected;
+    json_writer w(rejected);
+    w.begin_object().key("rejected").begin_array();
+    for (const auto tag : tags) w.value(tag);
+    w.end_array().key("error").begin_object().member("message", why).end_object().end_object();
     return rejected;
   }
   std::string results_message(std::string&& results) const override {
-    std::string out = "{\"results\":[";
-    out += results;
-    out += "]}";
+    std::string out;
+    json_writer(out).begin_object().key("results").begin_array().raw_items(results).end_array().end_object();
     return out;
   }
 };

@@ -1,5 +1,6 @@
 #include "listener.hpp"
 
+#include "json_writer.hpp"
 #include "log.hpp"
 
 namespace ppgate {
@@ -41,9 +42,11 @@ net::awaitable<void> listener::accept_loop() {
     if (no_peer) continue;  // it hung up already
     if (connections_->open() >= max_connections_ && !connections_->make_room_for(from)) {
       // Answer right away and close; a fresh socket's send buffer takes this without blocking.
-      static const std::string busy =
-          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-          "Content-Length: 58\r\n\r\n{\"error\":{\"message\":\"too many connections; retry later\"}}";
+      static const std::string busy = [] {
+        const std::string body = json_error_body("too many connections; retry later");
+        return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+               "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+      }();
       boost::system::error_code ignored;
       socket.non_blocking(true, ignored);
       socket.write_some(net::buffer(busy), ignored);

@@ -46,13 +46,10 @@ bool wants_text(const http_request& req) {
          accept.find("application/json") == std::string_view::npos;
 }
 
-std::string job_list_json(const std::vector<std::string>& items) {
-  std::string out = "{\"jobs\":[";
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += ',';
-    out += items[i];
-  }
-  out += "]}";
+// {"count": N}: the local pool's size, for GET and PUT /v1/workers.
+std::string worker_count_json(std::size_t count) {
+  std::string out;
+  json_writer(out).begin_object().member("count", count).end_object();
   return out;
 }
 
@@ -104,8 +101,7 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
     if (path == "/v1/workers") {
       if (method == http::verb::put) co_return resize_workers(req);
       if (method == http::verb::get)
-        co_return make_response(http::status::ok,
-                                "{\"count\":" + std::to_string(nodes_.local_workers()) + "}", req.version());
+        co_return make_response(http::status::ok, worker_count_json(nodes_.local_workers()), req.version());
       co_return not_allowed("GET, PUT");
     }
     if (path == "/metrics") {
@@ -116,9 +112,9 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
     }
     if (path == "/healthz") {
       if (method != http::verb::get) co_return not_allowed("GET");
-      co_return make_response(http::status::ok,
-                              "{\"status\":\"ok\",\"workers\":" + std::to_string(nodes_.local_workers()) + "}",
-                              req.version());
+      std::string health;
+      json_writer(health).begin_object().member("status", "ok").member("workers", nodes_.local_workers()).end_object();
+      co_return make_response(http::status::ok, std::move(health), req.version());
     }
     if (path == "/" || path == "/index.html") {
       if (method != http::verb::get) co_return not_allowed("GET");
@@ -141,25 +137,24 @@ net::awaitable<http_response> rest_api::submit_jobs(http_request& req, std::opti
   if (wait) co_await wait_for_jobs(ids, *wait);
 
   bool all_finished = true;
-  std::vector<std::string> bodies;
-  bodies.reserve(ids.size());
+  std::string body;
+  json_writer w(body);
+  if (submission.batch) w.begin_object().key("jobs").begin_array();
   for (const auto id : ids) {
     const job* j = sched_.find(id);
-    if (j == nullptr) {
-      bodies.push_back("{\"id\":" + std::to_string(id) + ",\"status\":\"expired\"}");
+    if (j == nullptr) {  // forgotten already (--keep-finished): it ended
+      w.begin_object().member("id", id).member("status", "expired").end_object();
       continue;
     }
     all_finished = all_finished && is_terminal(j->state);
-    bodies.push_back(format_job_json(*j));
+    write_job_json(w, *j);
   }
+  if (submission.batch) w.end_array().end_object();
   // 200 when the answer holds the results; 202 when the jobs are still on their way.
   const auto status = all_finished && wait ? http::status::ok : http::status::accepted;
-  if (!submission.batch) {
-    auto res = make_response(status, std::move(bodies.front()), req.version());
-    res.set(http::field::location, "/v1/jobs/" + std::to_string(ids.front()));
-    co_return res;
-  }
-  co_return make_response(status, job_list_json(bodies), req.version());
+  auto res = make_response(status, std::move(body), req.version());
+  if (!submission.batch) res.set(http::field::location, "/v1/jobs/" + std::to_string(ids.front()));
+  co_return res;
 }
 
 net::awaitable<http_response> rest_api::get_job(const http_request& req, std::uint64_t id,
@@ -200,7 +195,12 @@ http_response rest_api::stats(const http_request& req) {
 }
 
 http_response rest_api::nodes(const http_request& req) {
-  return make_response(http::status::ok, "{\"nodes\":" + format_nodes_json(nodes_.nodes()) + "}", req.version());
+  std::string body;
+  json_writer w(body);
+  w.begin_object().key("nodes");
+  write_nodes_json(w, nodes_.nodes());
+  w.end_object();
+  return make_response(http::status::ok, std::move(body), req.version());
 }
 
 http_response rest_api::resize_workers(http_request& req) {
@@ -236,8 +236,7 @@ http_response rest_api::resize_workers(http_request& req) {
   if (!have_count) throw request_error("field 'count' is required");
   nodes_.resize_local(count);
   log::info("worker pool resized to ", nodes_.local_workers());
-  return make_response(http::status::ok, "{\"count\":" + std::to_string(nodes_.local_workers()) + "}",
-                       req.version());
+  return make_response(http::status::ok, worker_count_json(nodes_.local_workers()), req.version());
 }
 
 net::awaitable<void> rest_api::wait_for_jobs(const std::vector<std::uint64_t>& ids, double wait) {

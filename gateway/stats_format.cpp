@@ -40,70 +40,69 @@ std::string format_stats_table(const scheduler_stats& s, std::size_t ncpus) {
   return out;
 }
 
-std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus) {
-  std::string out = "{\"elapsed\":";
-  append_json_number(out, s.elapsed_seconds);
-  out += ",\"ncpus\":" + std::to_string(ncpus);
-  out += ",\"active_tasks\":" + std::to_string(s.queued + s.running);
-  out += ",\"queue_depth\":" + std::to_string(s.queued);
-  out += ",\"worker_restarts\":" + std::to_string(s.worker_restarts);
-  out += ",\"retried\":" + std::to_string(s.retried);
-  out += ",\"jobs\":{\"submitted\":" + std::to_string(s.submitted) +
-         ",\"queued\":" + std::to_string(s.queued) + ",\"running\":" + std::to_string(s.running) +
-         ",\"done\":" + std::to_string(s.done) + ",\"failed\":" + std::to_string(s.failed) +
-         ",\"cancelled\":" + std::to_string(s.cancelled) + ",\"lost\":" + std::to_string(s.lost) + "}";
-  out += ",\"nodes\":[";
-  bool first = true;
+void write_stats_json(json_writer& w, const scheduler_stats& s, std::size_t ncpus) {
+  w.begin_object()
+      .member("elapsed", s.elapsed_seconds)
+      .member("ncpus", ncpus)
+      .member("active_tasks", s.queued + s.running)
+      .member("queue_depth", s.queued)
+      .member("worker_restarts", s.worker_restarts)
+      .member("retried", s.retried);
+  w.key("jobs")
+      .begin_object()
+      .member("submitted", s.submitted)
+      .member("queued", s.queued)
+      .member("running", s.running)
+      .member("done", s.done)
+      .member("failed", s.failed)
+      .member("cancelled", s.cancelled)
+      .member("lost", s.lost)
+      .end_object();
+  w.key("nodes").begin_array();
   for (const auto& n : s.nodes) {
-    if (!first) out += ',';
-    first = false;
-    out += "{\"name\":";
-    append_json_string(out, n.name);
-    out += ",\"python\":";
-    append_json_string(out, n.python);
-    out += ",\"ncpus\":" + std::to_string(n.ncpus) + ",\"njobs\":" + std::to_string(n.njobs) + ",\"time\":";
-    append_json_number(out, n.job_time);
-    out += ",\"time_per_job\":";
-    append_json_number(out, n.njobs ? n.job_time / static_cast<double>(n.njobs) : 0.0);
-    out += '}';
+    w.begin_object()
+        .member("name", n.name)
+        .member("python", n.python)
+        .member("ncpus", n.ncpus)
+        .member("njobs", n.njobs)
+        .member("time", n.job_time)
+        .member("time_per_job", n.njobs ? n.job_time / static_cast<double>(n.njobs) : 0.0)
+        .end_object();
   }
-  out += "]}";
+  w.end_array().end_object();
+}
+
+std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus) {
+  std::string out;
+  json_writer w(out);
+  write_stats_json(w, s, ncpus);
   return out;
 }
 
-std::string format_nodes_json(const std::vector<node_summary>& nodes) {
-  std::string out = "[";
+void write_nodes_json(json_writer& w, const std::vector<node_summary>& nodes) {
+  w.begin_array();
   for (const auto& n : nodes) {
-    if (out.size() > 1) out += ',';
-    out += "{\"name\":";
-    append_json_string(out, n.name);
-    out += ",\"python\":";
-    append_json_string(out, n.python);
-    out += n.remote ? ",\"kind\":\"remote\"" : ",\"kind\":\"local\"";
-    out += ",\"slots\":" + std::to_string(n.slots) + ",\"busy\":" + std::to_string(n.busy);
+    w.begin_object()
+        .member("name", n.name)
+        .member("python", n.python)
+        .member("kind", n.remote ? "remote" : "local")
+        .member("slots", n.slots)
+        .member("busy", n.busy);
     if (n.remote) {
-      out += ",\"connected\":";
-      out += n.connected ? "true" : "false";
-      out += ",\"last_error\":";
-      append_json_string(out, n.last_error);
+      w.member("connected", n.connected).member("last_error", n.last_error);
     } else {
-      out += ",\"workers\":[";
-      for (std::size_t i = 0; i < n.workers.size(); ++i) {
-        const worker_info& w = n.workers[i];
-        if (i > 0) out += ',';
-        out += "{\"pid\":" + std::to_string(w.pid) + ",\"state\":\"";
-        out += to_string(w.state);
-        out += "\",\"job\":";
-        out += w.job ? std::to_string(w.job) : "null";
-        out += ",\"jobs_run\":" + std::to_string(w.jobs_run) +
-               ",\"sources_sent\":" + std::to_string(w.sources_sent) + "}";
+      w.key("workers").begin_array();
+      for (const worker_info& wi : n.workers) {
+        w.begin_object().member("pid", wi.pid).member("state", to_string(wi.state)).key("job");
+        if (wi.job) w.value(wi.job);
+        else w.null();
+        w.member("jobs_run", wi.jobs_run).member("sources_sent", wi.sources_sent).end_object();
       }
-      out += ']';
+      w.end_array();
     }
-    out += '}';
+    w.end_object();
   }
-  out += ']';
-  return out;
+  w.end_array();
 }
 
 namespace {

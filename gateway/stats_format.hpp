@@ -1,6 +1,7 @@
 // Renderings of scheduler statistics: JSON for /v1/stats and pp's print_stats() table.
 #pragma once
 
+#include "json_writer.hpp"
 #include "node_directory.hpp"
 #include "scheduler.hpp"
 
@@ -11,10 +12,12 @@ namespace ppgate {
 // pp's print_stats() output, byte for byte (ppft 1.7 layout).
 std::string format_stats_table(const scheduler_stats& s, std::size_t ncpus);
 
+// GET /v1/stats and the stats inside each /v1/events snapshot.
+void write_stats_json(json_writer& w, const scheduler_stats& s, std::size_t ncpus);
 std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus);
 
 // The nodes and their workers, as a JSON array (GET /v1/nodes, the event stream).
-std::string format_nodes_json(const std::vector<node_summary>& nodes);
+void write_nodes_json(json_writer& w, const std::vector<node_summary>& nodes);
 
 // The Prometheus text exposition format (version 0.0.4) for GET /metrics.
 std::string format_metrics(const scheduler_stats& s, std::size_t workers, std::size_t busy_workers);

@@ -53,32 +53,6 @@ std::string function_hash(std::string_view entry, const std::vector<std::string>
   return out;
 }
 
-void append_modules_json(std::string& out, const std::vector<std::string>& modules) {
-  out += '[';
-  for (std::size_t i = 0; i < modules.size(); ++i) {
-    if (i > 0) out += ',';
-    append_json_string(out, modules[i]);
-  }
-  out += ']';
-}
-
-void append_arguments_json(std::string& out, const job_spec& spec) {
-  out += ",\"codec\":\"";
-  out += to_string(spec.codec);
-  out += '"';
-  const bool raw = spec.codec == arg_codec::json;
-  for (const auto& [key, value] : {std::pair<const char*, const std::string&>{"args", spec.args},
-                                   {"kwargs", spec.kwargs},
-                                   {"globals", spec.globals}}) {
-    if (value.empty()) continue;  // the worker's defaults: no arguments, no extra names
-    out += ",\"";
-    out += key;
-    out += "\":";
-    if (raw) out += value;
-    else append_json_string(out, value);
-  }
-}
-
 reported_end parse_reported_end(std::string_view message) {
   reported_end r;
   const auto newline = message.find('\n');
@@ -97,13 +71,10 @@ reported_end parse_reported_end(std::string_view message) {
 
 std::string error_outcome(std::string_view type, std::string_view message,
                           std::string_view traceback) {
-  std::string out = "\"error\":{\"type\":";
-  append_json_string(out, type);
-  out += ",\"message\":";
-  append_json_string(out, message);
-  out += ",\"traceback\":";
-  append_json_string(out, traceback);
-  out += "},\"stdout\":\"\",\"stderr\":\"\"";
+  std::string out;
+  json_writer w(out);
+  w.key("error").begin_object().member("type", type).member("message", message).member("traceback", traceback);
+  w.end_object().member("stdout", "").member("stderr", "");
   return out;
 }
 

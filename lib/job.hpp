@@ -84,13 +84,6 @@ struct job {
   std::weak_ptr<job_observer> observer;
 };
 
-// Appends `["math","from os import path"]`.
-void append_modules_json(std::string& out, const std::vector<std::string>& modules);
-
-// Appends `,"codec":"...","args":...` and, when present, `,"kwargs":...,"globals":...`: raw JSON
-// under codec json, base64 strings under codec pickle. Worker messages and peer messages share it.
-void append_arguments_json(std::string& out, const job_spec& spec);
-
 // A job's end as a worker reports it ("<id> ok|error|skipped <seconds>") and as a peer does
 // ("<tag> done|failed|cancelled|lost <seconds>"): one header line, then the outcome's JSON members.
 struct reported_end {

@@ -120,9 +120,8 @@ std::string python_float_repr(double v) {
 }
 
 std::string json_error_body(std::string_view message) {
-  std::string out = "{\"error\":{\"message\":";
-  append_json_string(out, message);
-  out += "}}";
+  std::string out;
+  json_writer(out).begin_object().key("error").begin_object().member("message", message).end_object().end_object();
   return out;
 }
 

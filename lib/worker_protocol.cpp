@@ -1,33 +1,10 @@
 #include "worker_protocol.hpp"
 
 #include "frame.hpp"
-#include "json_writer.hpp"
 
 #include <charconv>
 
 namespace ppgate {
-
-std::string build_run_message(const job& j, bool include_source) {
-  const function_def& f = *j.spec.function;
-  std::string m;
-  m.reserve(96 + j.spec.args.size() + (include_source ? f.source.size() : 0));
-  m += "{\"id\":";
-  m += std::to_string(j.id);
-  m += ",\"fn\":\"";
-  m += f.hash;
-  m += '"';
-  if (include_source) {
-    m += ",\"entry\":";
-    append_json_string(m, f.entry);
-    m += ",\"source\":";
-    append_json_string(m, f.source);
-    m += ",\"modules\":";
-    append_modules_json(m, f.modules);
-  }
-  append_arguments_json(m, j.spec);
-  m += '}';
-  return m;
-}
 
 void append_worker_frame(std::string& out, std::uint64_t seq, std::string_view body) {
   char prefix[24];

@@ -1,6 +1,6 @@
 // The messages on the node <-> worker link (docs/architecture.md, "worker/"): length-prefixed
 // frames (frame.hpp) both ways. The node's frames are numbered, "<seq> <body>", the bodies being
-// run messages (JSON), "skip <id>" and "sync"; the worker's replies start with "<seq> ", the last
+// run messages (a job's JSON, lib/job_message.hpp), "skip <id>" and "sync"; the worker's replies start with "<seq> ", the last
 // frame it had read, followed by "<id> ok|error|skipped <seconds>[ retire]\n<outcome members>" or
 // "lost <job>" (frames were taken off the link by that job).
 // The worker's own half is worker/worker_module.cpp.
@@ -13,10 +13,6 @@
 #include <string_view>
 
 namespace ppgate {
-
-// The run message a worker receives for `j`; the function's source only when that worker has not
-// had it yet.
-std::string build_run_message(const job& j, bool include_source);
 
 // Appends one numbered frame to `out`.
 void append_worker_frame(std::string& out, std::uint64_t seq, std::string_view body);

@@ -1,5 +1,6 @@
 #include "worker_slot.hpp"
 
+#include "job_message.hpp"
 #include "json_writer.hpp"
 #include "local_pool.hpp"
 #include "log.hpp"
@@ -64,7 +65,7 @@ net::awaitable<void> worker_slot::supervise() {
       continue;
     }
     ++generation_;
-    known_functions_.clear();
+    fn_ids_.clear();
     reader_ = frame_reader();
     writing_.clear();
     outbox_.clear();
@@ -176,9 +177,13 @@ void worker_slot::start(job& j) {
   }
   idle_ = false;
   in_flight_.push_back({j.id, &j});
-  const bool include_source = known_functions_.insert(j.spec.function->hash).second;
-  sources_sent_ += include_source;
-  send(build_run_message(j, include_source));
+  // The function's definition goes to each process once; later jobs name it by its fn_id.
+  const auto [known, first_time] =
+      fn_ids_.try_emplace(j.spec.function->hash, static_cast<std::int64_t>(fn_ids_.size()) + 1);
+  sources_sent_ += first_time;
+  std::string message;
+  append_job_message(message, j, {.fn_id = known->second, .with_definition = first_time});
+  send(message);
   if (in_flight_.size() == 1)
     become_running(j, false);
   else

@@ -22,7 +22,7 @@
 #include <deque>
 #include <memory>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 
 namespace ppgate {
 
@@ -95,7 +95,8 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   const worker_options& opts_;
   std::unique_ptr<worker_process> proc_;
   std::uint64_t generation_ = 0;  // counts processes, so stale callbacks can tell they are stale
-  std::unordered_set<std::string> known_functions_;  // hashes whose source this process has
+  // The functions this process has been sent, by hash: the fn_id it knows each by.
+  std::unordered_map<std::string, std::int64_t> fn_ids_;
   net::steady_timer deadline_;
   frame_reader reader_;
   std::string writing_;   // the frames being written now

@@ -1,13 +1,13 @@
 """The Python half of the worker: runs one job per message.
 
 The worker loop (C++, _ppgate_worker) reads a frame from its node, calls handle(payload) and writes
-the bytes it returns as the reply frame. A message is JSON:
+the bytes it returns as the reply frame. A message is a job of the session format (lib/job_message.hpp):
 
-    {"id": 7, "fn": "<hash>", "entry": "sq", "source": "def sq(x): ...", "modules": ["math"],
+    {"tag": 7, "fn_id": 1, "function": "sq", "source": "def sq(x): ...", "modules": ["math"],
      "codec": "json", "args": [7], "kwargs": {}, "globals": {}}
 
-"entry", "source" and "modules" come only the first time this process sees a function hash;
-later jobs carry the hash alone. The reply is one header line, then JSON object members:
+"function", "source" and "modules" come only the first time this process sees a function; later
+jobs carry its fn_id alone. The reply is one header line, then JSON object members:
 
     7 ok 0.0000123
     "result":49,"stdout":"","stderr":""
@@ -16,6 +16,7 @@ or "7 error <seconds>" followed by "error":{"type","message","traceback"} and th
 """
 
 import base64
+import binascii
 import builtins
 import importlib
 import io
@@ -40,6 +41,7 @@ _RUNTIME_FILE = __file__
 _StringIO = io.StringIO
 _perf_counter = time.perf_counter
 _json_loads = json.loads
+_crc32 = binascii.crc32
 _pickle_loads, _pickle_dumps, _PICKLE_PROTOCOL = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
 _b64decode, _b64encode = base64.b64decode, base64.b64encode
 _ModuleType, _FunctionType = types.ModuleType, types.FunctionType
@@ -49,7 +51,7 @@ _waitpid, _WNOHANG = os.waitpid, os.WNOHANG
 _thread_count = _thread._count  # threads other than the main one, however they were started
 _PYTHON_VERSION = platform.python_version()
 
-_functions = {}  # function hash -> _Function (compiled once per process)
+_functions = {}  # fn_id -> _Function (compiled once per process)
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 _quote = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -62,7 +64,7 @@ class _Function:
     __slots__ = ("entry", "code", "imports", "error", "aliases")
 
     def __init__(self, msg):
-        self.entry = msg.get("entry", "")
+        self.entry = msg.get("function", "")
         self.code = None
         self.imports = None
         self.error = None  # a compile error is replayed for every job of this function
@@ -72,7 +74,8 @@ class _Function:
             self.imports = compile("\n".join(statements), "<ppgate modules>", "exec")
             source = msg.get("source", "")
             if source:
-                filename = "<ppgate job %s>" % msg["fn"][:12]
+                # Named by the source's checksum: the same on every worker and node.
+                filename = "<ppgate job %08x>" % _crc32(source.encode("utf-8", "surrogatepass"))
                 # Tracebacks show the job's own source lines.
                 linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
                 self.code = compile(source, filename, "exec")
@@ -141,12 +144,12 @@ _RUNTIME_MODULE = __name__
 
 
 def _run(msg):
-    fn_hash = msg["fn"]
-    function = _functions.get(fn_hash)
+    fn_id = msg["fn_id"]
+    function = _functions.get(fn_id)
     if function is None:
-        if "entry" not in msg:
-            raise RuntimeError("this worker has not been sent function %s" % fn_hash)
-        function = _functions[fn_hash] = _Function(msg)
+        if "function" not in msg:
+            raise RuntimeError("this worker has not been sent function %s" % fn_id)
+        function = _functions[fn_id] = _Function(msg)
     if function.error is not None:
         raise function.error.with_traceback(None)
 
@@ -228,7 +231,7 @@ def own_link(fd):
 
 # The largest reply the node takes (lib/frame.hpp max_frame_size), less room for the header.
 _MAX_REPLY = 256 * 1024 * 1024 - 4096
-_JOB_ID = re.compile(rb'\{"id":(\d+)')
+_JOB_ID = re.compile(rb'\{"tag":(\d+)')
 
 class _Baseline:
     """What a job may change and the next job must not see: taken once, before the first job."""
@@ -361,7 +364,7 @@ def handle(payload):
     job_id = 0
     try:
         msg = _json_loads(payload)
-        job_id = int(msg.get("id", 0))
+        job_id = int(msg.get("tag", 0))
         sys.stdout, sys.stderr = out, err
         elapsed, encoded = _run(msg)
         status, body = "ok", '"result":' + encoded

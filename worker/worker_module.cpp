@@ -86,9 +86,9 @@ ssize_t read_some(int fd, char* buf, std::size_t size, bool wait) {
   return n;
 }
 
-// The id a run message starts with: {"id":N,...}
+// The job id a run message starts with: {"tag":N,...}
 std::uint64_t job_id_of(std::string_view frame) {
-  constexpr std::string_view prefix = "{\"id\":";
+  constexpr std::string_view prefix = "{\"tag\":";
   std::uint64_t id = 0;
   if (frame.starts_with(prefix))
     std::from_chars(frame.data() + prefix.size(), frame.data() + frame.size(), id);

@@ -1,6 +1,6 @@
 #include "peer_node.hpp"
 
-#include "json_writer.hpp"
+#include "job_message.hpp"
 #include "log.hpp"
 
 #include <boost/asio/connect.hpp>
@@ -274,31 +274,15 @@ void peer_node::send_job(job& j, remote_slot& s) {
   }
   running_[j.id] = &s;
   const function_def& f = *j.spec.function;
-  std::string m = "[{\"tag\":" + std::to_string(j.id);
-  auto [known, inserted] = fn_ids_.try_emplace(f.hash, next_fn_id_);
-  m += ",\"fn_id\":" + std::to_string(known->second);
-  if (inserted) {  // the function's source crosses the link once
+  auto [known, first_time] = fn_ids_.try_emplace(f.hash, next_fn_id_);
+  if (first_time) {  // the function's source crosses the link once
     ++next_fn_id_;
     defining_[j.id] = f.hash;
-    m += ",\"function\":";
-    append_json_string(m, f.entry);
-    if (!f.source.empty()) {
-      m += ",\"source\":";
-      append_json_string(m, f.source);
-    }
-    m += ",\"modules\":";
-    append_modules_json(m, f.modules);
   }
-  append_arguments_json(m, j.spec);
-  if (j.spec.timeout) {
-    m += ",\"timeout\":";
-    append_json_number(m, std::chrono::duration<double>(*j.spec.timeout).count());
-  }
-  if (j.spec.retries > 0) m += ",\"retries\":" + std::to_string(j.spec.retries);
-  m += ",\"group\":";
-  append_json_string(m, j.spec.group);
-  m += "}]";
-  channel_->send(peer::msg::run, m);
+  std::string batch = "[";
+  append_job_message(batch, j, {.fn_id = known->second, .with_definition = first_time, .with_options = true});
+  batch += ']';
+  channel_->send(peer::msg::run, batch);
 }
 
 void peer_node::cancel_job(job& j) {
@@ -312,8 +296,7 @@ void peer_node::on_result(std::string_view payload) {
   if (auto d = defining_.find(tag); d != defining_.end()) {
     // The peer refused the message that defined a function: it did not keep the definition
     // either, so the function's next job carries its source again.
-    if (state == "failed" && outcome.find("\"type\":\"SubmitError\"") != std::string_view::npos)
-      fn_ids_.erase(d->second);
+    if (state == peer::refused_result) fn_ids_.erase(d->second);
     defining_.erase(d);
   }
   auto it = running_.find(tag);
@@ -323,7 +306,7 @@ void peer_node::on_result(std::string_view payload) {
   job* j = s.job_;
   s.job_ = nullptr;
   if (j != nullptr) {
-    if (state == "done" || state == "failed")
+    if (state == "done" || state == "failed" || state == peer::refused_result)
       sched_.finish(*j, state == "done" ? job_state::done : job_state::failed, std::string(outcome), seconds);
     else  // the peer gave it up without being asked (it is stopping): run it elsewhere
       sched_.interrupted(*j, "node " + name_ + " gave the job up (" + std::string(state) + ")", true);

@@ -30,7 +30,8 @@ typedef struct evp_md_ctx_st EVP_MD_CTX;  // OpenSSL's, as <openssl/types.h> dec
 
 namespace ppgate::peer {
 
-inline constexpr std::uint16_t protocol_version = 3;  // 3: authenticated frames; the welcome names the Python version
+// 3: authenticated frames; the welcome names the Python version. 4: a refused job ends `refused`.
+inline constexpr std::uint16_t protocol_version = 4;
 inline constexpr std::string_view magic = "PPGATE";
 
 enum class msg : std::uint8_t {
@@ -41,11 +42,15 @@ enum class msg : std::uint8_t {
   refused = 5,   // text: why; the connection closes after it
   capacity = 6,  // "<slots>": the acceptor's local pool was resized
   run = 7,       // a batch of jobs in the session format (JSON array with tag and fn_id)
-  result = 8,    // "<tag> <done|failed|cancelled|lost> <run seconds>\n<outcome members>"
+  result = 8,    // "<tag> <done|failed|refused|cancelled|lost> <run seconds>\n<outcome members>"
   cancel = 9,    // "<tag>"
   ping = 10,
   pong = 11,
 };
+
+// The result state of a job the acceptor refused before running it (a batch that did not parse):
+// the job fails, and a function it defined is not known to the acceptor either.
+inline constexpr std::string_view refused_result = "refused";
 
 void append_message(std::string& out, msg type, std::string_view payload);
 

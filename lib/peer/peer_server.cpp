@@ -27,7 +27,7 @@ void append_peer_result(std::string& frames, std::int64_t tag, std::string_view 
 }
 
 // What a dialer is told of the jobs it sent: peer `result` frames, a refused batch included (each
-// of its jobs ends failed, with the reason). Its jobs run on this node's own workers only.
+// of its jobs ends `refused`, which the dialer takes as failed, with the reason). Its jobs run on this node's own workers only.
 class peer_result_encoding final : public tagged_jobs::encoding {
  public:
   bool local_only() const override { return true; }
@@ -36,7 +36,8 @@ class peer_result_encoding final : public tagged_jobs::encoding {
   }
   std::string refuse_batch(std::string& results, const std::vector<std::int64_t>& tags,
                            std::string_view why) const override {
-    for (const auto tag : tags) append_peer_result(results, tag, "failed", 0, error_outcome("SubmitError", why));
+    for (const auto tag : tags)
+      append_peer_result(results, tag, peer::refused_result, 0, error_outcome("SubmitError", why));
     return {};
   }
   std::string results_message(std::string&& results) const override { return std::move(results); }

@@ -154,7 +154,7 @@ def send_message(sock, kind, payload):
 HELLO, CHALLENGE, PROOF, WELCOME, REFUSED, CAPACITY, RUN, RESULT, CANCEL, PING, PONG = range(1, 12)
 
 
-VERSION = 3  # the peer protocol's version (lib/peer_protocol.hpp)
+VERSION = 4  # the peer protocol's version (lib/peer/peer_protocol.hpp)
 
 
 def proof(secret, label, first, second):
@@ -377,7 +377,8 @@ class TestPeerProtocolEdges(unittest.TestCase):
         def answer(job):
             if "source" in job and not refused_once:
                 refused_once.append(job["tag"])
-                return "failed", '"error":{"type":"SubmitError","message":"refused by the test"},"stdout":"","stderr":""'
+                # A refusal is typed (protocol version 4): the job fails, the definition is not kept.
+                return "refused", '"error":{"type":"SubmitError","message":"refused by the test"},"stdout":"","stderr":""'
             return "done", '"result":%d,"stdout":"","stderr":""' % (job["args"][0] * job["args"][0])
 
         peer = FakePeer(answer)

@@ -12,6 +12,28 @@ TEST_CASE("strings are escaped into valid JSON, invalid UTF-8 included") {
   CHECK(out == "\"a\\\"b\\\\c\\n\\u0001 \xc3\xa9 \xef\xbf\xbd\"");
 }
 
+TEST_CASE("the JSON writer puts commas between items at every depth and none after keys") {
+  std::string out;
+  json_writer w(out);
+  w.begin_object().member("id", std::uint64_t{7}).member("ok", true).member("name", "a\"b");
+  w.key("list").begin_array().value(1).begin_object().end_object().begin_array().end_array().null().end_array();
+  w.key("nested").begin_object().member("x", 0.5).end_object().member("last", -3).end_object();
+  CHECK(out == R"({"id":7,"ok":true,"name":"a\"b","list":[1,{},[],null],"nested":{"x":0.5},"last":-3})");
+}
+
+TEST_CASE("the JSON writer splices items already written, and continues a list") {
+  std::string out;
+  json_writer(out).begin_object().member("id", 1).raw_items(R"("result":2,"stdout":"")").end_object();
+  CHECK(out == R"({"id":1,"result":2,"stdout":""})");
+  out.clear();
+  json_writer(out).begin_object().raw_items("").member("a", 1).end_object();
+  CHECK(out == R"({"a":1})");
+  std::string list = R"({"a":1})";
+  json_writer(list, /*after_items=*/true).begin_object().member("b", 2).end_object();
+  CHECK(list == R"({"a":1},{"b":2})");
+  CHECK(json_error_body("no \"job\"") == R"({"error":{"message":"no \"job\""}})");
+}
+
 TEST_CASE("floats print as Python's repr does") {
   CHECK(python_float_repr(2.0) == "2.0");
   CHECK(python_float_repr(0.1) == "0.1");

@@ -145,18 +145,6 @@ TEST_CASE("a repeated function is sent to a worker once, then referenced by its 
   CHECK(f.pool->workers().at(0).jobs_run == 4);
 }
 
-TEST_CASE("a run message carries the source only when asked to") {
-  fixture f(0);
-  auto& j = f.submit(R"({"source":"def f(x):\n    return x\n","function":"f","args":[5],"modules":["math"]})");
-  const std::string with = build_run_message(j, true);
-  const std::string without = build_run_message(j, false);
-  CHECK(with.find("\"source\":\"def f(x):\\n    return x\\n\"") != std::string::npos);
-  CHECK(with.find("\"modules\":[\"math\"]") != std::string::npos);
-  CHECK(without.find("source") == std::string::npos);
-  CHECK(without.find("\"fn\":\"" + j.spec.function->hash + "\"") != std::string::npos);
-  CHECK(without.find("\"args\":[5]") != std::string::npos);
-}
-
 TEST_CASE("jobs of different functions do not see each other's definitions") {
   fixture f(1);
   auto& a = f.submit(R"({"source":"SECRET = 1\ndef a():\n    return SECRET\n","function":"a"})");
