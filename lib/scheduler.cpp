@@ -226,7 +226,7 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
     f.outcome = j.outcome.size() <= max_failure_outcome
                     ? j.outcome
                     : error_outcome("OutputTooLarge", "the failure's details are too large to keep here; "
-                                                      "GET /v1/jobs/" + std::to_string(j.id) + " has them");
+                                                      "job " + std::to_string(j.id) + "'s own record has them");
     recent_failures_.push_back(std::move(f));
     if (recent_failures_.size() > kept_failures) recent_failures_.pop_front();
   }
