@@ -126,7 +126,7 @@ net::awaitable<void> run_http_session(net::ip::tcp::socket socket, net::ip::addr
       // Access was checked on the head. The connection becomes a WebSocket; the session owns it
       // from here on.
       if (path == "/v1/session") {
-        co_await std::make_shared<job_session>(services.jobs, opts, services.seen)
+        co_await std::make_shared<job_session>(services.sched, opts, services.seen)
             ->run(std::move(stream), std::move(req));
       } else {
         const bool jobs = query_param(query, "jobs").value_or("0") == "1";

@@ -20,7 +20,7 @@ class scheduler;
 // What an HTTP connection uses, borrowed from the node, which outlives every session's work.
 struct http_services {
   rest_api& api;
-  scheduler& jobs;     // for job sessions
+  scheduler& sched;    // for job sessions
   event_hub& events;   // for event streams
   http_limits limits;
   std::shared_ptr<ppgate::activity> seen;  // client activity

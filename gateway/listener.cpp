@@ -1,5 +1,6 @@
 #include "listener.hpp"
 
+#include "acceptor.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
 
@@ -13,11 +14,7 @@ listener::listener(net::any_io_executor ex, std::size_t max_connections, http_se
       connections_(std::make_shared<connection_tracker>(services_.seen)) {}
 
 void listener::listen(const net::ip::tcp::endpoint& endpoint) {
-  acceptor_.open(endpoint.protocol());
-  acceptor_.set_option(net::socket_base::reuse_address(true));
-  acceptor_.bind(endpoint);
-  acceptor_.listen(net::socket_base::max_listen_connections);
-  port_ = acceptor_.local_endpoint().port();
+  port_ = bind_and_listen(acceptor_, endpoint);
   net::co_spawn(ex_, accept_loop(), log::on_failure("listener"));
 }
 

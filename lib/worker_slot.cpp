@@ -148,9 +148,19 @@ void worker_slot::ask_for_work() {
 }
 
 void worker_slot::send(std::string_view payload) {
-  // One write at a time on the socket: frames wait in outbox_ while writing_ is in flight.
+  // Frames queued in one turn of the event loop go out together, in one write after it: a job
+  // and the jobs placed behind it in the same turn reach the worker at once, so its loop reads
+  // them all before the job runs and job code never sees them (docs/architecture.md). One write
+  // at a time on the socket: frames wait in outbox_ while writing_ is in flight.
   append_worker_frame(outbox_, ++frames_sent_, payload);
-  if (writing_.empty()) write_outbox();
+  if (!writing_.empty() || flush_posted_) return;
+  flush_posted_ = true;
+  // Not tied to a process: outbox_ only ever holds frames for the current one (a new process
+  // starts with it empty).
+  net::post(ex_, [self = shared_from_this()] {
+    self->flush_posted_ = false;
+    if (self->proc_ && self->writing_.empty() && !self->outbox_.empty()) self->write_outbox();
+  });
 }
 
 void worker_slot::write_outbox() {
@@ -287,8 +297,8 @@ void worker_slot::on_stall_check(std::uint64_t serial) {
 }
 
 void worker_slot::take_back_waiting() {
-  if (!writing_.empty()) {
-    // A write is under way: the notes must reach the socket now, behind it. Try again shortly.
+  if (!writing_.empty() || !outbox_.empty()) {
+    // Frames are on their way: the notes must reach the socket now, behind them. Try again shortly.
     stall_timer_.expires_after(std::chrono::milliseconds(1));
     stall_armed_ = true;
     stall_timer_.async_wait([self = shared_from_this(), gen = generation_](boost::system::error_code ec) {

@@ -101,6 +101,7 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   frame_reader reader_;
   std::string writing_;   // the frames being written now
   std::string outbox_;    // frames queued behind them
+  bool flush_posted_ = false;  // a write of outbox_ is due at the end of this turn
   std::deque<in_flight> in_flight_;  // front: running (or about to); at most max_in_flight_
   std::uint64_t frames_sent_ = 0;     // to this process; each frame carries its number
   std::deque<std::uint64_t> recently_finished_;  // ids of this process's last replies

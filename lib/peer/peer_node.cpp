@@ -13,40 +13,40 @@ namespace ppgate {
 // A slot of the peer: holds one job in flight at a time.
 class peer_node::remote_slot : public slot {
  public:
-  remote_slot(peer_node& link, bool short_jobs_only) : short_jobs_only(short_jobs_only), link_(link) {}
-  node& owner() override { return link_; }
+  remote_slot(peer_node& owner, bool short_jobs_only) : short_jobs_only(short_jobs_only), node_(owner) {}
+  node& owner() override { return node_; }
   void start(job& j) override {
     job_ = &j;
-    link_.send_job(j, *this);
+    node_.send_job(j, *this);
   }
   void abort(job& j) override {
-    link_.cancel_job(j);
+    node_.cancel_job(j);
     job_ = nullptr;
     if (!retiring) ask_for_work();
   }
   void ask_for_work() {
     if (short_jobs_only)
-      link_.sched_.slot_can_prefetch(*this, scheduler::prefetch_budget_seconds);
+      node_.sched_.slot_can_prefetch(*this, scheduler::prefetch_budget_seconds);
     else
-      link_.sched_.slot_ready(*this);
+      node_.sched_.slot_ready(*this);
   }
   job* job_ = nullptr;
   bool retiring = false;
   const bool short_jobs_only;
 
  private:
-  peer_node& link_;
+  peer_node& node_;
 };
 
 // The dialer's side of an authenticated connection.
 class peer_node::channel : public peer_channel {
  public:
-  channel(std::unique_ptr<peer_stream> s, const peer_settings& settings, peer_node& link)
-      : peer_channel(std::move(s), settings), link_(link) {
-    peer_name_ = link.name_;
+  channel(std::unique_ptr<peer_stream> s, const peer_settings& settings, peer_node& owner)
+      : peer_channel(std::move(s), settings), node_(owner) {
+    peer_name_ = owner.name_;
   }
 
-  // The dialer's half of the handshake (lib/peer_protocol.hpp). On failure, `why` says what
+  // The dialer's half of the handshake (peer_protocol.hpp). On failure, `why` says what
   // went wrong and `refused` whether the peer turned us down (wrong secret, wrong version).
   net::awaitable<std::size_t> handshake(std::string& why, bool& refused) {
     auto [tls_ec, tls_why] = co_await stream_->handshake(/*as_server=*/false);
@@ -107,7 +107,7 @@ class peer_node::channel : public peer_channel {
       why = "a malformed welcome";
       co_return 0;
     }
-    link_.python_version_ = w->python;
+    node_.python_version_ = w->python;
     const std::size_t slots = w->slots;
     co_return slots;  // 0 is a valid, if idle, peer
   }
@@ -117,11 +117,11 @@ class peer_node::channel : public peer_channel {
  private:
   void on_message(const peer::message& m) override {
     switch (m.type) {
-      case peer::msg::result: link_.on_result(m.payload); break;
+      case peer::msg::result: node_.on_result(m.payload); break;
       case peer::msg::capacity: {
         std::size_t slots = 0;
         std::from_chars(m.payload.data(), m.payload.data() + m.payload.size(), slots);
-        link_.set_capacity(slots);
+        node_.set_capacity(slots);
         break;
       }
       case peer::msg::ping: send(peer::msg::pong, {}); break;
@@ -134,7 +134,7 @@ class peer_node::channel : public peer_channel {
     }
   }
 
-  peer_node& link_;
+  peer_node& node_;
 };
 
 peer_node::peer_node(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
@@ -150,7 +150,7 @@ peer_node::peer_node(net::any_io_executor ex, scheduler& sched, std::string host
   sched_.register_node(*this);
 }
 
-// The supervising coroutine takes the slots out of the scheduler before it ends; a link outlives
+// The supervising coroutine takes the slots out of the scheduler before it ends; a node outlives
 // the scheduler only when the io_context is torn down, and must not touch it then.
 peer_node::~peer_node() = default;
 

@@ -1,5 +1,5 @@
-// The pp.Server(ppservers=...) role: a connection to one peer node, seen by the scheduler as a
-// node named "host:port" with slots. It dials, authenticates, and keeps up to `inflight_per_slot`
+// A node this node dials to use its workers (the pp.Server(ppservers=...) role), seen by the
+// scheduler as a node named "host:port" with slots. It dials, authenticates, and keeps up to `inflight_per_slot`
 // jobs in flight per slot the peer advertises, so throughput is not bound by the round trip: one
 // of them any job, the others only short jobs (scheduler::slot_can_prefetch), so long jobs are
 // not committed to a busy peer while other slots could take them. It follows the peer's capacity

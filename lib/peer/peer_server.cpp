@@ -1,5 +1,6 @@
 #include "peer_server.hpp"
 
+#include "acceptor.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
 #include "tagged_jobs.hpp"
@@ -179,11 +180,7 @@ peer_server::peer_server(net::any_io_executor ex, scheduler& sched, local_pool& 
 peer_server::~peer_server() { stop(); }
 
 void peer_server::listen(const net::ip::tcp::endpoint& endpoint) {
-  acceptor_.open(endpoint.protocol());
-  acceptor_.set_option(net::socket_base::reuse_address(true));
-  acceptor_.bind(endpoint);
-  acceptor_.listen(net::socket_base::max_listen_connections);
-  port_ = acceptor_.local_endpoint().port();
+  port_ = bind_and_listen(acceptor_, endpoint);
   net::co_spawn(ex_, accept_loop(), log::on_failure("peer listener"));
 }
 

@@ -4,7 +4,9 @@ Each case is a regression test from the hardening issue: what it broke before is
 """
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -262,10 +264,13 @@ class TestIsolationBetweenJobsOnOneWorker(unittest.TestCase):
 
 SPY = """\
 import os, select
-def spy(wait):
+def spy(wait, started=None):
     # Reads whatever reaches the worker's link while this job runs (wait > 0: for that long).
+    # `started`: a file made once the job's own code runs.
     os.set_blocking(3, False)
     taken = b""
+    if started:
+        open(started, "w").close()
     if wait:
         select.select([3], [], [], wait)
     try:
@@ -324,8 +329,12 @@ class TestTheLinkIsTheWorkersOwn(unittest.TestCase):
             for _ in range(20):
                 node.run(SPY, "spy", [0])  # known to be short: jobs are prefetched behind it
             pid = node.worker_pids()[0]
-            spy = submit(node, SPY, "spy", [5])
-            wait_running(node, spy)
+            folder = tempfile.mkdtemp()
+            self.addCleanup(shutil.rmtree, folder, True)
+            started = os.path.join(folder, "started")
+            spy = submit(node, SPY, "spy", [5, started])
+            # Running in its code, not only sent: frames that arrive before are the loop's.
+            node.wait_until(lambda: os.path.exists(started), timeout=WAIT, what="the spy to run")
             followers = [submit(node, SQ, "sq", [SECRET + i]) for i in range(5)]
             self.assertIn(str(SECRET), wait_for(node, spy)["result"], "the spy read a frame")
             self.assert_followers_unharmed([wait_for(node, f) for f in followers])

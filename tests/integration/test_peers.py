@@ -162,7 +162,7 @@ def proof(secret, label, first, second):
 
 
 class FrameAuth:
-    """One direction's message tags after the handshake, as lib/peer_protocol.hpp defines them."""
+    """One direction's message tags after the handshake, as lib/peer/peer_protocol.hpp defines them."""
 
     def __init__(self, secret, nonce_d, nonce_a, sender):
         self.key = hmac.new(secret.encode(), ("session\n%s\n%s" % (nonce_d, nonce_a)).encode(),
