@@ -53,6 +53,9 @@ struct job_spec {
   std::string group = "default";
   std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
   int retries = 0;  // extra attempts after a worker dies mid-job
+  // A map job: `args` holds one argument list per call of the function, and its result one
+  // outcome per call, in order; a call that raises keeps its error and the others go on.
+  bool map = false;
   bool local_only = false;  // came from a peer: runs on this node's own workers, never forwarded
 };
 

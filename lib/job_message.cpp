@@ -30,6 +30,7 @@ void append_job_message(std::string& out, const job& j, const job_message_parts&
     if (raw) w.raw(value);
     else w.value(value);
   }
+  if (spec.map) w.member("map", true);
   if (parts.with_options) {
     if (spec.timeout) w.member("timeout", std::chrono::duration<double>(*spec.timeout).count());
     if (spec.retries > 0) w.member("retries", spec.retries);

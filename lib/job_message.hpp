@@ -2,7 +2,8 @@
 // or a peer (lib/peer/peer_protocol.hpp). It is a job of the session format (docs/rest.md,
 // "Sessions"), which job_parser reads back: the job's id as its tag, its function by the fn_id the
 // receiver knows it by (with the definition the first time that receiver sees it), its arguments
-// and, for a peer, the options it enforces itself (timeout, retries, group).
+// (and whether it is a map job) and, for a peer, the options it enforces itself (timeout, retries,
+// group).
 #pragma once
 
 #include "job.hpp"

@@ -52,7 +52,8 @@ std::vector<std::string> get_string_array(od::value& v, std::string_view field) 
 // on the rest. So each is checked here, strictly, and nested no deeper than the worker handles.
 constexpr std::size_t max_argument_depth = 512;
 
-void check_strict_json(std::string_view raw, std::string_view field) {
+// Returns the parsed value, valid until the next call on this thread.
+simdjson::dom::element check_strict_json(std::string_view raw, std::string_view field) {
   thread_local simdjson::dom::parser parser = [] {
     simdjson::dom::parser p;
     if (p.allocate(4096, max_argument_depth) != simdjson::SUCCESS) throw std::bad_alloc();
@@ -60,7 +61,7 @@ void check_strict_json(std::string_view raw, std::string_view field) {
   }();
   simdjson::dom::element doc;
   const auto ec = parser.parse(raw.data(), raw.size()).get(doc);
-  if (ec == simdjson::SUCCESS) return;
+  if (ec == simdjson::SUCCESS) return doc;
   if (ec == simdjson::DEPTH_ERROR)
     fail("field '" + std::string(field) + "' is nested deeper than " + std::to_string(max_argument_depth) + " levels");
   fail("field '" + std::string(field) + "' is not valid JSON: " + simdjson::error_message(ec));
@@ -110,6 +111,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
   bool have_function = false, have_source = false;
   bool args_is_string = false, kwargs_is_string = false, globals_is_string = false;
   bool have_args = false, have_kwargs = false, have_globals = false;
+  bool args_are_arrays = true;  // json args: every element is an array (a map job's calls)
   std::optional<std::int64_t> fn_id;
   std::vector<std::string> depfuncs;
   bool have_tag = false;
@@ -163,7 +165,14 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
                      : "field '" + std::string(key) +
                            "' must be an object (or a base64 string with codec \"pickle\")");
       }
-      if (!is_string) check_strict_json(raw, key);
+      if (!is_string) {
+        const simdjson::dom::element parsed = check_strict_json(raw, key);
+        if (is_args) {
+          simdjson::dom::array calls;
+          if (parsed.get_array().get(calls) == simdjson::SUCCESS)
+            for (const simdjson::dom::element call : calls) args_are_arrays = args_are_arrays && call.is_array();
+        }
+      }
       if (is_args) {
         spec.args = std::string(raw);
         args_is_string = is_string;
@@ -192,6 +201,8 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
       if (!(seconds > 0) || seconds > max_timeout_seconds)
         fail("field 'timeout' must be a number of seconds above 0 and at most 2592000");
       spec.timeout = std::chrono::milliseconds(std::max<std::int64_t>(1, std::llround(seconds * 1000)));
+    } else if (key == "map") {
+      check(v.get_bool().get(spec.map), key, "true or false");
     } else if (key == "retries") {
       std::int64_t n = 0;
       check(v.get_int64().get(n), key, "an integer");
@@ -215,6 +226,12 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
       fail("field 'kwargs' must be a base64 string of a pickled dict with codec \"pickle\"");
     if (have_globals && !globals_is_string)
       fail("field 'globals' must be a base64 string of a pickled dict with codec \"pickle\"");
+  }
+
+  if (spec.map) {
+    if (!have_args) fail("a map job (\"map\": true) needs 'args': one argument list per call");
+    if (spec.codec == arg_codec::json && !args_are_arrays)
+      fail("field 'args' of a map job must be an array of argument arrays, one per call");
   }
 
   if (!have_function && fn_id) {

@@ -18,7 +18,9 @@ or "7 error <seconds>" followed by "error":{"type","message","traceback"} and th
 import base64
 import binascii
 import builtins
+import functools
 import importlib
+import itertools
 import io
 import json
 import linecache
@@ -42,6 +44,7 @@ _StringIO = io.StringIO
 _perf_counter = time.perf_counter
 _json_loads = json.loads
 _crc32 = binascii.crc32
+_starmap, _partial = itertools.starmap, functools.partial
 _pickle_loads, _pickle_dumps, _PICKLE_PROTOCOL = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
 _b64decode, _b64encode = base64.b64decode, base64.b64encode
 _ModuleType, _FunctionType = types.ModuleType, types.FunctionType
@@ -116,7 +119,8 @@ def _safe_text(what, fallback):
         return fallback
 
 
-def _format_error(exc):
+def _error_parts(exc):
+    """(type name, message, traceback text) of a job's exception, whatever it breaks."""
     kind = type(exc)
     name = _safe_text(lambda: kind.__qualname__, "?")
     module = _safe_text(lambda: kind.__module__, "")
@@ -136,8 +140,38 @@ def _format_error(exc):
         # What was missing is only half the story: say where the worker looked.
         message += " (the worker runs Python %s, %s, with sys.path = %r)" % (
             _PYTHON_VERSION, sys.executable, _baseline.path)
+    return name, message, text
+
+
+def _format_error(exc):
+    name, message, text = _error_parts(exc)
     return '"error":{"type":%s,"message":%s,"traceback":%s}' % (
         _quote(name), _quote(message), _quote(text))
+
+
+def _map(target, args, kwargs, pickled):
+    """A map job (docs/rest.md, "Map jobs"): `target` called once per call, in order; a call that
+    raises keeps its error and the others go on. The calls are `args` as JSON (one argument list
+    per call), or, pickled, zip(*args) (one column of arguments per parameter, as map() takes
+    them). The result: the values in order (None where a call raised) and the errors by index,
+    as (values, [(index, type, message, traceback)]) or {"values": [...], "errors": [{...}]}."""
+    values, errors = [], []
+    total = min(map(len, args), default=0) if pickled else len(args)
+    calls = iter(zip(*args) if pickled else args)
+    call = _partial(target, **kwargs) if kwargs else target
+    while len(values) < total:
+        try:
+            # starmap runs the calls in C, and extend keeps the values of the calls before one
+            # that raises; that call's place is then kept with None, and the rest go on.
+            values.extend(_starmap(call, calls))
+            break
+        except BaseException as exc:  # noqa: BLE001 - as for a whole job: the call's error
+            index = len(values)
+            values.append(None)
+            name, message, text = _error_parts(exc)
+            errors.append((index, name, message, text) if pickled
+                          else {"index": index, "type": name, "message": message, "traceback": text})
+    return (values, errors) if pickled else {"values": values, "errors": errors}
 
 
 _RUNTIME_MODULE = __name__
@@ -193,7 +227,7 @@ def _run(msg):
             kwargs = msg.get("kwargs") or {}
         started = _perf_counter()
         try:
-            result = target(*args, **kwargs)
+            result = _map(target, args, kwargs, pickled) if msg.get("map") else target(*args, **kwargs)
         finally:
             elapsed = _perf_counter() - started
         try:

@@ -122,8 +122,9 @@ export class Client {
   submit<R = Json>(job: JobSpec): Job<R>;
   define<A extends Json[] = Json[], R = Json>(source: string, functionName: string,
                                               options?: DefineOptions): DefinedFunction<A, R>;
-  /** One job per item, all in flight at once; the results in order. */
-  map<T extends Json, R>(f: DefinedFunction<[T], R>, items: Iterable<T>): Promise<R[]>;
+  /** `chunksize` calls per job (by default about four jobs per slot), all jobs in flight at
+   * once; the results in order, or the error of the first call that raised. */
+  map<T extends Json, R>(f: DefinedFunction<[T], R>, items: Iterable<T>, options?: { chunksize?: number }): Promise<R[]>;
   /** GET /v1/stats: pp's statistics. */
   stats(): Promise<Stats>;
   /** pp's print_stats() table, as text. */

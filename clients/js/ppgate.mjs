@@ -232,15 +232,37 @@ export class Client {
     const f = (...args) => call({}, args);
     f.withOptions = (opts) => (...args) => call(pick(opts, ["group", "timeout", "retries"]), args);
     f.withKwargs = (kwargs) => (...args) => call({ kwargs }, args);
+    // A map job (docs/rest.md, "Map jobs"): one call per item, one job; used by map().
+    f._mapJob = (items) => call({ map: true }, items.map((item) => [item]));
     f.pythonName = functionName;
     return f;
   }
 
-  /** Runs `f` (a defined function) on each item of `items`, all in flight at once; resolves to
-   * the results in order, or rejects with the first job's error. */
-  map(f, items) {
-    if (typeof f !== "function") throw new TypeError("map() takes a function made by define()");
-    return Promise.all(Array.from(items, (item) => f(item)));
+  /** Runs `f` (a defined function) on each item of `items`, `options.chunksize` calls per job
+   * (by default about four jobs per slot of the node, as Python's Pool.map picks it), all jobs in
+   * flight at once; resolves to the results in order, or rejects with the error of the first
+   * call (in order) that raised. */
+  async map(f, items, options = {}) {
+    if (typeof f !== "function" || !f._mapJob) throw new TypeError("map() takes a function made by define()");
+    const all = Array.from(items);
+    let chunksize = options.chunksize;
+    if (chunksize === undefined) {
+      const slots = Math.max(1, (await this.stats()).ncpus);
+      chunksize = Math.max(1, Math.ceil(all.length / (slots * 4)));
+    } else if (!Number.isInteger(chunksize) || chunksize < 1) {
+      throw new RangeError("chunksize must be an integer >= 1");
+    }
+    const jobs = [];
+    for (let i = 0; i < all.length; i += chunksize) jobs.push(f._mapJob(all.slice(i, i + chunksize)));
+    const results = [];
+    for (const { values, errors } of await Promise.all(jobs)) {
+      if (errors.length > 0) {
+        const e = errors[0];
+        throw new JobError(e.type, e.message, { traceback: e.traceback });
+      }
+      for (const v of values) results.push(v);
+    }
+    return results;
   }
 
   /** GET /v1/stats: pp's statistics. */

@@ -3,7 +3,7 @@
 # so what it finds stays in the work folder (crash-* files included). Exit 0 when it ran out its
 # time; otherwise (a crash, leak, hang or sanitizer report) the end of its log and the folder.
 set -u
-target=$1 seeds=$2 work=$3
+target=$(realpath "$1") seeds=$2 work=$3  # the target from the build folder, before the cd
 rm -rf "$work"
 mkdir -p "$work/corpus"
 cp "$seeds"/* "$work/corpus/"

@@ -93,3 +93,10 @@ def make_bad_closure():
         with lock:
             return x
     return locked
+
+
+def fail_at(x, bad):
+    """x, unless x == bad: then ValueError (for map's exceptions at their item)."""
+    if x == bad:
+        raise ValueError("item %r is bad" % x)
+    return x

@@ -20,7 +20,7 @@ CLIENT = os.path.join(ROOT, "clients", "python")
 sys.path.insert(0, CLIENT)
 
 import ppgate as pp  # noqa: E402
-from client_helpers import (Point, add, crash, fail, getpid, isprime, make_bad_closure,  # noqa: E402
+from client_helpers import (Point, add, crash, fail, fail_at, getpid, isprime, make_bad_closure,  # noqa: E402
                             make_multiplier, nap, scale_point, shout, sum_primes,
                             uses_global_value, uses_math_without_declaring_it)
 from harness import Node, pid_alive  # noqa: E402
@@ -431,6 +431,73 @@ class TestExecutor(unittest.TestCase):
             self.assertTrue(all(f.cancelled() for f in queued + [running]))
             with self.assertRaises(RuntimeError):
                 executor.submit(add, 1)
+
+
+class TestExecutorMap(unittest.TestCase):
+    """Executor.map sends its calls in chunks (map jobs), yields in order, raises at the item."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.executor = pp.Executor(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.executor.shutdown()
+
+    def test_chunks_of_the_given_size_give_every_result_in_order(self):
+        for chunksize in (1, 3, 7, 100, 1000):
+            self.assertEqual(list(self.executor.map(add, range(100), range(100), chunksize=chunksize, timeout=WAIT)),
+                             [2 * i for i in range(100)], chunksize)
+
+    def test_the_default_chunksize_sends_few_jobs_for_many_items(self):
+        before = submitted_jobs(self.executor)
+        self.assertEqual(sum(self.executor.map(add, range(20000), timeout=WAIT)), sum(range(20000)))
+        # As Pool.map picks it: about four chunks per slot (2 slots here), not one job per item.
+        self.assertLessEqual(submitted_jobs(self.executor) - before, 9)
+
+    def test_an_exception_raises_at_its_item_after_the_items_before_it(self):
+        got = []
+        with self.assertRaises(pp.JobError) as caught:
+            for value in self.executor.map(fail_at, range(50), [17] * 50, chunksize=5, timeout=WAIT):
+                got.append(value)
+        self.assertEqual(got, list(range(17)))
+        self.assertEqual(caught.exception.type, "ValueError")
+        self.assertEqual(caught.exception.message, "item 17 is bad")
+        self.assertIn("fail_at", caught.exception.traceback)
+        # The executor serves on.
+        self.assertEqual(list(self.executor.map(add, [1, 2], timeout=WAIT)), [1, 2])
+
+    def test_a_timeout_raises_and_cancels_what_is_left(self):
+        started = time.monotonic()
+        with self.assertRaises(concurrent.futures.TimeoutError):
+            list(self.executor.map(nap, [0.01, 5, 5, 5], chunksize=1, timeout=0.5))
+        self.assertLess(time.monotonic() - started, WAIT)  # a bound, not a timing
+        # The cancelled jobs free the workers: the next map runs at once.
+        self.assertEqual(list(self.executor.map(add, range(4), timeout=WAIT)), [0, 1, 2, 3])
+
+    def test_lambdas_closures_and_bound_methods_map_too(self):
+        tripled = self.executor.map(lambda x: x * 3, range(6), chunksize=4, timeout=WAIT)
+        self.assertEqual(list(tripled), [0, 3, 6, 9, 12, 15])
+        k = 5
+
+        def times_k(x):
+            return x * k
+
+        self.assertEqual(list(self.executor.map(times_k, range(4), chunksize=3, timeout=WAIT)), [0, 5, 10, 15])
+        point = Point(2, 5)
+        self.assertEqual(list(self.executor.map(point.plus, [Point(1, 1), Point(0, 10)], chunksize=2, timeout=WAIT)),
+                         [Point(3, 6), Point(2, 15)])
+
+    def test_empty_input_and_bad_chunksizes(self):
+        self.assertEqual(list(self.executor.map(add, [], timeout=WAIT)), [])
+        for bad in (0, -1, 1.5):
+            with self.assertRaises(ValueError):
+                self.executor.map(add, [1], chunksize=bad)
+
+
+def submitted_jobs(executor):
+    """The node's count of submitted jobs, through the REST API of the executor's server."""
+    return executor._server._request("GET", "/v1/stats")["jobs"]["submitted"]  # noqa: SLF001
 
 
 class TestExamples(unittest.TestCase):

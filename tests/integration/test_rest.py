@@ -30,6 +30,32 @@ class SharedNode(unittest.TestCase):
         cls.node.stop()
 
 
+class TestMapJobs(SharedNode):
+    """A map job ("map": true) calls its function once per argument list, in one job."""
+
+    def test_a_map_job_answers_one_outcome_per_call_in_order(self):
+        job = self.node.run(SQ, "sq", [[1], [2], [3]], map=True)
+        self.assertEqual(job["status"], "done")
+        self.assertEqual(job["result"], {"values": [1, 4, 9], "errors": []})
+
+    def test_a_call_that_raises_keeps_its_error_and_the_others_go_on(self):
+        inverse = "def inverse(x):\n    return 1 / x\n"
+        job = self.node.run(inverse, "inverse", [[2], [0], [4]], map=True)
+        self.assertEqual(job["status"], "done")
+        self.assertEqual(job["result"]["values"], [0.5, None, 0.25])
+        [bad] = job["result"]["errors"]
+        self.assertEqual((bad["index"], bad["type"]), (1, "ZeroDivisionError"))
+        self.assertIn("in inverse", bad["traceback"])
+
+    def test_map_jobs_are_refused_without_argument_lists(self):
+        for fields, why in (({"args": [1, 2]}, "array of argument arrays"), ({}, "needs 'args'"),
+                            ({"args": [[1]], "map": 1}, "true or false")):
+            body = dict({"source": SQ, "function": "sq", "map": True}, **fields)
+            status, data, _ = self.node.request("POST", "/v1/jobs", body)
+            self.assertEqual(status, 400, body)
+            self.assertIn(why, data["error"]["message"])
+
+
 class TestJobs(SharedNode):
     def test_the_readme_curl_job_answers_49(self):
         job = self.node.run(SQ, "sq", [7], wait=10)

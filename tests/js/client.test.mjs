@@ -56,6 +56,26 @@ test("a job's result comes back, and a defined function's source crosses once", 
   });
 });
 
+test("map sends chunks as map jobs and rejects with the first call that raised", LIMIT, async () => {
+  await withNode(["--workers", "2"], {}, async (url) => {
+    const node = await connect(url);
+    try {
+      const inv = node.define("def inv(x):\n    return 1 / x\n", "inv");
+      const inputs = Array.from({ length: 1000 }, (_, i) => i + 1);
+      const before = (await node.stats()).jobs.submitted;
+      const results = await within(node.map(inv, inputs), "a map of 1000 items");
+      assert.deepEqual(results, inputs.map((i) => 1 / i));
+      assert.ok((await node.stats()).jobs.submitted - before <= 9, "about four jobs per slot");
+      assert.deepEqual(await within(node.map(inv, [1, 2, 4], { chunksize: 2 })), [1, 0.5, 0.25]);
+      await assert.rejects(within(node.map(inv, [1, 0, 2, 0], { chunksize: 3 })),
+                           (e) => e instanceof JobError && e.type === "ZeroDivisionError");
+      await assert.rejects(node.map(inv, [1], { chunksize: 0 }), RangeError);
+    } finally {
+      node.close();
+    }
+  });
+});
+
 test("2000 jobs go out in a few pipelined batches and all come back right", LIMIT, async () => {
   await withNode(["--workers", "2"], {}, async (url) => {
     const node = await connect(url);
@@ -65,7 +85,7 @@ test("2000 jobs go out in a few pipelined batches and all come back right", LIMI
       node._session._socket.send = (text) => { messages++; send(text); };
       const inc = node.define("def inc(x):\n    return x+1\n", "inc");
       const inputs = Array.from({ length: 2000 }, (_, i) => i);
-      const results = await within(node.map(inc, inputs), "2000 jobs");
+      const results = await within(node.map(inc, inputs, { chunksize: 1 }), "2000 jobs");
       assert.deepEqual(results, inputs.map((i) => i + 1));
       assert.ok(messages <= 2, `2000 jobs went out in ${messages} messages`);
     } finally {

@@ -28,9 +28,9 @@ job_submission round_trip(const job& j, session_functions& known, bool with_defi
 }  // namespace
 
 TEST_CASE("a job message read back by the session parser gives the same job") {
-  const job j = job_from(R"({"source":"def f(x, y=1):\n    return x+y\n","function":"f","args":[1,{"a":"é\n"}],
+  const job j = job_from(R"({"source":"def f(x, y=1):\n    return x+y\n","function":"f","args":[[1],[{"a":"é\n"}]],
                              "kwargs":{"y":3},"modules":["math","from os import path"],"group":"g1",
-                             "timeout":1.5,"retries":2})");
+                             "timeout":1.5,"retries":2,"map":true})");
   session_functions known;
   const auto first = round_trip(j, known, true);
   REQUIRE(first.jobs.size() == 1);
@@ -46,6 +46,7 @@ TEST_CASE("a job message read back by the session parser gives the same job") {
   CHECK(back.group == "g1");
   CHECK(back.timeout == std::chrono::milliseconds(1500));
   CHECK(back.retries == 2);
+  CHECK(back.map);
 
   // A later job of the same function names it by its fn_id alone.
   const auto later = round_trip(j, known, false);

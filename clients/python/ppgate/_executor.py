@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Set, TypeVar
+import time
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
 
+from ._errors import JobError
 from ._pp import Call, Job, Server
 
 T = TypeVar("T")
@@ -45,8 +47,10 @@ class Executor(concurrent.futures.Executor):
     """Runs calls on a ppgate node; the futures work with concurrent.futures.wait/as_completed.
 
     ``max_workers`` sizes a private node (default: one worker per CPU); with ``url=`` (and
-    ``token=``) the calls go to a running node. ``map``'s ``chunksize`` is accepted and has no
-    effect: submissions are batched on the connection anyway.
+    ``token=``) the calls go to a running node. ``map`` sends its calls in chunks of ``chunksize``
+    calls per job (by default as ``multiprocessing.Pool.map`` picks it: about four chunks per
+    slot), yields results in order while later chunks run, and raises a call's exception (a
+    ``JobError``) when the iteration reaches that call.
     """
 
     def __init__(self, max_workers: Optional[int] = None, *, url: Optional[str] = None,
@@ -65,9 +69,7 @@ class Executor(concurrent.futures.Executor):
             future = _JobFuture(self._server)
             job = Job(self._server, future=future)
             self._futures.add(future)
-        future.add_done_callback(self._forget)
-        future.add_done_callback(lambda f: _cancel_job_of(f, job))
-        self._server.submit_call(job, Call(fn, args, kwargs))
+        self._send(future, job, Call(fn, args, kwargs))
         return future
 
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
@@ -75,8 +77,59 @@ class Executor(concurrent.futures.Executor):
             self._futures.discard(future)
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator[T]:
-        return super().map(fn, *iterables, timeout=timeout)
+            chunksize: Optional[int] = None) -> Iterator[T]:
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError("chunksize must be >= 1.")
+        # As concurrent.futures does: every call is submitted now, and `timeout` runs from now.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The arguments travel as columns, one per iterable (cut to the shortest, as zip does).
+        columns: List[List[Any]] = [list(it) for it in iterables]
+        count = min(map(len, columns), default=0)
+        if chunksize is None:
+            chunks, extra = divmod(count, max(1, self._server.get_ncpus()) * 4)
+            chunksize = chunks + 1 if extra else max(chunks, 1)
+        futures = [self._submit_map(fn, tuple(c[i:min(i + chunksize, count)] for c in columns))
+                   for i in range(0, count, chunksize)]
+        return self._results_in_order(futures, deadline)
+
+    def _submit_map(self, fn: Callable[..., Any], columns: Tuple[List[Any], ...]) -> concurrent.futures.Future[Any]:
+        """One map job of the calls in `columns`: a future of (values, errors)."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = _JobFuture(self._server)
+            job = Job(self._server, future=future)
+            self._futures.add(future)
+        self._send(future, job, Call(fn, columns, map=True))
+        return future
+
+    def _send(self, future: concurrent.futures.Future[Any], job: Job, call: Call) -> None:
+        """Sends `call` as `job`; a call that cannot be sent (its function has no source, an
+        argument does not pickle) raises here and leaves no future behind for shutdown to wait on."""
+        try:
+            self._server.submit_call(job, call)
+        except BaseException:
+            self._forget(future)
+            raise
+        future.add_done_callback(self._forget)
+        future.add_done_callback(lambda f: _cancel_job_of(f, job))
+
+    @staticmethod
+    def _results_in_order(futures: List[concurrent.futures.Future[Any]], deadline: Optional[float]) -> Iterator[Any]:
+        # A generator of its own, so that submitting happens at the call, not at the first next().
+        try:
+            for future in futures:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                values, errors = future.result(left)
+                if not errors:
+                    yield from values
+                    continue
+                first_error = errors[0]
+                yield from values[:first_error[0]]
+                raise JobError(*first_error[1:])
+        finally:
+            for future in futures:
+                future.cancel()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

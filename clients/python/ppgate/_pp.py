@@ -59,6 +59,9 @@ class Call:
     group: str = "default"
     timeout: Optional[float] = None
     retries: int = 0
+    # A map job (docs/rest.md, "Map jobs"): `args` holds one column of arguments per parameter,
+    # as map() takes them, and the result is (values, [(index, type, message, traceback)]).
+    map: bool = False
 
 
 class Job:
@@ -411,7 +414,10 @@ class Server:
         else:
             function = cached
         if isinstance(func, types.MethodType) and not isinstance(func.__self__, type):
-            args = (func.__self__,) + args
+            if call.map:  # the instance as a column of its own, pickled once
+                args = ([func.__self__] * min(map(len, args), default=0),) + args
+            else:
+                args = (func.__self__,) + args
         travelling: list[Any] = []  # classes and functions in the arguments that go as source
         fields: Dict[str, Any] = {"codec": "pickle",
                   "args": base64.b64encode(dumps_noting_sources(args, travelling)).decode()
@@ -428,6 +434,8 @@ class Server:
                 fields["globals"] = base64.b64encode(pickled).decode()
         if travelling:
             function = self._with_sources(function, tuple(travelling))
+        if call.map:
+            fields["map"] = True
         if group != "default":
             fields["group"] = group
         if timeout is not None:
