@@ -374,7 +374,9 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class TestExecutor(unittest.TestCase):
+class ExecutorTest(unittest.TestCase):
+    """One private node's Executor, shared by the tests of a class."""
+
     @classmethod
     def setUpClass(cls):
         cls.executor = pp.Executor(2)
@@ -382,6 +384,9 @@ class TestExecutor(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.executor.shutdown()
+
+
+class TestExecutor(ExecutorTest):
 
     def test_submit_with_args_and_kwargs(self):
         future = self.executor.submit(add, 1, 2, c=3)
@@ -433,16 +438,8 @@ class TestExecutor(unittest.TestCase):
                 executor.submit(add, 1)
 
 
-class TestExecutorMap(unittest.TestCase):
+class TestExecutorMap(ExecutorTest):
     """Executor.map sends its calls in chunks (map jobs), yields in order, raises at the item."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.executor = pp.Executor(2)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.executor.shutdown()
 
     def test_chunks_of_the_given_size_give_every_result_in_order(self):
         for chunksize in (1, 3, 7, 100, 1000):

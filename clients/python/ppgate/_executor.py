@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
 
 from ._errors import JobError
 from ._pp import Call, Job, Server
@@ -63,14 +63,7 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            future = _JobFuture(self._server)
-            job = Job(self._server, future=future)
-            self._futures.add(future)
-        self._send(future, job, Call(fn, args, kwargs))
-        return future
+        return self._submit_call(Call(fn, args, kwargs))
 
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
@@ -88,24 +81,21 @@ class Executor(concurrent.futures.Executor):
         if chunksize is None:
             chunks, extra = divmod(count, max(1, self._server.get_ncpus()) * 4)
             chunksize = chunks + 1 if extra else max(chunks, 1)
-        futures = [self._submit_map(fn, tuple(c[i:min(i + chunksize, count)] for c in columns))
+        # One map job per chunk; each future gives (values, errors).
+        futures = [self._submit_call(Call(fn, tuple(c[i:min(i + chunksize, count)] for c in columns), map=True))
                    for i in range(0, count, chunksize)]
         return self._results_in_order(futures, deadline)
 
-    def _submit_map(self, fn: Callable[..., Any], columns: Tuple[List[Any], ...]) -> concurrent.futures.Future[Any]:
-        """One map job of the calls in `columns`: a future of (values, errors)."""
+    def _submit_call(self, call: Call) -> concurrent.futures.Future[Any]:
+        """Sends `call` as a job and returns its future. A call that cannot be sent (its function
+        has no source, an argument does not pickle) raises here and leaves no future behind for
+        shutdown to wait on."""
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future = _JobFuture(self._server)
             job = Job(self._server, future=future)
             self._futures.add(future)
-        self._send(future, job, Call(fn, columns, map=True))
-        return future
-
-    def _send(self, future: concurrent.futures.Future[Any], job: Job, call: Call) -> None:
-        """Sends `call` as `job`; a call that cannot be sent (its function has no source, an
-        argument does not pickle) raises here and leaves no future behind for shutdown to wait on."""
         try:
             self._server.submit_call(job, call)
         except BaseException:
@@ -113,6 +103,7 @@ class Executor(concurrent.futures.Executor):
             raise
         future.add_done_callback(self._forget)
         future.add_done_callback(lambda f: _cancel_job_of(f, job))
+        return future
 
     @staticmethod
     def _results_in_order(futures: List[concurrent.futures.Future[Any]], deadline: Optional[float]) -> Iterator[Any]:
