@@ -23,8 +23,8 @@ void append_json_number(std::string& out, double v);
 // Keys are names written by this program: ASCII that needs no escaping. Strings are escaped.
 // `raw` splices a value that is JSON already; `raw_items` splices items already written and
 // joined by commas — members ("a":1,"b":2) into an object (a job's outcome is kept that way), or
-// elements into an array. Nothing checks that begins and
-// ends pair up: each function writes its value whole.
+// elements into an array. Nothing checks that begins and ends pair up: each function writes
+// its value whole.
 class json_writer {
  public:
   explicit json_writer(std::string& out) : out_(out) {}
@@ -93,8 +93,6 @@ class json_writer {
   json_writer& member(std::string_view k, const T& v) {
     return key(k).value(v);
   }
-
-  std::string& out() { return out_; }
 
  private:
   // A comma before every item of a container but its first; none after a key.
