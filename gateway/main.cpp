@@ -35,8 +35,11 @@ int main(int argc, char** argv) {
     worker_options workers;
     workers.command.script = locate_worker_script(cmd.serve.worker_dir);
     // Refuse an interpreter that cannot run the worker now, with its reason, rather than
-    // restarting workers that die forever.
-    const python_info python = probe_python(cmd.serve.python, workers.command.script);
+    // restarting workers that die forever; unless the caller vouches for it (the probe is a
+    // whole interpreter start on the way to the first result).
+    const python_info python = cmd.serve.python_version.empty()
+                                   ? probe_python(cmd.serve.python, workers.command.script)
+                                   : python_info{cmd.serve.python, cmd.serve.python_version};
     workers.command.python = python.executable;
     workers.python_version = python.version;
     workers.restart_after_each_job = cmd.serve.restart_workers;

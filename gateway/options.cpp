@@ -120,6 +120,8 @@ serve options:
   --python PATH          the Python interpreter workers run (default python3 on PATH): any
                          CPython 3.8 or later, a venv's or a conda env's; jobs import what it can.
                          Checked at start: one that cannot run the worker is refused, saying why
+  --python-version V     skip that check: the caller vouches that --python is CPython V (the
+                         Python client's private node passes its own interpreter's version)
   --restart              start a fresh worker process after every job (pp's restart=True)
   --pid-file PATH        write the process id to PATH; removed at exit
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
@@ -240,6 +242,11 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else if (flag == "--python") {
       o.python = take_value();
       if (o.python.empty()) throw usage_error("--python: give the path or name of a Python interpreter");
+    } else if (flag == "--python-version") {
+      o.python_version = take_value();
+      const bool plausible = o.python_version.starts_with("3.") && o.python_version.size() <= 32 &&
+                             o.python_version.find_first_not_of("0123456789.abrc+") == std::string::npos;
+      if (!plausible) throw usage_error("--python-version: give a CPython version such as 3.11.2");
     } else if (flag == "--peer-listen") {
       serve_options scratch;
       parse_listen(take_value(), scratch);

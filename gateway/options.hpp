@@ -25,6 +25,7 @@ struct serve_options {
   bool insecure = false;
   bool restart_workers = false;
   std::string python = "python3";  // the interpreter workers run (--python)
+  std::string python_version;      // --python-version: given, so the start-up probe is skipped
   std::string worker_dir;          // where the worker's files are; empty: found (locate_worker_script)
   std::string pid_file;
   std::optional<std::chrono::seconds> idle_exit;

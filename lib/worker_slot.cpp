@@ -48,6 +48,7 @@ void worker_slot::launch() {
 net::awaitable<void> worker_slot::supervise() {
   auto self = shared_from_this();  // a retired link lives until its process is reaped
   int consecutive_spawn_failures = 0;
+  int consecutive_early_exits = 0;
   while (!retiring_) {
     std::string spawn_error;
     try {
@@ -74,10 +75,13 @@ net::awaitable<void> worker_slot::supervise() {
     stall_timer_.cancel();
     stall_armed_ = false;
     stalled_ = false;
+    replied_ = false;
+    const auto spawned = steady_clock::now();
     log::debug("worker ", proc_->pid(), " started");
 
     co_await serve();
     // EOF or a kill: whatever happens next, this process takes no more jobs.
+    const bool exited_on_its_own = accepting_;
     leave_scheduler();
 
     const std::string why = co_await proc_->wait_exit();
@@ -94,7 +98,18 @@ net::awaitable<void> worker_slot::supervise() {
       sched_.interrupted(j, "the worker running this job " + why);
     }
     proc_.reset();
-    if (!retiring_) sched_.count_worker_restart();
+    if (retiring_) break;
+    sched_.count_worker_restart();
+    // A process that ends by itself soon after it started, having answered nothing, cannot run
+    // the worker (an interpreter that was not probed, a broken install): retry, slowly.
+    if (exited_on_its_own && !replied_ && steady_clock::now() - spawned < std::chrono::seconds(2)) {
+      const auto backoff = std::chrono::milliseconds(100 << std::min(++consecutive_early_exits, 5));
+      log::error("a worker ", why, " right after it started; starting another in ", backoff.count(), " ms");
+      net::steady_timer t(ex_, backoff);
+      co_await t.async_wait(use_nothrow_awaitable);
+    } else {
+      consecutive_early_exits = 0;
+    }
   }
   pool_.on_slot_ended(*this);
 }
@@ -115,7 +130,10 @@ bool worker_slot::consume(const char* data, std::size_t n) {
     reader_.feed(data, n);
     std::string_view frame;
     // Once the process is being replaced, what it still sent is stale.
-    while (accepting_ && reader_.next(frame)) on_reply(frame);
+    while (accepting_ && reader_.next(frame)) {
+      replied_ = true;
+      on_reply(frame);
+    }
     return true;
   } catch (const std::exception& e) {
     log::error("worker ", proc_->pid(), " sent a bad frame: ", e.what());

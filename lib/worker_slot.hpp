@@ -116,6 +116,7 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   // the process is to be replaced (killed, crashed, timed out) until a fresh one serves.
   bool accepting_ = false;
   bool retiring_ = false;
+  bool replied_ = false;  // the current process has sent a reply
   std::uint64_t jobs_run_ = 0;
   std::uint64_t sources_sent_ = 0;
 };

@@ -42,6 +42,8 @@ class TestCommandLine(unittest.TestCase):
             (["serve", "--busy-poll", "20000"], "--busy-poll"),
             (["serve", "--busy-poll", "soon"], "--busy-poll"),
             (["serve", "--listen", "0.0.0.0:0"], "not a loopback address"),
+            (["serve", "--python-version", "2.7"], "--python-version"),
+            (["serve", "--python-version", "3.11; rm"], "--python-version"),
             (["frobnicate"], "unknown command"),
             ([], "missing command"),
         ]
@@ -54,6 +56,25 @@ class TestCommandLine(unittest.TestCase):
         r = run_ppgate("serve", "--workers", "0", env={"PPGATE_SECRET": " " * 8})
         self.assertEqual(r.returncode, 2)
         self.assertIn("not all blanks", r.stderr)
+
+    def test_python_version_skips_the_probe_and_a_broken_worker_is_retried_slowly(self):
+        # /bin/false is no Python: with --python-version nothing checks that at start, so each
+        # worker exits at once. The node must keep serving, back off instead of spinning, and
+        # end the job with an error rather than keep it forever.
+        with Node("--python", "/bin/false", "--python-version", "3.11.2", "--log-level", "info",
+                  workers=1) as node:
+            status, stats, _ = node.request("GET", "/v1/stats")
+            self.assertEqual(status, 200)
+            status, data, _ = node.request("POST", "/v1/jobs?wait=30",
+                                           {"source": "def f():\n    return 1\n", "function": "f"})
+            self.assertEqual(status, 200, data)
+            self.assertEqual(data["status"], "failed", data)
+            self.assertEqual(data["error"]["type"], "WorkerDied", data)
+            time.sleep(1.0)
+            restarts = node.request("GET", "/v1/stats")[1]["worker_restarts"]
+            # Backing off from 200 ms, a spinning restart loop would have made hundreds by now.
+            self.assertLess(restarts, 20, restarts)
+            self.assertIn("right after it started", node.log_text())
 
     def test_a_port_in_use_is_reported(self):
         with socket.socket() as s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import select
 import secrets
 import shutil
@@ -50,7 +51,8 @@ class PrivateNode:
                 "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
                 "--parent-pid", str(os.getpid()), "--log-level", "warn"]
         if sys.executable:
-            args += ["--python", sys.executable]
+            # This interpreter runs: the node need not start one just to check it.
+            args += ["--python", sys.executable, "--python-version", platform.python_version()]
         if restart:
             args.append("--restart")
         env = dict(os.environ, PPGATE_SECRET=self.token,
