@@ -3,6 +3,7 @@
 #include "job_parser.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
+#include "shared_memory.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -57,15 +58,31 @@ job_session::job_session(scheduler& sched, const http_limits& limits, std::share
 
 net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req) {
   auto self = shared_from_this();
+  // Shared memory for a client that shares this node's /dev/shm (it says so by naming it as the
+  // node does), on loopback: a remote client's names would mean nothing here.
+  boost::system::error_code ec_endpoint;
+  const auto peer = stream.socket().remote_endpoint(ec_endpoint);
+  const auto claimed = req[shared_memory_header];
+  if (!ec_endpoint && peer.address().is_loopback() && !claimed.empty() &&
+      claimed == shared_memory::host_identity())
+    shm_prefix_ = shared_memory::new_session_prefix();
   ws_stream ws(std::move(stream));
   ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
-  ws.set_option(websocket::stream_base::decorator(decorate_websocket_handshake));
+  ws.set_option(websocket::stream_base::decorator([this](http_response& res) {
+    decorate_websocket_handshake(res);
+    if (res.result() != http::status::switching_protocols) return;
+    // What the client must know before it sends: the largest message taken, and where its big
+    // arguments may go instead.
+    res.set(max_message_header, std::to_string(limits_.max_body_bytes));
+    if (!shm_prefix_.empty()) res.set(shared_memory_header, shm_prefix_);
+  }));
   ws.read_message_max(limits_.max_body_bytes);
   auto [ec] = co_await ws.async_accept(req, use_nothrow_awaitable);
   if (ec) co_return;
   wake_.emplace(co_await net::this_coro::executor, net::steady_timer::time_point::max());
   drained_.emplace(co_await net::this_coro::executor);
   jobs_ = std::make_shared<tagged_jobs>(sched_, [this] { wake_->cancel(); }, session_json);
+  if (!shm_prefix_.empty()) jobs_->offer_shared_memory(shm_prefix_);
 
   co_await (read_loop(ws) || write_loop(ws));
 

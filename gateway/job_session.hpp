@@ -31,6 +31,10 @@ class job_session : public std::enable_shared_from_this<job_session> {
  private:
   using ws_stream = beast::websocket::stream<beast::tcp_stream>;
 
+  // Asked for by the client with its view of /dev/shm, answered with the session's file prefix.
+  static constexpr std::string_view shared_memory_header = "PPGate-Shared-Memory";
+  static constexpr std::string_view max_message_header = "PPGate-Max-Message";
+
   // Unsent results past which the session stops reading submissions.
   static constexpr std::size_t max_unsent_bytes = 16u * 1024 * 1024;
 
@@ -49,6 +53,7 @@ class job_session : public std::enable_shared_from_this<job_session> {
   std::optional<net::steady_timer> drained_;  // cancelled by the writer after each write
   std::size_t writing_bytes_ = 0;  // the message being written, still unsent
   bool closing_ = false;
+  std::string shm_prefix_;  // empty: this client cannot use shared memory
 };
 
 }  // namespace ppgate

@@ -1,5 +1,7 @@
 #include "node_server.hpp"
 
+#include "shared_memory.hpp"
+
 #include "event_hub.hpp"
 #include "listener.hpp"
 #include "log.hpp"
@@ -84,6 +86,7 @@ void node_server::stop() {
   scheduler_.set_event_sink(nullptr);
   peers_.stop();
   pool_.shutdown();
+  shared_memory::remove_files(shared_memory::node_prefix());  // what sessions left behind
   if (!opts_.pid_file.empty()) ::unlink(opts_.pid_file.c_str());
   io_.stop();
 }

@@ -1,5 +1,7 @@
 #include "options.hpp"
 
+#include "frame.hpp"
+
 #include <boost/asio/ip/address.hpp>
 
 #include <charconv>
@@ -125,7 +127,8 @@ serve options:
   --restart              start a fresh worker process after every job (pp's restart=True)
   --pid-file PATH        write the process id to PATH; removed at exit
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
-  --max-body BYTES       largest request body accepted (default 67108864)
+  --max-body BYTES       largest request body and session message accepted (default 67108864,
+                         at most 267386880)
   --max-header BYTES     largest request header accepted (default 16384)
   --max-connections N    simultaneous HTTP connections (default 512); at the limit the busiest
                          client address's oldest idle connection makes room, else 503
@@ -224,7 +227,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else if (flag == "--idle-exit") {
       o.idle_exit = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400 * 365));
     } else if (flag == "--max-body") {
-      o.max_body_bytes = parse_int<std::size_t>(flag, take_value(), 1024, std::size_t(1) << 32);
+      // At most what a worker's frame carries (lib/frame.hpp), less room for the frame's own header.
+      o.max_body_bytes = parse_int<std::size_t>(flag, take_value(), 1024, max_frame_size - 1024 * 1024);
     } else if (flag == "--max-header") {
       o.max_header_bytes = parse_int<std::size_t>(flag, take_value(), 1024, 1024 * 1024);
     } else if (flag == "--max-connections") {

@@ -47,8 +47,11 @@ std::string function_hash(std::string_view entry, const std::vector<std::string>
 struct job_spec {
   std::shared_ptr<const function_def> function;
   arg_codec codec = arg_codec::json;
-  std::string args;    // json: the raw JSON array; pickle: base64 of a pickled tuple
-  std::string kwargs;  // json: the raw JSON object, or empty; pickle: base64 of a pickled dict, or empty
+  // Each as the JSON text the submitter gave, checked (empty: not given). json: an array (args)
+  // or object; pickle: a base64 string of a pickled tuple (args) or dict, or the pickle in parts,
+  // inline or in shared memory (job_parser.cpp, check_pickled_parts).
+  std::string args;
+  std::string kwargs;
   std::string globals;  // like kwargs: names set in the job's namespace before its source runs
   std::string group = "default";
   std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
@@ -57,6 +60,9 @@ struct job_spec {
   // outcome per call, in order; a call that raises keeps its error and the others go on.
   bool map = false;
   bool local_only = false;  // came from a peer: runs on this node's own workers, never forwarded
+  // The shared-memory prefix of the session that submitted it (shared_memory.hpp), or empty: a
+  // worker may return a big result as a file under it.
+  std::string shm_prefix;
 };
 
 class slot;

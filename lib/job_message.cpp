@@ -1,6 +1,7 @@
 #include "job_message.hpp"
 
 #include "json_writer.hpp"
+#include "shared_memory.hpp"
 
 namespace ppgate {
 
@@ -19,18 +20,22 @@ void append_job_message(std::string& out, const job& j, const job_message_parts&
     w.end_array();
   }
   w.member("codec", to_string(spec.codec));
-  // Arguments are raw JSON under codec json, base64 strings under codec pickle; an empty one is
-  // the receiver's default (no arguments, no extra names).
-  const bool raw = spec.codec == arg_codec::json;
+  // Arguments are kept as the checked JSON text they came as; an empty one is the receiver's
+  // default (no arguments, no extra names).
   for (const auto& [name, value] : {std::pair<const char*, const std::string&>{"args", spec.args},
                                     {"kwargs", spec.kwargs},
                                     {"globals", spec.globals}}) {
     if (value.empty()) continue;
-    w.key(name);
-    if (raw) w.raw(value);
-    else w.value(value);
+    if (parts.inline_shared_memory && spec.codec == arg_codec::pickle) {
+      std::string inlined;
+      shared_memory::append_inline(inlined, value);
+      w.key(name).raw(inlined);
+    } else {
+      w.key(name).raw(value);
+    }
   }
   if (spec.map) w.member("map", true);
+  if (parts.with_shm && !spec.shm_prefix.empty()) w.member("shm", spec.shm_prefix);
   if (parts.with_options) {
     if (spec.timeout) w.member("timeout", std::chrono::duration<double>(*spec.timeout).count());
     if (spec.retries > 0) w.member("retries", spec.retries);

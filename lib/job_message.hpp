@@ -17,9 +17,13 @@ struct job_message_parts {
   std::int64_t fn_id = 0;         // the receiver's name for the job's function
   bool with_definition = false;   // "function", "source" and "modules": the first time
   bool with_options = false;      // "timeout", "retries" and "group"
+  bool with_shm = false;          // "shm": the session's shared-memory prefix, for results (workers)
+  // Arguments in this host's shared memory are read and sent inline (peers: another host).
+  bool inline_shared_memory = false;
 };
 
-// Appends the job's JSON object to `out`.
+// Appends the job's JSON object to `out`. With inline_shared_memory, throws shared_memory::error
+// when an argument's file cannot be read.
 void append_job_message(std::string& out, const job& j, const job_message_parts& parts);
 
 }  // namespace ppgate

@@ -1,5 +1,7 @@
 #include "job_parser.hpp"
 
+#include "shared_memory.hpp"
+
 #include <simdjson.h>
 
 #include <charconv>
@@ -104,13 +106,73 @@ struct batch_functions {
   }
 };
 
+// An "args", "kwargs" or "globals" field as given: its JSON text and what it holds.
+struct argument_field {
+  enum kind_t { absent, string, array, object } kind = absent;
+  std::string_view raw;  // the JSON text: a string with its quotes, an array or an object
+};
+
+constexpr std::size_t max_pickled_parts = 4096;
+
+// A pickle in parts (docs/rest.md, "Pickled arguments in parts"): the pickle stream first, then
+// its out-of-band buffers (pickle protocol 5), either inline as base64 strings,
+//   {"parts": ["<base64>", ...]}
+// or in a shared-memory file of this session, as [offset, size] ranges of it,
+//   {"shm": "<name>", "parts": [[offset, size], ...]}.
+// Only a session offered shared memory may use the shared-memory form.
+void check_pickled_parts(std::string_view raw, std::string_view field, std::string_view shm_prefix) {
+  const std::string f(field);
+  const simdjson::dom::element doc = check_strict_json(raw, field);
+  const auto shape = "field '" + f + "' with codec \"pickle\" must be a base64 string, " +
+                     "{\"parts\": [base64, ...]} or {\"shm\": NAME, \"parts\": [[offset, size], ...]}";
+  simdjson::dom::object obj;
+  if (doc.get_object().get(obj)) fail(shape);
+  std::string_view name;
+  bool in_shm = false;
+  simdjson::dom::array parts;
+  bool have_parts = false;
+  for (const auto [key, value] : obj) {
+    if (key == "shm") {
+      if (value.get_string().get(name)) fail(shape);
+      in_shm = true;
+    } else if (key == "parts") {
+      if (value.get_array().get(parts)) fail(shape);
+      have_parts = true;
+    } else {
+      fail(shape + "; '" + std::string(key) + "' is not one of its fields");
+    }
+  }
+  if (!have_parts) fail(shape);
+  if (in_shm) {
+    if (shm_prefix.empty())
+      fail("field '" + f + "' names shared memory, which only a session from this node's host " +
+           "may use, once offered (the PPGate-Shared-Memory header)");
+    if (!shared_memory::is_session_file(name, shm_prefix))
+      fail("field '" + f + "' names shared memory \"" + std::string(name).substr(0, 100) +
+           "\", which is not this session's (its names start with \"" + std::string(shm_prefix) + "\")");
+  }
+  std::size_t count = 0;
+  for (const simdjson::dom::element part : parts) {
+    if (++count > max_pickled_parts) fail("field '" + f + "' has more than 4096 parts");
+    if (!in_shm) {
+      if (!part.is_string()) fail(shape);
+      continue;
+    }
+    simdjson::dom::array range;
+    std::uint64_t offset = 0, size = 0;
+    if (part.get_array().get(range) || range.size() != 2 || range.at(0).get_uint64().get(offset) ||
+        range.at(1).get_uint64().get(size) || offset > (std::uint64_t(1) << 50) || size > (std::uint64_t(1) << 50))
+      fail("field '" + f + "': each part in shared memory is [offset, size], two whole numbers");
+  }
+  if (count == 0) fail("field '" + f + "' needs at least one part: the pickle");
+}
+
 job_spec parse_one(od::object obj, const function_interner& intern, batch_functions& functions,
-                   std::int64_t& tag) {
+                   std::int64_t& tag, std::string_view shm_prefix) {
   job_spec spec;
   function_def def;
   bool have_function = false, have_source = false;
-  bool args_is_string = false, kwargs_is_string = false, globals_is_string = false;
-  bool have_args = false, have_kwargs = false, have_globals = false;
+  argument_field args, kwargs, globals;
   bool args_are_arrays = true;  // json args: every element is an array (a map job's calls)
   std::optional<std::int64_t> fn_id;
   std::vector<std::string> depfuncs;
@@ -144,47 +206,34 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
       if (functions.session == nullptr) fail("field 'fn_id' is accepted on a session (/v1/session) only");
       fn_id = id;
     } else if (key == "args" || key == "kwargs" || key == "globals") {
-      const bool is_args = key == "args";
+      argument_field& a = key == "args" ? args : key == "kwargs" ? kwargs : globals;
       od::json_type type{};
       check(v.type().get(type), key, "an array, an object or a string");
-      std::string_view raw;
-      bool is_string = false;
       if (type == od::json_type::string) {
-        raw = get_string(v, key);
-        is_string = true;
-      } else if (is_args && type == od::json_type::array) {
+        a.raw = v.raw_json_token();
+        (void)get_string(v, key);  // validates it
+        while (!a.raw.empty() && a.raw.back() != '"') a.raw.remove_suffix(1);  // the token's trailing spaces
+        a.kind = argument_field::string;
+      } else if (type == od::json_type::array) {
         od::array arr;
         check(v.get_array().get(arr), key, "an array");
-        check(arr.raw_json().get(raw), key, "an array");
-      } else if (!is_args && type == od::json_type::object) {
+        check(arr.raw_json().get(a.raw), key, "an array");
+        a.kind = argument_field::array;
+      } else if (type == od::json_type::object) {
         od::object o;
         check(v.get_object().get(o), key, "an object");
-        check(o.raw_json().get(raw), key, "an object");
+        check(o.raw_json().get(a.raw), key, "an object");
+        a.kind = argument_field::object;
       } else {
-        fail(is_args ? "field 'args' must be an array (or a base64 string with codec \"pickle\")"
-                     : "field '" + std::string(key) +
-                           "' must be an object (or a base64 string with codec \"pickle\")");
+        fail(key == "args" ? "field 'args' must be an array (or a base64 string with codec \"pickle\")"
+                           : "field '" + std::string(key) +
+                                 "' must be an object (or a base64 string with codec \"pickle\")");
       }
-      if (!is_string) {
-        const simdjson::dom::element parsed = check_strict_json(raw, key);
-        if (is_args) {
-          simdjson::dom::array calls;
-          if (parsed.get_array().get(calls) == simdjson::SUCCESS)
-            for (const simdjson::dom::element call : calls) args_are_arrays = args_are_arrays && call.is_array();
-        }
-      }
-      if (is_args) {
-        spec.args = std::string(raw);
-        args_is_string = is_string;
-        have_args = true;
-      } else if (key == "kwargs") {
-        spec.kwargs = std::string(raw);
-        kwargs_is_string = is_string;
-        have_kwargs = true;
-      } else {
-        spec.globals = std::string(raw);
-        globals_is_string = is_string;
-        have_globals = true;
+      if (a.kind != argument_field::string) {
+        const simdjson::dom::element parsed = check_strict_json(a.raw, key);
+        simdjson::dom::array calls;
+        if (key == "args" && parsed.get_array().get(calls) == simdjson::SUCCESS)
+          for (const simdjson::dom::element call : calls) args_are_arrays = args_are_arrays && call.is_array();
       }
     } else if (key == "codec") {
       const auto codec = get_string(v, key);
@@ -215,21 +264,27 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
 
   // On a session, results are named by tag: a job without one could never be told apart.
   if (functions.session != nullptr && !have_tag) fail("field 'tag' is required on a session");
-  if (spec.codec == arg_codec::json) {
-    if (have_args && args_is_string) fail("field 'args' must be an array with codec \"json\"");
-    if (have_kwargs && kwargs_is_string) fail("field 'kwargs' must be an object with codec \"json\"");
-    if (have_globals && globals_is_string) fail("field 'globals' must be an object with codec \"json\"");
-  } else {
-    if (have_args && !args_is_string)
-      fail("field 'args' must be a base64 string of a pickled tuple with codec \"pickle\"");
-    if (have_kwargs && !kwargs_is_string)
-      fail("field 'kwargs' must be a base64 string of a pickled dict with codec \"pickle\"");
-    if (have_globals && !globals_is_string)
-      fail("field 'globals' must be a base64 string of a pickled dict with codec \"pickle\"");
+  const std::pair<argument_field*, const char*> fields[] = {{&args, "args"}, {&kwargs, "kwargs"}, {&globals, "globals"}};
+  for (const auto& [a, name] : fields) {
+    if (a->kind == argument_field::absent) continue;
+    const bool is_args = a == &args;
+    if (spec.codec == arg_codec::json && a->kind != (is_args ? argument_field::array : argument_field::object))
+      fail("field '" + std::string(name) + "' must be " + (is_args ? "an array" : "an object") +
+           " with codec \"json\"");
+    if (spec.codec == arg_codec::pickle) {
+      if (a->kind == argument_field::array)
+        fail("field '" + std::string(name) + "' must be a base64 string of a pickled " +
+             (is_args ? "tuple" : "dict") + " with codec \"pickle\" (or its parts, docs/rest.md)");
+      // (A peer gets the parts of one in shared memory inline: job_message_parts.)
+      if (a->kind == argument_field::object) check_pickled_parts(a->raw, name, shm_prefix);
+    }
   }
+  spec.args = std::string(args.raw);
+  spec.kwargs = std::string(kwargs.raw);
+  spec.globals = std::string(globals.raw);
 
   if (spec.map) {
-    if (!have_args) fail("a map job (\"map\": true) needs 'args': one argument list per call");
+    if (args.kind == argument_field::absent) fail("a map job (\"map\": true) needs 'args': one argument list per call");
     if (spec.codec == arg_codec::json && !args_are_arrays)
       fail("field 'args' of a map job must be an array of argument arrays, one per call");
   }
@@ -343,7 +398,7 @@ std::int64_t parse_cancel_message(std::string& body) {
 }
 
 job_submission parse_job_submission(std::string& body, const function_interner& intern,
-                                    session_functions* session) {
+                                    session_functions* session, std::string_view shm_prefix) {
   od::document doc = iterate(body);
   simdjson::error_code ec;
   batch_functions functions{session, {}};
@@ -362,7 +417,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
         fail("batch element " + std::to_string(index) + " must be a job object");
       try {
         std::int64_t tag = 0;
-        out.jobs.push_back(parse_one(obj, intern, functions, tag));
+        out.jobs.push_back(parse_one(obj, intern, functions, tag, shm_prefix));
         out.tags.push_back(tag);
       } catch (const request_error& e) {
         fail("batch element " + std::to_string(index) + ": " + e.what());
@@ -374,7 +429,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
     od::object obj;
     check(doc.get_object().get(obj), "(body)", "a job object");
     std::int64_t tag = 0;
-    out.jobs.push_back(parse_one(obj, intern, functions, tag));
+    out.jobs.push_back(parse_one(obj, intern, functions, tag, shm_prefix));
     out.tags.push_back(tag);
   } else {
     fail("the body must be a job object or an array of job objects");

@@ -32,9 +32,11 @@ using session_functions = std::unordered_map<std::int64_t, std::shared_ptr<const
 // `body` gets simdjson's padding appended to its capacity (not its contents).
 // Throws request_error with a message that names the offending field.
 // With `session` (a session's functions), jobs may define and reference functions by "fn_id";
-// a refused submission defines none.
+// a refused submission defines none. With `shm_prefix` (a session offered shared memory, see
+// shared_memory.hpp), pickled arguments may name that session's shared-memory files.
 job_submission parse_job_submission(std::string& body, const function_interner& intern,
-                                    session_functions* session = nullptr);
+                                    session_functions* session = nullptr,
+                                    std::string_view shm_prefix = {});
 
 // The "tag" of each job of a session batch that parse_job_submission refused, so the client can
 // fail exactly those jobs. Valid JSON is read element by element; malformed JSON is scanned

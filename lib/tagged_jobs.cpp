@@ -1,6 +1,7 @@
 #include "tagged_jobs.hpp"
 
 #include "json_writer.hpp"
+#include "shared_memory.hpp"
 
 #include <utility>
 
@@ -12,9 +13,10 @@ tagged_jobs::tagged_jobs(scheduler& sched, std::function<void()> output_ready, c
 void tagged_jobs::submit_batch(std::string& text) {
   try {
     auto submission = parse_job_submission(
-        text, [this](function_def def) { return sched_.intern(std::move(def)); }, &functions_);
+        text, [this](function_def def) { return sched_.intern(std::move(def)); }, &functions_, shm_prefix_);
     for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
       submission.jobs[i].local_only = encoding_.local_only();
+      submission.jobs[i].shm_prefix = shm_prefix_;
       job& j = sched_.submit(std::move(submission.jobs[i]));
       // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
       j.observer = weak_from_this();
@@ -47,6 +49,8 @@ void tagged_jobs::cancel_all() {
   std::vector<std::uint64_t> ids;
   for (const auto& [id, tag] : open_) ids.push_back(id);
   for (const auto id : ids) sched_.cancel(id);
+  // The client's arguments and the results it did not read: nobody maps them any more.
+  shared_memory::remove_files(shm_prefix_);
 }
 
 void tagged_jobs::job_ended(const job& j) {

@@ -210,7 +210,7 @@ void worker_slot::start(job& j) {
       fn_ids_.try_emplace(j.spec.function->hash, static_cast<std::int64_t>(fn_ids_.size()) + 1);
   sources_sent_ += first_time;
   std::string message;
-  append_job_message(message, j, {.fn_id = known->second, .with_definition = first_time});
+  append_job_message(message, j, {.fn_id = known->second, .with_definition = first_time, .with_shm = true});
   send(message);
   if (in_flight_.size() == 1)
     become_running(j, false);

@@ -24,6 +24,7 @@ import itertools
 import io
 import json
 import linecache
+import mmap
 import os
 import pickle
 import platform
@@ -53,6 +54,10 @@ _getcwd, _chdir, _umask = os.getcwd, os.chdir, os.umask
 _waitpid, _WNOHANG = os.waitpid, os.WNOHANG
 _thread_count = _thread._count  # threads other than the main one, however they were started
 _PYTHON_VERSION = platform.python_version()
+_open, _close, _fstat, _pwrite, _unlink = os.open, os.close, os.fstat, os.pwrite, os.unlink
+_mmap, _ACCESS_COPY = mmap.mmap, mmap.ACCESS_COPY
+_O_READ, _O_WRITE = os.O_RDONLY | os.O_CLOEXEC, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_memoryview = memoryview
 
 _functions = {}  # fn_id -> _Function (compiled once per process)
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
@@ -176,6 +181,82 @@ def _map(target, args, kwargs, pickled):
 
 _RUNTIME_MODULE = __name__
 
+# Pickles in shared memory (docs/rest.md, "Shared memory"): a session on this host names files in
+# /dev/shm that hold a pickle and its out-of-band buffers; a big result goes back likewise, under
+# the session's prefix ("shm" in the run message). The client's half is ppgate/_shared_memory.py.
+_SHM_FOLDER = "/dev/shm/"
+_SHM_RESULT_MIN = 64 * 1024  # smaller results go inline
+_SHM_ALIGN = 64
+
+
+def _loads(value):
+    """Unpickles an argument as the node passes it: base64, or in parts, inline (base64) or as
+    [offset, size] ranges of a shared-memory file."""
+    if isinstance(value, str):
+        return _pickle_loads(_b64decode(value, validate=True))
+    parts = value["parts"]
+    name = value.get("shm")
+    if name is None:
+        data = [_b64decode(p, validate=True) for p in parts]
+    else:
+        fd = _open(_SHM_FOLDER + name, _O_READ)
+        try:
+            size = _fstat(fd).st_size
+            # Private, writable (copy-on-write) pages: arguments come out writable, as unpickled
+            # bytes would, and a job that writes to one changes nobody else's.
+            view = _memoryview(_mmap(fd, size, access=_ACCESS_COPY)) if size else _memoryview(b"")
+        finally:
+            _close(fd)
+        data = []
+        for offset, length in parts:
+            if offset + length > size:
+                raise ValueError("part [%d, %d] lies outside shared memory %s of %d bytes"
+                                 % (offset, length, name, size))
+            data.append(view[offset:offset + length])
+    return _pickle_loads(data[0], buffers=data[1:])
+
+
+def _dumps_result(result, shm_name):
+    """The pickled result as the reply's JSON: base64, or, when it is big and the session shares
+    this host's memory, the parts of a file named `shm_name`."""
+    if shm_name is not None:
+        buffers = []
+        stream = _pickle_dumps(result, 5, buffer_callback=buffers.append)
+        try:
+            raws = [b.raw() for b in buffers]
+        except BufferError:  # not contiguous: in-band it goes
+            raws = None
+        if raws is not None and len(stream) + sum(r.nbytes for r in raws) >= _SHM_RESULT_MIN:
+            return _dumps(_write_shared(shm_name, [_memoryview(stream)] + raws))
+        if not buffers:
+            return '"' + _b64encode(stream).decode("ascii") + '"'
+    return '"' + _b64encode(_pickle_dumps(result, _PICKLE_PROTOCOL)).decode("ascii") + '"'
+
+
+def _write_shared(name, parts):
+    fd = _open(_SHM_FOLDER + name, _O_WRITE, 0o600)
+    try:
+        ranges = []
+        offset = 0
+        for part in parts:
+            offset = -(-offset // _SHM_ALIGN) * _SHM_ALIGN
+            size = part.nbytes
+            view = part if part.ndim == 1 and part.format == "B" else part.cast("B")
+            done = 0
+            while done < size:
+                done += _pwrite(fd, view[done:], offset + done)
+            ranges.append([offset, size])
+            offset += size
+    except BaseException:
+        _close(fd)
+        try:
+            _unlink(_SHM_FOLDER + name)
+        except OSError:
+            pass
+        raise
+    _close(fd)
+    return {"shm": name, "parts": ranges}
+
 
 def _run(msg):
     fn_id = msg["fn_id"]
@@ -216,12 +297,12 @@ def _run(msg):
         if extra:
             # pp's globals=, and the captured variables of a closure. Set after the source ran, so
             # pickled instances of classes the source defines can be loaded.
-            namespace.update(_pickle_loads(_b64decode(extra, validate=True)) if pickled else extra)
+            namespace.update(_loads(extra) if pickled else extra)
         target = _resolve(function, namespace)
         if pickled:
-            args = _pickle_loads(_b64decode(msg.get("args") or _EMPTY_TUPLE, validate=True))
+            args = _loads(msg.get("args") or _EMPTY_TUPLE)
             kwargs = msg.get("kwargs")
-            kwargs = _pickle_loads(_b64decode(kwargs, validate=True)) if kwargs else {}
+            kwargs = _loads(kwargs) if kwargs else {}
         else:
             args = msg.get("args", ())
             kwargs = msg.get("kwargs") or {}
@@ -232,7 +313,8 @@ def _run(msg):
             elapsed = _perf_counter() - started
         try:
             if pickled:
-                encoded = '"' + _b64encode(_pickle_dumps(result, _PICKLE_PROTOCOL)).decode("ascii") + '"'
+                prefix = msg.get("shm")
+                encoded = _dumps_result(result, None if prefix is None else "%sr%d" % (prefix, msg["tag"]))
             else:
                 encoded = _dumps(result)
         except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything
@@ -247,7 +329,7 @@ def _run(msg):
             sys.modules["__main__"] = saved_main
 
 
-_EMPTY_TUPLE = base64.b64encode(pickle.dumps(()))
+_EMPTY_TUPLE = base64.b64encode(pickle.dumps(())).decode("ascii")
 
 
 def own_link(fd):

@@ -1,5 +1,7 @@
 #include "peer_node.hpp"
 
+#include "shared_memory.hpp"
+
 #include "job_message.hpp"
 #include "log.hpp"
 
@@ -280,9 +282,35 @@ void peer_node::send_job(job& j, remote_slot& s) {
     defining_[j.id] = f.hash;
   }
   std::string batch = "[";
-  append_job_message(batch, j, {.fn_id = known->second, .with_definition = first_time, .with_options = true});
+  try {
+    append_job_message(batch, j, {.fn_id = known->second, .with_definition = first_time, .with_options = true,
+                                  .inline_shared_memory = true});
+  } catch (const shared_memory::error& e) {
+    // Its arguments are gone (its client removed them, or left).
+    fail_unsent(j, first_time, "SharedMemoryError", e.what());
+    return;
+  }
   batch += ']';
+  if (batch.size() > max_frame_size - 1024) {
+    fail_unsent(j, first_time, "MessageTooLarge",
+                "the job's message to node " + name_ + " would take " + std::to_string(batch.size()) +
+                    " bytes, over the limit of a peer frame, " + std::to_string(max_frame_size - 1024) + " bytes");
+    return;
+  }
   channel_->send(peer::msg::run, batch);
+}
+
+void peer_node::fail_unsent(job& j, bool was_defining, std::string_view type, std::string_view why) {
+  // The job ends as if the peer had answered, once this call (the scheduler's start()) is over;
+  // its function's definition did not cross the link.
+  if (was_defining) {
+    fn_ids_.erase(j.spec.function->hash);
+    defining_.erase(j.id);
+  }
+  std::string failure = std::to_string(j.id) + " failed 0\n" + error_outcome(type, why);
+  net::post(ex_, [weak = weak_from_this(), failure = std::move(failure)] {
+    if (auto self = weak.lock()) self->on_result(failure);
+  });
 }
 
 void peer_node::cancel_job(job& j) {

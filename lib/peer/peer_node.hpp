@@ -48,6 +48,8 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   net::awaitable<std::shared_ptr<channel>> connect(bool& refused);
   void set_capacity(std::size_t remote_slots);
   void send_job(job& j, remote_slot& s);
+  // A job that could not be sent (its message cannot be made, or is too big) fails.
+  void fail_unsent(job& j, bool was_defining, std::string_view type, std::string_view why);
   void cancel_job(job& j);
   void on_result(std::string_view payload);
   void link_lost(const std::string& why);

@@ -1,6 +1,6 @@
 // Fuzz target: the messages of one job session (WebSocket /v1/session), one per line of the
 // input, against one session's function table: batches that define and reference functions by
-// "fn_id", and {"cancel": TAG}.
+// "fn_id", and {"cancel": TAG}. The session was offered shared memory, so arguments may name files.
 #include "job_parser.hpp"
 
 #include <cstddef>
@@ -26,7 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     std::string copy = message;
     try {
-      (void)parse_job_submission(message, intern, &functions);
+      (void)parse_job_submission(message, intern, &functions, "ppgate-1-1-");
     } catch (const request_error&) {
       (void)tags_of_refused_batch(copy);
     }

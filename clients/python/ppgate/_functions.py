@@ -316,8 +316,8 @@ class _NotingPickler(pickle.Pickler):
     """A pickler that notes, in `found`, the classes of the objects it pickles (and the classes and
     functions pickled themselves) that need their source on the node."""
 
-    def __init__(self, file: io.BytesIO, found: List[Any]) -> None:
-        super().__init__(file, pickle.HIGHEST_PROTOCOL)
+    def __init__(self, file: io.BytesIO, found: List[Any], buffer_callback: Any = None) -> None:
+        super().__init__(file, pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
         self.found = found
         self.looked_at: set[Any] = set()
 
@@ -331,13 +331,15 @@ class _NotingPickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps_noting_sources(value: Any, found: List[Any]) -> bytes:
+def dumps_noting_sources(value: Any, found: List[Any], buffer_callback: Any = None) -> bytes:
     """Pickles `value` (pickle.HIGHEST_PROTOCOL); appends to `found` the classes and functions in
-    it that must travel as source."""
+    it that must travel as source. With `buffer_callback`, out-of-band buffers go to it (pickle
+    protocol 5)."""
     if type(value) is tuple and all(type(v) in _PLAIN_TYPES for v in value):
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)  # the common case: nothing to look for
+        # The common case: nothing to look for, and no buffers.
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     buffer = io.BytesIO()
-    _NotingPickler(buffer, found).dump(value)
+    _NotingPickler(buffer, found, buffer_callback).dump(value)
     return buffer.getvalue()
 
 

@@ -20,14 +20,15 @@ import urllib.parse
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ._errors import DestroyedServerError, JobError, JobLostError
+from . import _shared_memory as shared_memory
+from ._errors import DestroyedServerError, JobError, JobLostError, SubmitError
 from ._errors import error_from_job
 from ._functions import (FunctionSpec, closure_values, describe, dumps_noting_sources, name_unpicklable,
                          with_sources)
 from ._node import PrivateNode
-from ._session import Session
+from ._session import Session, message_size
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _EMPTY_ARGS = base64.b64encode(pickle.dumps((), _PICKLE)).decode()
@@ -78,7 +79,7 @@ class Job:
     # through the server's condition.
     __slots__ = ("id", "group", "stdout", "stderr", "callback_error", "finished", "_server",
                  "_callback", "_callbackargs", "_future", "_raw", "_result", "_error", "_printed",
-                 "_tag", "_ending", "_lock")
+                 "_tag", "_ending", "_lock", "_shared_files")
 
     id: Optional[int]
     group: str
@@ -107,6 +108,7 @@ class Job:
         self._tag = None  # this connection's name for the job (see _session.py)
         self._ending = False
         self._lock: Optional[threading.Lock] = None  # made on demand (see `lock`)
+        self._shared_files: Optional[List[str]] = None  # its arguments in shared memory
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Waits for the job to end; returns True if it has ended."""
@@ -128,6 +130,8 @@ class Job:
                 print(self.stderr, end="", file=sys.stderr)
         if self._error is not None:
             raise self._error
+        if raw_result and self._raw is None:
+            return pickle.dumps(self._result, _PICKLE)  # the result came in parts
         return self._raw if raw_result else self._result
 
     def cancel(self) -> None:
@@ -190,8 +194,16 @@ class Job:
             result: Any = None
             error: Optional[JobError] = None
             try:
-                raw = base64.b64decode(data["result"])
-                result = pickle.loads(raw)
+                value = data["result"]
+                if isinstance(value, str):
+                    raw = base64.b64decode(value)
+                    result = pickle.loads(raw)
+                else:  # in parts: out-of-band buffers, maybe in shared memory (_shared_memory.py)
+                    try:
+                        result = shared_memory.load(value, base64.b64decode)
+                    finally:
+                        if "shm" in value:
+                            shared_memory.remove(value["shm"])
             except Exception as exc:  # noqa: BLE001 - becomes the job's error
                 raw = result = None
                 error = JobError(type(exc).__name__, "the result could not be unpickled here: %s" % exc,
@@ -199,6 +211,12 @@ class Job:
             self._end(raw, result, error, stdout, stderr, notify)
         else:
             self._end(None, None, error_from_job(data), stdout, stderr, notify)
+
+    def _release_shared_files(self) -> None:
+        if self._shared_files is not None:
+            for name in self._shared_files:
+                shared_memory.remove(name)
+            self._shared_files = None
 
     def _fail(self, error: JobError) -> None:
         self._end(None, None, error, error.stdout, error.stderr)
@@ -212,6 +230,7 @@ class Job:
             self._ending = True
         self._raw, self._result, self._error = raw, result, error
         self.stdout, self.stderr = stdout, stderr
+        self._release_shared_files()
         if self._future is not None:
             if not self._future.done():
                 if error is None:
@@ -419,21 +438,25 @@ class Server:
             else:
                 args = (func.__self__,) + args
         travelling: list[Any] = []  # classes and functions in the arguments that go as source
-        fields: Dict[str, Any] = {"codec": "pickle",
-                  "args": base64.b64encode(dumps_noting_sources(args, travelling)).decode()
-                  if args else _EMPTY_ARGS}
-        if kwargs:
-            fields["kwargs"] = base64.b64encode(dumps_noting_sources(kwargs, travelling)).decode()
-        if function.closure or function.value_names:
-            values = closure_values(function, user_globals)
-            if values:
-                try:
-                    pickled = dumps_noting_sources(values, travelling)
-                except Exception as exc:  # noqa: BLE001 - say which variable
-                    raise name_unpicklable(values, exc) from None
-                fields["globals"] = base64.b64encode(pickled).decode()
+        shm_prefix = self._session.shm_prefix if self._session is not None else None
+        try:
+            fields: Dict[str, Any] = {"codec": "pickle",
+                                      "args": self._pickled(args, travelling, job, shm_prefix) if args else _EMPTY_ARGS}
+            if kwargs:
+                fields["kwargs"] = self._pickled(kwargs, travelling, job, shm_prefix)
+            if function.closure or function.value_names:
+                values = closure_values(function, user_globals)
+                if values:
+                    try:
+                        fields["globals"] = self._pickled(values, travelling, job, shm_prefix)
+                    except Exception as exc:  # noqa: BLE001 - say which variable
+                        raise name_unpicklable(values, exc) from None
+        except BaseException:
+            job._release_shared_files()
+            raise
         if travelling:
             function = self._with_sources(function, tuple(travelling))
+        self._check_size(job, fields, function)
         if call.map:
             fields["map"] = True
         if group != "default":
@@ -450,6 +473,7 @@ class Server:
             self._session.submit(job, function, fields)
         except BaseException:
             job._ending = True
+            job._release_shared_files()
             self._job_finished(job)
             raise
 
@@ -461,6 +485,41 @@ class Server:
         return self._session.wait_for(done, timeout)
 
     # --- internals ---
+
+    def _check_size(self, job: Job, fields: Dict[str, Any], function: FunctionSpec) -> None:
+        """A job whose message would be over the node's limit is refused here, saying so: sent,
+        the node would have to end the whole session."""
+        limit = self._session.max_message if self._session is not None else None
+        if limit is None:
+            return
+        size = message_size(fields) + message_size(function.definition)
+        if size > limit - 4096:
+            job._release_shared_files()
+            raise SubmitError("SubmitError", "the job's message would take %d bytes, over the node's limit of "
+                              "%d bytes (ppgate serve --max-body); pass big arguments to a node on this host, "
+                              "which takes them through shared memory, or raise the limit" % (size, limit))
+
+    @staticmethod
+    def _pickled(value: Any, travelling: List[Any], job: Job, shm_prefix: Optional[str]) -> Any:
+        """An argument field: base64 of the pickle, or, for a big pickle when the node shares
+        this host's memory, a file of its parts that the job owns (_shared_memory.py)."""
+        if shm_prefix is None:
+            return base64.b64encode(dumps_noting_sources(value, travelling)).decode()
+        buffers: List[pickle.PickleBuffer] = []
+        stream = dumps_noting_sources(value, travelling, buffers.append)
+        try:
+            raws = [b.raw() for b in buffers]
+        except BufferError:  # a non-contiguous buffer: pickle it in-band
+            raws = None
+        if raws is None or len(stream) + sum(r.nbytes for r in raws) < shared_memory.THRESHOLD:
+            if buffers:
+                stream = dumps_noting_sources(value, [])
+            return base64.b64encode(stream).decode()
+        parts = shared_memory.write(shm_prefix, stream, raws)
+        if job._shared_files is None:
+            job._shared_files = []
+        job._shared_files.append(parts["shm"])
+        return parts
 
     def _warn_if_python_differs(self) -> None:
         """A node started by hand may run another Python than this one: pickles, C extensions

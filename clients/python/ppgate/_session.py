@@ -20,6 +20,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
+from . import _shared_memory as shared_memory
 from ._errors import JobError, JobLostError, SubmitError
 from ._functions import FunctionSpec
 from ._websocket import WebSocket
@@ -51,6 +52,20 @@ class SessionJob(Protocol):
 _Outgoing = Tuple[Any, ...]
 
 
+def message_size(fields: Dict[str, Any]) -> int:
+    """About how many bytes a job's fields take in a message, never less: base64 and names are
+    ASCII; json.dumps writes other text as escapes of up to 12 bytes a character."""
+    size = 256
+    for value in fields.values():
+        if isinstance(value, str):
+            size += (len(value) if value.isascii() else 12 * len(value)) + 8
+        elif isinstance(value, list):
+            size += sum(len(v) + 8 for v in value if isinstance(v, str))
+        elif isinstance(value, dict):
+            size += 32 * len(value.get("parts", ())) + 128
+    return size
+
+
 class Session:
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 30.0,
                  on_results: Optional[Callable[[], None]] = None) -> None:
@@ -58,7 +73,15 @@ class Session:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("url must look like http://HOST:PORT, not %r" % url)
         headers = {"Authorization": "Bearer " + token} if token else {}
+        identity = shared_memory.host_identity()
+        if identity is not None:
+            headers["PPGate-Shared-Memory"] = identity  # the node answers with a prefix if it matches
         self._ws = WebSocket(parts.hostname, parts.port or 80, "/v1/session", headers, timeout)
+        # Where this session's big arguments may go instead of the socket (_shared_memory.py).
+        self.shm_prefix: Optional[str] = self._ws.headers.get("ppgate-shared-memory") or None
+        # The largest message the node takes (its --max-body): a bigger one would end the session.
+        limit = self._ws.headers.get("ppgate-max-message", "")
+        self.max_message: Optional[int] = int(limit) if limit.isdigit() else None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._outgoing: List[_Outgoing] = []
@@ -167,11 +190,17 @@ class Session:
         it is registered before its message goes out. Runs under the lock."""
         messages: List[bytes] = []
         batch: List[Dict[str, Any]] = []
+        # Batches stay under the node's message limit: the jobs' text fields (source, base64
+        # arguments) are nearly all of a message's size; the rest is allowed for per job.
+        room = (self.max_message or 1 << 62) - 4096
+        batch_size = 0
 
         def flush() -> None:
+            nonlocal batch_size
             if batch:
                 messages.append(json.dumps(batch, separators=(",", ":")).encode())
                 batch.clear()
+            batch_size = 0
 
         for item in items:
             if item[0] == "cancel":
@@ -191,7 +220,11 @@ class Session:
                 self._defining[job._tag] = function.key
             fields["fn_id"] = fn_id
             self._jobs[job._tag] = job
+            size = message_size(fields)
+            if batch and batch_size + size > room:
+                flush()
             batch.append(fields)
+            batch_size += size
             if len(batch) >= _MAX_BATCH:
                 flush()
         flush()

@@ -72,6 +72,7 @@ class WebSocket:
         if fields.get("sec-websocket-accept") != expected:
             self._sock.close()
             raise ConnectionError("the server answered the WebSocket upgrade wrongly")
+        self.headers = fields  # of the server's answer, names in lower case
         self._sock.settimeout(None)  # the reader blocks until the server says something
 
     def fileno(self) -> int:

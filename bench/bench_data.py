@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Big arguments and results: ppgate against multiprocessing.Pool, in the same invocation.
+
+(a) a 100 MiB numpy array argument, the job returns a float (its sum):
+    ppgate job time / Pool.apply time, as a speed-up.                Target >= 2x.
+(b) a 100 MiB array argument, the job returns it:                 Target >= 2x.
+(c) the private node's peak resident memory (VmHWM) after (a) and (b), against the payload:
+    the node must not hold the payload twice (with shared memory it holds none of it).
+
+Each case alternates Pool and ppgate runs, `--repeats` times, and compares medians. Needs numpy
+(Debian: python3-numpy; run with /usr/bin/python3).
+
+Usage: python3 bench/bench_data.py [--mib N] [--repeats N]
+"""
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clients", "python"))
+import numpy  # noqa: E402
+import ppgate  # noqa: E402
+
+
+def total(a):
+    return float(a.sum())
+
+
+def same(a):
+    return a
+
+
+def timed(call):
+    t = time.perf_counter()
+    call()
+    return time.perf_counter() - t
+
+
+def peak_rss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mib", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    array = numpy.random.default_rng(1).random(args.mib * 1024 * 1024 // 8)
+    expected = float(array.sum())
+
+    with multiprocessing.Pool(2) as pool, ppgate.Server(2) as server:
+        # Warm both: workers started, numpy imported in each.
+        for _ in range(2):
+            pool.apply(total, (array[:10],))
+            server.submit(total, (array[:10],))()
+        cases = [("(a) %d MiB argument -> float" % args.mib, total, lambda r: abs(r - expected) < 1e-6 * abs(expected)),
+                 ("(b) %d MiB argument -> the same array" % args.mib, same, lambda r: numpy.array_equal(r, array))]
+        for title, fn, ok in cases:
+            pool_times, ppgate_times = [], []
+            for _ in range(args.repeats):
+                pool_times.append(timed(lambda: ok(pool.apply(fn, (array,))) or sys.exit("Pool: wrong result")))
+                ppgate_times.append(timed(lambda: ok(server.submit(fn, (array,))()) or sys.exit("ppgate: wrong result")))
+            p, g = statistics.median(pool_times), statistics.median(ppgate_times)
+            print("%s: Pool.apply %.1f ms, ppgate %.1f ms: %.2fx" % (title, p * 1e3, g * 1e3, p / g))
+        node_pid = server._node.proc.pid
+        print("(c) the node's peak RSS: %.1f MiB, with %d MiB arguments and results in flight"
+              % (peak_rss(node_pid) / 2**20, args.mib))
+
+
+if __name__ == "__main__":
+    main()

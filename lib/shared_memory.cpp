@@ -1,0 +1,140 @@
+#include "shared_memory.hpp"
+
+#include <simdjson.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+namespace ppgate::shared_memory {
+
+namespace {
+constexpr const char* folder = "/dev/shm";
+constexpr std::size_t max_suffix = 64;
+
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+}  // namespace
+
+const std::string& host_identity() {
+  static const std::string identity = [] {
+    struct stat st {};
+    if (::stat(folder, &st) != 0 || !S_ISDIR(st.st_mode)) return std::string();
+    return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" + std::to_string(::getuid());
+  }();
+  return identity;
+}
+
+std::string node_prefix() { return "ppgate-" + std::to_string(::getpid()) + "-"; }
+
+std::string new_session_prefix() {
+  static std::atomic<std::uint64_t> serial{0};
+  return node_prefix() + std::to_string(++serial) + "-";
+}
+
+bool is_session_file(std::string_view name, std::string_view prefix) {
+  if (prefix.empty() || !name.starts_with(prefix)) return false;
+  const std::string_view suffix = name.substr(prefix.size());
+  if (suffix.empty() || suffix.size() > max_suffix) return false;
+  for (const char c : suffix)
+    if (!is_name_char(c)) return false;
+  return true;
+}
+
+std::size_t remove_files(std::string_view prefix) {
+  if (prefix.empty()) return 0;
+  DIR* dir = ::opendir(folder);
+  if (dir == nullptr) return 0;
+  std::size_t removed = 0;
+  const int dir_fd = ::dirfd(dir);
+  while (const dirent* entry = ::readdir(dir)) {
+    const std::string_view name(entry->d_name);
+    if (name.starts_with(prefix) && ::unlinkat(dir_fd, entry->d_name, 0) == 0) ++removed;
+  }
+  ::closedir(dir);
+  return removed;
+}
+
+namespace {
+
+void append_base64(std::string& out, const unsigned char* p, std::size_t n) {
+  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  out.reserve(out.size() + (n + 2) / 3 * 4);
+  std::size_t i = 0;
+  for (; i + 3 <= n; i += 3) {
+    const unsigned v = unsigned(p[i]) << 16 | unsigned(p[i + 1]) << 8 | p[i + 2];
+    const char quad[4] = {alphabet[v >> 18], alphabet[(v >> 12) & 63], alphabet[(v >> 6) & 63], alphabet[v & 63]};
+    out.append(quad, 4);
+  }
+  if (i < n) {
+    const unsigned v = unsigned(p[i]) << 16 | (i + 1 < n ? unsigned(p[i + 1]) << 8 : 0u);
+    out += alphabet[v >> 18];
+    out += alphabet[(v >> 12) & 63];
+    out += i + 1 < n ? alphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+}
+
+// Reads [offset, offset + size) of an open file, whole.
+void read_range(int fd, std::uint64_t offset, std::uint64_t size, std::string& into, std::string_view name) {
+  into.resize(size);
+  std::uint64_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, into.data() + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      throw error("shared memory " + std::string(name) + " ends before its part [" + std::to_string(offset) +
+                  ", " + std::to_string(size) + "]");
+    done += static_cast<std::uint64_t>(n);
+  }
+}
+
+}  // namespace
+
+void append_inline(std::string& out, std::string_view field_json) {
+  const auto first = field_json.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos || field_json[first] != '{') {
+    out.append(field_json);
+    return;
+  }
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  std::string_view name;
+  simdjson::dom::array parts;
+  // The parser checked the shape when the job came in; anything else here is passed on as is.
+  if (parser.parse(field_json.data(), field_json.size()).get(doc) || doc["shm"].get_string().get(name) ||
+      doc["parts"].get_array().get(parts)) {
+    out.append(field_json);
+    return;
+  }
+  const int fd = ::open((std::string(folder) + "/" + std::string(name)).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw error("cannot read shared memory " + std::string(name) + ": " + std::strerror(errno));
+  try {
+    std::string part;
+    out += "{\"parts\":[";
+    bool first_part = true;
+    for (const simdjson::dom::element range : parts) {
+      const std::uint64_t offset = range.at(0).get_uint64().value_unsafe();
+      const std::uint64_t size = range.at(1).get_uint64().value_unsafe();
+      read_range(fd, offset, size, part, name);
+      if (!first_part) out += ',';
+      first_part = false;
+      out += '"';
+      append_base64(out, reinterpret_cast<const unsigned char*>(part.data()), part.size());
+      out += '"';
+    }
+    out += "]}";
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
+}  // namespace ppgate::shared_memory

@@ -1,0 +1,43 @@
+// Shared memory between a session's client and this node's workers, when both are on one host
+// (docs/rest.md, "Shared memory"). Big pickled arguments and results then travel as files in
+// /dev/shm that the client and the worker map: the node passes their names and never holds the
+// bytes. Each session that may use it gets a prefix of its own; it may name only files under
+// that prefix, and the node removes what is left under it when the session ends.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace ppgate::shared_memory {
+
+// Who shares this node's /dev/shm: "<st_dev>:<st_ino>:<uid>" of the folder as this process sees
+// it, so a client on another host, in another mount namespace or of another user does not match.
+// Empty when there is no /dev/shm.
+const std::string& host_identity();
+
+// A prefix no other session of any node has: "ppgate-<pid>-<serial>-".
+std::string new_session_prefix();
+
+// The prefix of every session's files of this node: what remove_files at exit sweeps.
+std::string node_prefix();
+
+// True for the name of a file of the session `prefix`: the prefix, then 1 to 64 of
+// [A-Za-z0-9_-]. Never a path: no slash, no dot.
+bool is_session_file(std::string_view name, std::string_view prefix);
+
+// Removes every file in /dev/shm whose name starts with `prefix`; returns how many.
+std::size_t remove_files(std::string_view prefix);
+
+struct error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A pickle in parts as a field's JSON text (job_parser.cpp, check_pickled_parts): for one in a
+// shared-memory file, {"shm": NAME, "parts": [[offset, size], ...]}, appends the same parts read
+// from the file, inline, {"parts": ["<base64>", ...]}, for a receiver on another host; any other
+// text is appended as it is. Throws error when the file cannot be read.
+void append_inline(std::string& out, std::string_view field_json);
+
+}  // namespace ppgate::shared_memory

@@ -1,0 +1,281 @@
+"""Big arguments and results (docs/rest.md, "Shared memory" and "Pickled arguments in parts"):
+through shared memory when the client shares the node's host, inline to a remote peer, and the
+message limit, which refuses one job and leaves its session serving."""
+
+import base64
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+import zlib
+
+from harness import ROOT, Node, run_ppgate  # noqa: F401
+
+CLIENT = os.path.join(ROOT, "clients", "python")
+sys.path.insert(0, CLIENT)
+import ppgate as pp  # noqa: E402
+from ppgate import _shared_memory as shared_memory  # noqa: E402
+from ppgate._websocket import WebSocket  # noqa: E402
+from test_peers import SECRET, serving_node  # noqa: E402
+
+WAIT = 60
+MIB = 1024 * 1024
+DEBIAN_PYTHON = "/usr/bin/python3"  # has numpy (python3-numpy)
+
+
+def describe(data):
+    """What a job sees of a bytes-like argument: its type, length, checksum and writability."""
+    view = memoryview(data)
+    return type(data).__name__, len(data), zlib.crc32(view), not view.readonly
+
+
+def echo(data):
+    return data
+
+
+def blank_and_echo(data):
+    data[:1] = b"\0"  # the job's own copy: the caller's stays as it was
+    return data
+
+
+def shared_files(prefix):
+    return sorted(f for f in os.listdir(shared_memory.FOLDER) if f.startswith(prefix))
+
+
+def peak_rss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM for %d" % pid)
+
+
+class TestSharedMemory(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = pp.Server(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.destroy()
+
+    def test_the_private_node_offers_shared_memory(self):
+        prefix = self.server._session.shm_prefix
+        self.assertRegex(prefix or "", r"^ppgate-\d+-\d+-$")
+
+    def test_arguments_of_every_size_arrive_whole_and_writable(self):
+        for size in (0, 1, shared_memory.THRESHOLD - 1, shared_memory.THRESHOLD, 3 * MIB + 5):
+            data = bytearray(os.urandom(size))
+            got = self.server.submit(describe, (data,))(timeout=WAIT)
+            self.assertEqual(got, ("bytearray", size, zlib.crc32(data), True), size)
+
+    def test_a_big_result_comes_back_and_nothing_is_left_in_shared_memory(self):
+        data = bytearray(os.urandom(5 * MIB))
+        back = self.server.submit(blank_and_echo, (data,))(timeout=WAIT)
+        self.assertEqual(len(back), len(data))
+        self.assertEqual(back[0], 0)
+        self.assertEqual(back[1:], data[1:])
+        self.assertNotEqual(data[0:1], b"\0" if data[0] else b"x")  # ours is untouched
+        self.assertEqual(shared_files(self.server._session.shm_prefix), [])
+
+    def test_a_job_that_fails_still_removes_its_argument(self):
+        data = bytearray(MIB)
+        job = self.server.submit(int, (data,))  # int(bytearray of zeros) raises
+        with self.assertRaises(pp.JobError):
+            job(timeout=WAIT)
+        self.assertEqual(shared_files(self.server._session.shm_prefix), [])
+
+    def test_map_with_big_items(self):
+        items = [bytearray([i]) * (200 * 1024) for i in range(6)]
+        with pp.Executor(2) as ex:
+            self.assertEqual(list(ex.map(len, items, chunksize=2)), [200 * 1024] * 6)
+
+    def test_a_hundred_mib_round_trip_leaves_the_node_small(self):
+        data = bytearray(100 * MIB)
+        data[-1] = 7
+        back = self.server.submit(echo, (data,))(timeout=WAIT)
+        self.assertEqual(len(back), 100 * MIB)
+        self.assertEqual(back[-1], 7)
+        # The node passed file names: it never held the 100 MiB, let alone twice.
+        self.assertLess(peak_rss(self.server._node.proc.pid), 60 * MIB)
+
+    def test_numpy_arrays(self):
+        program = textwrap.dedent("""
+            import json, sys
+            sys.path.insert(0, %r)
+            import numpy as np, ppgate
+            def same(a):
+                return a
+            def writable(a):
+                a.flat[0] = 5
+                return bool(a.flags.writeable), a
+            out = {}
+            with ppgate.Server(2) as s:
+                cases = {"empty": np.zeros(0), "one_byte": np.ones(1, dtype=np.uint8),
+                         "big": np.arange(4_000_000, dtype=np.float64),
+                         "strided": np.arange(900_000, dtype=np.int64)[::3],
+                         "fortran": np.asfortranarray(np.arange(600 * 400).reshape(600, 400)),
+                         "objects": np.array([1, "two", (3,)] * 10000, dtype=object),
+                         "record": np.zeros(50_000, dtype=[("x", "f8"), ("n", "i4")])}
+                for name, a in cases.items():
+                    b = s.submit(same, (a,))()
+                    out[name] = [bool(np.array_equal(a, b) if a.dtype != object else list(a) == list(b)),
+                                 str(b.dtype), list(b.shape)]
+                flag, b = s.submit(writable, (cases["big"],))()
+                out["writable"] = [flag, float(b.flat[0]), float(cases["big"].flat[0])]
+            print(json.dumps(out))
+        """ % CLIENT)
+        with tempfile.TemporaryDirectory() as folder:  # in a file: jobs' sources are read from it
+            with open(os.path.join(folder, "main.py"), "w") as f:
+                f.write(program)
+            run = subprocess.run([DEBIAN_PYTHON, "main.py"], cwd=folder, capture_output=True, text=True,
+                                 timeout=120, env=dict(os.environ, PYTHONPATH=""))
+        self.assertEqual(run.returncode, 0, run.stderr)
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        for name in ("empty", "one_byte", "big", "strided", "fortran", "objects", "record"):
+            self.assertTrue(out[name][0], (name, out[name]))
+        self.assertEqual(out["fortran"][2], [600, 400])
+        self.assertEqual(out["writable"], [True, 5.0, 0.0])
+
+
+class TestNodeOnThisHost(unittest.TestCase):
+    def test_a_node_on_another_port_takes_arguments_past_its_message_limit(self):
+        # A node started by hand on loopback: shared memory works as for the private node, so
+        # an argument 5 times its --max-body arrives whole.
+        with Node("--max-body", str(MIB), workers=1) as node:
+            with pp.Server(url="http://127.0.0.1:%d" % node.port) as server:
+                self.assertIsNotNone(server._session.shm_prefix)
+                data = bytearray(os.urandom(5 * MIB))
+                self.assertEqual(server.submit(describe, (data,))(timeout=WAIT),
+                                 ("bytearray", len(data), zlib.crc32(data), True))
+
+    def test_without_shared_memory_a_job_over_the_limit_is_refused_and_the_session_goes_on(self):
+        with Node("--max-body", str(MIB), workers=1) as node:
+            with pp.Server(url="http://127.0.0.1:%d" % node.port) as server:
+                server._session.shm_prefix = None  # as for a client on another host
+                small = server.submit(len, (b"x" * 1000,))
+                with self.assertRaises(pp.SubmitError) as caught:
+                    server.submit(len, (bytearray(2 * MIB),))
+                message = str(caught.exception)
+                self.assertIn("%d bytes" % MIB, message)  # the limit
+                self.assertRegex(message, r"take \d{7} bytes")  # and the job's size
+                self.assertEqual(small(timeout=WAIT), 1000)
+                # Many jobs that together pass the limit go in several messages.
+                jobs = [server.submit(len, (bytes(100 * 1024),)) for _ in range(30)]
+                self.assertEqual([j(timeout=WAIT) for j in jobs], [100 * 1024] * 30)
+
+
+class TestRemotePeer(unittest.TestCase):
+    def test_a_peer_gets_arguments_in_shared_memory_inline(self):
+        # The private node has no workers: each job runs on the peer, which cannot map this
+        # host's files (it could: it is on loopback, but it is another node), so the private
+        # node reads the parts and sends them over the link.
+        with serving_node(workers=1) as peer:
+            address = "127.0.0.1:%d" % peer.peer_port
+            with pp.Server(0, ppservers=(address,), secret=SECRET) as server:
+                self.assertIsNotNone(server._session.shm_prefix)
+                for size in (0, 70 * 1024, 3 * MIB):
+                    data = bytearray(os.urandom(size))
+                    self.assertEqual(server.submit(describe, (data,))(timeout=WAIT),
+                                     ("bytearray", size, zlib.crc32(data), True), size)
+                    back = server.submit(echo, (data,))(timeout=WAIT)
+                    self.assertEqual(back, data)
+                self.assertEqual(shared_files(server._session.shm_prefix), [])
+
+
+class TestSharedMemoryProtocol(unittest.TestCase):
+    """The session protocol spoken raw: what a session may and may not name."""
+
+    def open(self, node, claim=True):
+        headers = {"Authorization": "Bearer " + node.token} if getattr(node, "token", None) else {}
+        if claim:
+            headers["PPGate-Shared-Memory"] = shared_memory.host_identity()
+        ws = WebSocket("127.0.0.1", node.port, "/v1/session", headers, timeout=WAIT)
+        ws._sock.settimeout(WAIT)
+        return ws
+
+    def job(self, tag, args):
+        return {"tag": tag, "function": "f", "source": "def f(b):\n    return len(b)\n",
+                "codec": "pickle", "args": args}
+
+    def test_names_are_checked_and_files_removed_with_the_session(self):
+        with Node(workers=1) as node:
+            ws = self.open(node)
+            prefix = ws.headers.get("ppgate-shared-memory")
+            self.assertRegex(prefix or "", r"^ppgate-\d+-\d+-$")
+            self.assertEqual(int(ws.headers["ppgate-max-message"]), 64 * MIB)
+
+            # A file of this session, written as the client writes one.
+            stream, buffers = shared_memory.dumps((pickle.PickleBuffer(bytearray(b"abc" * 1000)),),
+                                                  lambda v, cb: pickle.dumps(v, 5, buffer_callback=cb))
+            parts = shared_memory.write(prefix, stream, buffers)
+            ws.send_text(json.dumps([self.job(1, parts)]).encode())
+            result = json.loads(ws.recv())["results"][0]
+            self.assertEqual(result["status"], "done", result)
+            self.assertEqual(pickle.loads(base64.b64decode(result["result"])), 3000)
+
+            # Another session's name, a path, a missing file, a range past the end.
+            cases = [
+                ({"shm": "ppgate-1-1-a1", "parts": [[0, 1]]}, "rejected", "not this session's"),
+                ({"shm": prefix + "../../etc/passwd", "parts": [[0, 1]]}, "rejected", "not this session's"),
+                ({"shm": prefix + "gone", "parts": [[0, 10]]}, "failed", "FileNotFoundError"),
+                (dict(parts, parts=[[0, 10 ** 9]]), "failed", "lies outside shared memory"),
+                ({"shm": parts["shm"], "parts": []}, "rejected", "at least one part"),
+                ({"shm": parts["shm"], "parts": [[0]]}, "rejected", "[offset, size]"),
+            ]
+            for i, (args, outcome, fragment) in enumerate(cases, start=2):
+                ws.send_text(json.dumps([self.job(i, args)]).encode())
+                reply = json.loads(ws.recv())
+                if outcome == "rejected":
+                    self.assertEqual(reply.get("rejected"), [i], reply)
+                    self.assertIn(fragment, reply["error"]["message"])
+                else:
+                    r = reply["results"][0]
+                    self.assertEqual(r["status"], "failed", r)
+                    self.assertIn(fragment, r["error"]["type"] + r["error"]["message"])
+
+            self.assertEqual(shared_files(prefix), [parts["shm"]])
+            ws.close()
+            deadline = time.monotonic() + WAIT
+            while shared_files(prefix) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(shared_files(prefix), [], "the node removes what the session left")
+
+    def test_a_session_that_does_not_share_the_host_cannot_name_shared_memory(self):
+        with Node(workers=1) as node:
+            for claim in (False, "1:2:3"):
+                headers = {"PPGate-Shared-Memory": claim} if claim else {}
+                ws = WebSocket("127.0.0.1", node.port, "/v1/session", headers, timeout=WAIT)
+                ws._sock.settimeout(WAIT)
+                self.assertNotIn("ppgate-shared-memory", ws.headers)
+                ws.send_text(json.dumps([self.job(1, {"shm": "ppgate-1-1-x", "parts": [[0, 1]]})]).encode())
+                reply = json.loads(ws.recv())
+                self.assertEqual(reply.get("rejected"), [1], reply)
+                self.assertIn("only a session from this node's host", reply["error"]["message"])
+                ws.close()
+
+    def test_parts_inline_work_for_anyone(self):
+        with Node(workers=1) as node:
+            # A PickleBuffer goes out-of-band (numpy's arrays make one of their data).
+            stream, buffers = shared_memory.dumps((pickle.PickleBuffer(bytearray(b"xyz" * 100)),),
+                                                  lambda v, cb: pickle.dumps(v, 5, buffer_callback=cb))
+            self.assertEqual(len(buffers), 1)
+            inline = {"parts": [base64.b64encode(p).decode() for p in [stream] + buffers]}
+            body = self.job(0, inline)
+            del body["tag"]
+            status, data, _ = node.request("POST", "/v1/jobs?wait=30", body)
+            self.assertEqual(status, 200, data)
+            self.assertEqual(pickle.loads(base64.b64decode(data["result"])), 300)
+            body["args"] = {"shm": "ppgate-1-1-x", "parts": [[0, 1]]}
+            status, data, _ = node.request("POST", "/v1/jobs", body)
+            self.assertEqual(status, 400)
+            self.assertIn("only a session", data["error"]["message"])
+
+
+if __name__ == "__main__":
+    unittest.main()
