@@ -148,11 +148,7 @@ void job_session::handle_message(std::string& text) {
     jobs_->submit_batch(text);
     return;
   }
-  try {
-    jobs_->cancel(parse_cancel_message(text));
-  } catch (const request_error& e) {
-    jobs_->refuse(e.what());
-  }
+  jobs_->control(text);
 }
 
 }  // namespace ppgate

@@ -9,6 +9,11 @@
 
 namespace ppgate {
 
+std::uint64_t next_shared_value_key() {
+  static std::uint64_t last = 0;  // one event-loop thread makes them
+  return ++last;
+}
+
 std::string_view to_string(job_state s) {
   switch (s) {
     case job_state::queued: return "queued";

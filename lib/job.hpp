@@ -43,6 +43,14 @@ struct function_def {
 std::string function_hash(std::string_view entry, const std::vector<std::string>& modules,
                           std::string_view source);
 
+// A value put once on a session ({"put": ID, "value": PICKLE}) that many jobs take as an argument
+// (docs/rest.md, "Values put once"). Shared by the session's table and the jobs that take it.
+struct shared_value {
+  std::uint64_t key = 0;  // node-wide: a worker unpickles the value once, and keeps it under this
+  std::string value;      // the pickle's JSON text, as for a pickled argument
+};
+std::uint64_t next_shared_value_key();
+
 // What a submitter asked for.
 struct job_spec {
   std::shared_ptr<const function_def> function;
@@ -53,6 +61,8 @@ struct job_spec {
   std::string args;
   std::string kwargs;
   std::string globals;  // like kwargs: names set in the job's namespace before its source runs
+  // The values the pickles name (persistent ids: their index here). Dropped when the job ends.
+  std::vector<std::shared_ptr<const shared_value>> refs;
   std::string group = "default";
   std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
   int retries = 0;  // extra attempts after a worker dies mid-job

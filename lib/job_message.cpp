@@ -22,17 +22,34 @@ void append_job_message(std::string& out, const job& j, const job_message_parts&
   w.member("codec", to_string(spec.codec));
   // Arguments are kept as the checked JSON text they came as; an empty one is the receiver's
   // default (no arguments, no extra names).
+  const auto write_pickle = [&](std::string_view value) {
+    if (parts.inline_shared_memory && spec.codec == arg_codec::pickle) {
+      std::string inlined;
+      shared_memory::append_inline(inlined, value);
+      w.raw(inlined);
+    } else {
+      w.raw(value);
+    }
+  };
   for (const auto& [name, value] : {std::pair<const char*, const std::string&>{"args", spec.args},
                                     {"kwargs", spec.kwargs},
                                     {"globals", spec.globals}}) {
     if (value.empty()) continue;
-    if (parts.inline_shared_memory && spec.codec == arg_codec::pickle) {
-      std::string inlined;
-      shared_memory::append_inline(inlined, value);
-      w.key(name).raw(inlined);
-    } else {
-      w.key(name).raw(value);
+    w.key(name);
+    write_pickle(value);
+  }
+  if (!spec.refs.empty()) {
+    w.key("refs").begin_array();
+    for (const auto& ref : spec.refs) {
+      if (parts.receiver_has && parts.receiver_has(ref)) {
+        w.value(ref->key);
+      } else {
+        w.begin_object().member("put", ref->key).key("value");
+        write_pickle(ref->value);
+        w.end_object();
+      }
     }
+    w.end_array();
   }
   if (spec.map) w.member("map", true);
   if (parts.with_shm && !spec.shm_prefix.empty()) w.member("shm", spec.shm_prefix);

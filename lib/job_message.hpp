@@ -2,13 +2,15 @@
 // or a peer (lib/peer/peer_protocol.hpp). It is a job of the session format (docs/rest.md,
 // "Sessions"), which job_parser reads back: the job's id as its tag, its function by the fn_id the
 // receiver knows it by (with the definition the first time that receiver sees it), its arguments
-// (and whether it is a map job) and, for a peer, the options it enforces itself (timeout, retries,
+// (and whether it is a map job), the values put once that it takes, by their node-wide key (with
+// the value the first time), and, for a peer, the options it enforces itself (timeout, retries,
 // group).
 #pragma once
 
 #include "job.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace ppgate {
@@ -20,6 +22,10 @@ struct job_message_parts {
   bool with_shm = false;          // "shm": the session's shared-memory prefix, for results (workers)
   // Arguments in this host's shared memory are read and sent inline (peers: another host).
   bool inline_shared_memory = false;
+  // For each value the job takes ("refs"): whether the receiver has it already, so it goes by
+  // its key alone; otherwise it goes as {"put": key, "value": ...}, and the receiver has it next
+  // time (the callee notes that). Unset: every value goes whole.
+  std::function<bool(const std::shared_ptr<const shared_value>&)> receiver_has = {};
 };
 
 // Appends the job's JSON object to `out`. With inline_shared_memory, throws shared_memory::error

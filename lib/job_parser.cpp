@@ -89,20 +89,28 @@ void check_entry_name(std::string_view name, bool reference) {
       fail("field 'function' is not a Python name: \"" + std::string(name) + "\"");
 }
 
-// A session's functions while one of its batches is parsed: the batch's own definitions are kept
-// apart and become the session's only if the whole batch is accepted, so a refused batch defines
-// nothing (its client will send the sources again).
-struct batch_functions {
-  session_functions* session = nullptr;  // null: not a session
-  session_functions staged;
+// A session's tables while one of its batches is parsed: the batch's own definitions (functions
+// and values) are kept apart and become the session's only if the whole batch is accepted, so a
+// refused batch defines nothing (its client will send them again).
+struct batch_tables {
+  session_tables* session = nullptr;  // null: not a session
+  session_functions staged_functions;
+  session_refs staged_refs;
 
-  std::shared_ptr<const function_def> find(std::int64_t id) const {
-    if (auto it = staged.find(id); it != staged.end()) return it->second;
-    if (auto it = session->find(id); it != session->end()) return it->second;
+  std::shared_ptr<const function_def> find_function(std::int64_t id) const {
+    if (auto it = staged_functions.find(id); it != staged_functions.end()) return it->second;
+    if (auto it = session->functions.find(id); it != session->functions.end()) return it->second;
     return nullptr;
   }
+  std::shared_ptr<const shared_value> find_ref(std::int64_t id) const {
+    if (auto it = staged_refs.find(id); it != staged_refs.end()) return it->second;
+    if (auto it = session->refs.find(id); it != session->refs.end()) return it->second;
+    return nullptr;
+  }
+  std::string_view shm_prefix() const { return session != nullptr ? std::string_view(session->shm_prefix) : ""; }
   void commit() {
-    for (auto& [id, f] : staged) (*session)[id] = std::move(f);
+    for (auto& [id, f] : staged_functions) session->functions[id] = std::move(f);
+    for (auto& [id, v] : staged_refs) session->refs[id] = std::move(v);
   }
 };
 
@@ -167,8 +175,74 @@ void check_pickled_parts(std::string_view raw, std::string_view field, std::stri
   if (count == 0) fail("field '" + f + "' needs at least one part: the pickle");
 }
 
-job_spec parse_one(od::object obj, const function_interner& intern, batch_functions& functions,
-                   std::int64_t& tag, std::string_view shm_prefix) {
+constexpr std::size_t max_refs_per_job = 1024;
+
+// A pickle field's value (base64, or in parts) given as raw JSON: checked, returned as its text.
+std::string checked_pickle_value(od::value& v, std::string_view field, std::string_view shm_prefix) {
+  od::json_type type{};
+  check(v.type().get(type), field, "a base64 string or a pickle in parts");
+  if (type == od::json_type::string) {
+    std::string_view raw = v.raw_json_token();
+    (void)get_string(v, field);
+    while (!raw.empty() && raw.back() != '"') raw.remove_suffix(1);
+    return std::string(raw);
+  }
+  od::object o;
+  std::string_view raw;
+  check(v.get_object().get(o), field, "a base64 string or a pickle in parts");
+  check(o.raw_json().get(raw), field, "a base64 string or a pickle in parts");
+  check_pickled_parts(raw, field, shm_prefix);
+  return std::string(raw);
+}
+
+// A job's "refs": the values its pickles name (by their index in this list), each the number of
+// a value the session put, or {"put": ID, "value": ...} defining one as the batch is accepted.
+void parse_refs(od::value& v, batch_tables& tables, job_spec& spec) {
+  if (tables.session == nullptr) fail("field 'refs' is accepted on a session (/v1/session) only");
+  od::array arr;
+  check(v.get_array().get(arr), "refs", "an array of value numbers");
+  for (auto element : arr) {
+    if (spec.refs.size() == max_refs_per_job) fail("a job takes at most 1024 refs");
+    od::value item;
+    check(element.get(item), "refs", "an array of value numbers");
+    od::json_type type{};
+    check(item.type().get(type), "refs", "an array of value numbers");
+    std::int64_t id = 0;
+    if (type == od::json_type::object) {
+      od::object def;
+      check(item.get_object().get(def), "refs", "an array of value numbers");
+      std::string value;
+      bool have_id = false, have_value = false;
+      for (auto field : def) {
+        std::string_view key;
+        check(field.unescaped_key().get(key), "refs", "{\"put\": ID, \"value\": ...}");
+        od::value fv;
+        check(field.value().get(fv), "refs", "{\"put\": ID, \"value\": ...}");
+        if (key == "put") {
+          check(fv.get_int64().get(id), "refs", "{\"put\": ID, \"value\": ...} with an integer ID");
+          have_id = true;
+        } else if (key == "value") {
+          value = checked_pickle_value(fv, "refs", tables.shm_prefix());
+          have_value = true;
+        } else {
+          fail("a definition in 'refs' is {\"put\": ID, \"value\": ...}; '" + std::string(key) +
+               "' is not one of its fields");
+        }
+      }
+      if (!have_id || !have_value) fail("a definition in 'refs' is {\"put\": ID, \"value\": ...}");
+      tables.staged_refs[id] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), std::move(value)});
+    } else {
+      check(item.get_int64().get(id), "refs", "an array of value numbers");
+    }
+    auto ref = tables.find_ref(id);
+    if (!ref) fail("unknown ref " + std::to_string(id) + " (never put on this session, or released)");
+    spec.refs.push_back(std::move(ref));
+  }
+}
+
+job_spec parse_one(od::object obj, const function_interner& intern, batch_tables& functions,
+                   std::int64_t& tag) {
+  const std::string_view shm_prefix = functions.shm_prefix();
   job_spec spec;
   function_def def;
   bool have_function = false, have_source = false;
@@ -252,6 +326,8 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
       spec.timeout = std::chrono::milliseconds(std::max<std::int64_t>(1, std::llround(seconds * 1000)));
     } else if (key == "map") {
       check(v.get_bool().get(spec.map), key, "true or false");
+    } else if (key == "refs") {
+      parse_refs(v, functions, spec);
     } else if (key == "retries") {
       std::int64_t n = 0;
       check(v.get_int64().get(n), key, "an integer");
@@ -283,6 +359,8 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
   spec.kwargs = std::string(kwargs.raw);
   spec.globals = std::string(globals.raw);
 
+  if (!spec.refs.empty() && spec.codec != arg_codec::pickle)
+    fail("field 'refs' needs codec \"pickle\": pickles name the values");
   if (spec.map) {
     if (args.kind == argument_field::absent) fail("a map job (\"map\": true) needs 'args': one argument list per call");
     if (spec.codec == arg_codec::json && !args_are_arrays)
@@ -293,7 +371,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
     // A reference to a function this session defined earlier.
     if (have_source || !depfuncs.empty() || !def.modules.empty())
       fail("a job that references 'fn_id' without 'function' carries no source, depfuncs or modules");
-    spec.function = functions.find(*fn_id);
+    spec.function = functions.find_function(*fn_id);
     if (!spec.function) fail("unknown fn_id " + std::to_string(*fn_id));
     return spec;
   }
@@ -306,7 +384,7 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_functi
   }
   def.hash = function_hash(def.entry, def.modules, def.source);
   spec.function = intern(std::move(def));
-  if (fn_id) functions.staged[*fn_id] = spec.function;
+  if (fn_id) functions.staged_functions[*fn_id] = spec.function;
   return spec;
 }
 
@@ -366,8 +444,10 @@ std::vector<std::int64_t> tags_of_refused_batch(std::string& body) {
   }
 }
 
-std::int64_t parse_cancel_message(std::string& body) {
-  constexpr std::string_view expected = "a session message is a JSON array of jobs or {\"cancel\": TAG}";
+session_control parse_control_message(std::string& body, std::string_view shm_prefix) {
+  constexpr std::string_view expected =
+      "a session message is a JSON array of jobs, {\"cancel\": TAG}, {\"put\": ID, \"value\": ...} "
+      "or {\"release\": ID}";
   od::document doc;
   try {
     doc = iterate(body);
@@ -379,29 +459,42 @@ std::int64_t parse_cancel_message(std::string& body) {
     fail(ec == simdjson::INCORRECT_TYPE
              ? std::string(expected)
              : std::string(expected) + "; this one is invalid JSON: " + simdjson::error_message(ec));
-  std::int64_t tag = 0;
-  std::size_t fields = 0;
+  session_control out;
+  bool have_kind = false, have_value = false;
   for (auto field : obj) {
     std::string_view key;
-    if (field.unescaped_key().get(key) || key != "cancel") fail(std::string(expected));
+    if (field.unescaped_key().get(key)) fail(std::string(expected));
     od::value v;
-    if (field.value().get(v) || v.get_int64().get(tag)) fail("\"cancel\" takes a job's tag, an integer");
-    ++fields;
+    if (field.value().get(v)) fail(std::string(expected));
+    if (key == "value") {
+      out.value = checked_pickle_value(v, "value", shm_prefix);
+      have_value = true;
+      continue;
+    }
+    if (have_kind) fail(std::string(expected));
+    if (key == "cancel") out.what = session_control::kind::cancel;
+    else if (key == "put") out.what = session_control::kind::put;
+    else if (key == "release") out.what = session_control::kind::release;
+    else fail(std::string(expected));
+    have_kind = true;
+    if (v.get_int64().get(out.id))
+      fail(key == "cancel" ? "\"cancel\" takes a job's tag, an integer"
+                           : "\"" + std::string(key) + "\" takes a value's number, an integer");
   }
-  if (fields != 1) fail(std::string(expected));
+  if (!have_kind || have_value != (out.what == session_control::kind::put)) fail(std::string(expected));
   try {
     check_no_trailing_content(doc);
   } catch (const request_error& e) {
     fail(std::string(expected) + "; this one is " + e.what());
   }
-  return tag;
+  return out;
 }
 
 job_submission parse_job_submission(std::string& body, const function_interner& intern,
-                                    session_functions* session, std::string_view shm_prefix) {
+                                    session_tables* session) {
   od::document doc = iterate(body);
   simdjson::error_code ec;
-  batch_functions functions{session, {}};
+  batch_tables functions{session, {}, {}};
 
   job_submission out;
   od::json_type type{};
@@ -417,7 +510,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
         fail("batch element " + std::to_string(index) + " must be a job object");
       try {
         std::int64_t tag = 0;
-        out.jobs.push_back(parse_one(obj, intern, functions, tag, shm_prefix));
+        out.jobs.push_back(parse_one(obj, intern, functions, tag));
         out.tags.push_back(tag);
       } catch (const request_error& e) {
         fail("batch element " + std::to_string(index) + ": " + e.what());
@@ -429,7 +522,7 @@ job_submission parse_job_submission(std::string& body, const function_interner& 
     od::object obj;
     check(doc.get_object().get(obj), "(body)", "a job object");
     std::int64_t tag = 0;
-    out.jobs.push_back(parse_one(obj, intern, functions, tag, shm_prefix));
+    out.jobs.push_back(parse_one(obj, intern, functions, tag));
     out.tags.push_back(tag);
   } else {
     fail("the body must be a job object or an array of job objects");

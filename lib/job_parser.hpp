@@ -28,23 +28,37 @@ using function_interner = std::function<std::shared_ptr<const function_def>(func
 // Functions a session client has defined, by the "fn_id" it gave them, so that later jobs of the
 // same function carry only the id (sessions: docs/rest.md). Per connection.
 using session_functions = std::unordered_map<std::int64_t, std::shared_ptr<const function_def>>;
+// Values a session has put, by the number it gave them, for jobs to take ("refs").
+using session_refs = std::unordered_map<std::int64_t, std::shared_ptr<const shared_value>>;
+
+// What the jobs of one session (or peer link) may refer to.
+struct session_tables {
+  session_functions functions;
+  session_refs refs;
+  std::string shm_prefix;  // the session's shared-memory files (shared_memory.hpp); empty: none
+};
 
 // `body` gets simdjson's padding appended to its capacity (not its contents).
 // Throws request_error with a message that names the offending field.
-// With `session` (a session's functions), jobs may define and reference functions by "fn_id";
-// a refused submission defines none. With `shm_prefix` (a session offered shared memory, see
-// shared_memory.hpp), pickled arguments may name that session's shared-memory files.
+// With `session`, jobs may define and reference functions by "fn_id" and values by "refs"; a
+// refused submission defines none. With its shm_prefix, pickled arguments may name that
+// session's shared-memory files.
 job_submission parse_job_submission(std::string& body, const function_interner& intern,
-                                    session_functions* session = nullptr,
-                                    std::string_view shm_prefix = {});
+                                    session_tables* session = nullptr);
 
 // The "tag" of each job of a session batch that parse_job_submission refused, so the client can
 // fail exactly those jobs. Valid JSON is read element by element; malformed JSON is scanned
 // leniently for "tag": N. `body` gets padding as above.
 std::vector<std::int64_t> tags_of_refused_batch(std::string& body);
 
-// A session message that is not a batch: {"cancel": TAG}, any valid JSON spelling. Returns TAG;
-// throws request_error otherwise. `body` gets padding as above.
-std::int64_t parse_cancel_message(std::string& body);
+// A session message that is not a batch, in any valid JSON spelling: {"cancel": TAG},
+// {"put": ID, "value": PICKLE} (a value for jobs to take by "refs") or {"release": ID}.
+// Throws request_error otherwise. `body` gets padding as above.
+struct session_control {
+  enum class kind { cancel, put, release } what = kind::cancel;
+  std::int64_t id = 0;  // the job's tag (cancel) or the value's number (put, release)
+  std::string value;    // put: the pickle's JSON text, checked (a base64 string, or in parts)
+};
+session_control parse_control_message(std::string& body, std::string_view shm_prefix = {});
 
 }  // namespace ppgate

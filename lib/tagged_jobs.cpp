@@ -13,10 +13,10 @@ tagged_jobs::tagged_jobs(scheduler& sched, std::function<void()> output_ready, c
 void tagged_jobs::submit_batch(std::string& text) {
   try {
     auto submission = parse_job_submission(
-        text, [this](function_def def) { return sched_.intern(std::move(def)); }, &functions_, shm_prefix_);
+        text, [this](function_def def) { return sched_.intern(std::move(def)); }, &tables_);
     for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
       submission.jobs[i].local_only = encoding_.local_only();
-      submission.jobs[i].shm_prefix = shm_prefix_;
+      submission.jobs[i].shm_prefix = tables_.shm_prefix;
       job& j = sched_.submit(std::move(submission.jobs[i]));
       // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
       j.observer = weak_from_this();
@@ -39,6 +39,21 @@ void tagged_jobs::refuse(std::string_view message) {
   output_ready_();
 }
 
+void tagged_jobs::control(std::string& text) {
+  try {
+    const session_control c = parse_control_message(text, tables_.shm_prefix);
+    switch (c.what) {
+      case session_control::kind::cancel: cancel(c.id); break;
+      case session_control::kind::put:
+        tables_.refs[c.id] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), c.value});
+        break;
+      case session_control::kind::release: tables_.refs.erase(c.id); break;
+    }
+  } catch (const request_error& e) {
+    refuse(e.what());
+  }
+}
+
 void tagged_jobs::cancel(std::int64_t tag) {
   if (auto it = by_tag_.find(tag); it != by_tag_.end()) sched_.cancel(it->second);
 }
@@ -50,7 +65,8 @@ void tagged_jobs::cancel_all() {
   for (const auto& [id, tag] : open_) ids.push_back(id);
   for (const auto id : ids) sched_.cancel(id);
   // The client's arguments and the results it did not read: nobody maps them any more.
-  shared_memory::remove_files(shm_prefix_);
+  tables_.refs.clear();
+  shared_memory::remove_files(tables_.shm_prefix);
 }
 
 void tagged_jobs::job_ended(const job& j) {

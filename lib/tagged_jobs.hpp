@@ -42,11 +42,13 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   tagged_jobs(scheduler& sched, std::function<void()> output_ready, const encoding& enc);
 
   // Lets this session's jobs use shared memory under `prefix` (shared_memory.hpp), from now on.
-  void offer_shared_memory(std::string prefix) { shm_prefix_ = std::move(prefix); }
+  void offer_shared_memory(std::string prefix) { tables_.shm_prefix = std::move(prefix); }
 
   // A batch: a JSON array of jobs with "tag" and maybe "fn_id". An accepted batch produces no
   // reply; a refused one produces {"rejected":[tags],"error":{...}}.
   void submit_batch(std::string& text);
+  // A message that is not a batch: {"cancel": TAG}, {"put": ID, "value": ...}, {"release": ID}.
+  void control(std::string& text);
   void cancel(std::int64_t tag);  // a job that already ended is ignored: its result is on its way
   void cancel_all();              // the client is gone; its shared-memory files are removed
   void refuse(std::string_view message);  // a message that was neither a batch nor a cancel
@@ -65,8 +67,7 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   std::function<void()> output_ready_;
   const encoding& encoding_;
   bool closed_ = false;
-  std::string shm_prefix_;  // empty: no shared memory
-  session_functions functions_;                          // fn_id -> definition
+  session_tables tables_;  // fn_id -> definition, ref -> value, the shared-memory prefix
   std::unordered_map<std::uint64_t, std::int64_t> open_;  // job id -> the client's tag
   std::unordered_map<std::int64_t, std::uint64_t> by_tag_;
   std::deque<std::string> replies_;

@@ -67,6 +67,7 @@ net::awaitable<void> worker_slot::supervise() {
     }
     ++generation_;
     fn_ids_.clear();
+    values_.clear();
     reader_ = frame_reader();
     writing_.clear();
     outbox_.clear();
@@ -209,14 +210,32 @@ void worker_slot::start(job& j) {
   const auto [known, first_time] =
       fn_ids_.try_emplace(j.spec.function->hash, static_cast<std::int64_t>(fn_ids_.size()) + 1);
   sources_sent_ += first_time;
+  release_forgotten_values();
   std::string message;
-  append_job_message(message, j, {.fn_id = known->second, .with_definition = first_time, .with_shm = true});
+  append_job_message(message, j,
+                     {.fn_id = known->second, .with_definition = first_time, .with_shm = true,
+                      .receiver_has = [this](const std::shared_ptr<const shared_value>& v) {
+                        return !values_.try_emplace(v->key, v).second;
+                      }});
   send(message);
   if (in_flight_.size() == 1)
     become_running(j, false);
   else
     arm_stall_check();
   ask_for_work();
+}
+
+void worker_slot::release_forgotten_values() {
+  // A value nobody holds any more (its session released it, and no job that takes it is left):
+  // the worker drops its copy before the next job ("release KEY ...").
+  std::string note;
+  std::erase_if(values_, [&](const auto& kv) {
+    if (!kv.second.expired()) return false;
+    note += note.empty() ? "release " : " ";
+    note += std::to_string(kv.first);
+    return true;
+  });
+  if (!note.empty()) send(note);
 }
 
 void worker_slot::become_running(job& j, bool was_waiting) {

@@ -81,6 +81,7 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   void on_stall_check(std::uint64_t serial);
   void take_back_waiting();
   void ask_for_work();
+  void release_forgotten_values();
   void send(std::string_view payload);
   void write_outbox();
   void stop_process_and_requeue_waiting();
@@ -97,6 +98,8 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   std::uint64_t generation_ = 0;  // counts processes, so stale callbacks can tell they are stale
   // The functions this process has been sent, by hash: the fn_id it knows each by.
   std::unordered_map<std::string, std::int64_t> fn_ids_;
+  // The values put once that this process has been sent, by key; expired: it may drop its copy.
+  std::unordered_map<std::uint64_t, std::weak_ptr<const shared_value>> values_;
   net::steady_timer deadline_;
   frame_reader reader_;
   std::string writing_;   // the frames being written now

@@ -47,6 +47,7 @@ _json_loads = json.loads
 _crc32 = binascii.crc32
 _starmap, _partial = itertools.starmap, functools.partial
 _pickle_loads, _pickle_dumps, _PICKLE_PROTOCOL = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
+_Unpickler, _BytesIO = pickle.Unpickler, io.BytesIO
 _b64decode, _b64encode = base64.b64decode, base64.b64encode
 _ModuleType, _FunctionType = types.ModuleType, types.FunctionType
 _import_module = importlib.import_module
@@ -189,11 +190,12 @@ _SHM_RESULT_MIN = 64 * 1024  # smaller results go inline
 _SHM_ALIGN = 64
 
 
-def _loads(value):
+def _loads(value, values=None):
     """Unpickles an argument as the node passes it: base64, or in parts, inline (base64) or as
-    [offset, size] ranges of a shared-memory file."""
+    [offset, size] ranges of a shared-memory file. `values` are the values put once that the job
+    takes: the pickle names them by their index (a persistent id)."""
     if isinstance(value, str):
-        return _pickle_loads(_b64decode(value, validate=True))
+        return _unpickle(_b64decode(value, validate=True), (), values)
     parts = value["parts"]
     name = value.get("shm")
     if name is None:
@@ -213,24 +215,63 @@ def _loads(value):
                 raise ValueError("part [%d, %d] lies outside shared memory %s of %d bytes"
                                  % (offset, length, name, size))
             data.append(view[offset:offset + length])
-    return _pickle_loads(data[0], buffers=data[1:])
+    return _unpickle(data[0], data[1:], values)
+
+
+def _unpickle(stream, buffers, values):
+    if not values:
+        return _pickle_loads(stream, buffers=buffers)
+    unpickler = _Unpickler(_BytesIO(stream), buffers=buffers)
+    unpickler.persistent_load = values.__getitem__
+    return unpickler.load()
+
+
+# Values put once (docs/rest.md, "Values put once"), unpickled once per worker: key -> object. The
+# node sends each value the first time a job here takes it, and "release <key> ..." once no job
+# takes it any more.
+_values = {}
+
+
+def _taken_values(refs):
+    taken = []
+    for entry in refs:
+        if isinstance(entry, dict):  # {"put": key, "value": ...}: the first job here to take it
+            _values[entry["put"]] = _loads(entry["value"])
+            entry = entry["put"]
+        try:
+            taken.append(_values[entry])
+        except KeyError:
+            raise RuntimeError("this worker was never sent value %s" % entry) from None
+    return taken
+
+
+def _release(payload):
+    for key in payload.split()[1:]:
+        _values.pop(int(key), None)
 
 
 def _dumps_result(result, shm_name):
     """The pickled result as the reply's JSON: base64, or, when it is big and the session shares
     this host's memory, the parts of a file named `shm_name`."""
-    if shm_name is not None:
-        buffers = []
-        stream = _pickle_dumps(result, 5, buffer_callback=buffers.append)
-        try:
-            raws = [b.raw() for b in buffers]
-        except BufferError:  # not contiguous: in-band it goes
-            raws = None
-        if raws is not None and len(stream) + sum(r.nbytes for r in raws) >= _SHM_RESULT_MIN:
-            return _dumps(_write_shared(shm_name, [_memoryview(stream)] + raws))
-        if not buffers:
-            return '"' + _b64encode(stream).decode("ascii") + '"'
-    return '"' + _b64encode(_pickle_dumps(result, _PICKLE_PROTOCOL)).decode("ascii") + '"'
+    if shm_name is None or type(result) in _PLAIN_RESULTS:  # (the common case: no buffers)
+        stream = _pickle_dumps(result, _PICKLE_PROTOCOL)
+        if shm_name is not None and len(stream) >= _SHM_RESULT_MIN:
+            return _dumps(_write_shared(shm_name, [_memoryview(stream)]))
+        return '"' + _b64encode(stream).decode("ascii") + '"'
+    buffers = []
+    stream = _pickle_dumps(result, 5, buffer_callback=buffers.append)
+    try:
+        raws = [b.raw() for b in buffers]
+    except BufferError:  # not contiguous: in-band it goes
+        raws = None
+    if raws is not None and len(stream) + sum(r.nbytes for r in raws) >= _SHM_RESULT_MIN:
+        return _dumps(_write_shared(shm_name, [_memoryview(stream)] + raws))
+    if buffers:
+        stream = _pickle_dumps(result, _PICKLE_PROTOCOL)
+    return '"' + _b64encode(stream).decode("ascii") + '"'
+
+
+_PLAIN_RESULTS = frozenset((int, float, bool, type(None), str, bytes, complex))
 
 
 def _write_shared(name, parts):
@@ -293,16 +334,18 @@ def _run(msg):
             if alias not in sys.modules:
                 sys.modules[alias] = main
                 aliased.append(alias)
+        # Values put once, then pp's globals= and the captured variables of a closure: after the
+        # source ran, so pickled instances of classes the source defines can be loaded.
+        refs = msg.get("refs")
+        values = _taken_values(refs) if refs else None
         extra = msg.get("globals")
         if extra:
-            # pp's globals=, and the captured variables of a closure. Set after the source ran, so
-            # pickled instances of classes the source defines can be loaded.
-            namespace.update(_loads(extra) if pickled else extra)
+            namespace.update(_loads(extra, values) if pickled else extra)
         target = _resolve(function, namespace)
         if pickled:
-            args = _loads(msg.get("args") or _EMPTY_TUPLE)
+            args = _loads(msg.get("args") or _EMPTY_TUPLE, values)
             kwargs = msg.get("kwargs")
-            kwargs = _loads(kwargs) if kwargs else {}
+            kwargs = _loads(kwargs, values) if kwargs else {}
         else:
             args = msg.get("args", ())
             kwargs = msg.get("kwargs") or {}
@@ -473,7 +516,14 @@ def handle(payload):
     """Runs the job in `payload` (bytes) and returns the reply (bytes). Never raises.
 
     The reply's header ends with " retire" when the job left something behind that cannot be
-    undone (threads, alarms, signal handlers, children): the node replaces this worker."""
+    undone (threads, alarms, signal handlers, children): the node replaces this worker.
+    A "release <key> ..." note is no job: it gets no reply (b"")."""
+    if payload.startswith(b"release "):
+        try:
+            _release(payload)
+        except BaseException:  # noqa: BLE001 - a note the node made; nothing to answer
+            pass
+        return b""
     started = _perf_counter()
     out, err = _StringIO(), _StringIO()
     saved = sys.stdout, sys.stderr

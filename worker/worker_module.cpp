@@ -147,7 +147,9 @@ std::string_view take_seq(std::string_view frame, link_state& link) {
 }
 
 // Bodies are run messages (JSON), "skip <id>" notes (the node took that job back before it
-// started) and "sync" (nothing to do; it only shows a gap). Jobs run one at a time in arrival
+// started), "release <key> ..." (values put once that no job takes any more: handle() drops
+// them, in their turn among the jobs, and nothing is answered) and "sync" (nothing to do; it
+// only shows a gap). Jobs run one at a time in arrival
 // order. Before each job the worker reads everything that has arrived, so the frames queued
 // behind a job are out of its reach by the time it runs, and a skip note reaches the worker
 // before the job it names.
@@ -189,6 +191,13 @@ void serve_frames(int fd, PyObject* handle, link_state& link) {
 
     const std::string frame_text = std::move(pending.front());
     pending.pop_front();
+    if (frame_text.starts_with("release ")) {
+      py_ref payload(PyBytes_FromStringAndSize(frame_text.data(), static_cast<Py_ssize_t>(frame_text.size())));
+      if (!payload) throw python_error{};
+      py_ref ignored(PyObject_CallFunctionObjArgs(handle, payload.get(), nullptr));
+      if (!ignored) throw python_error{};
+      continue;
+    }
     const std::uint64_t id = job_id_of(frame_text);
     recently_done.push_back(id);
     if (recently_done.size() > 16) recently_done.pop_front();

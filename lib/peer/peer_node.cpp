@@ -210,6 +210,8 @@ net::awaitable<void> peer_node::supervise() {
       channel_ = c;
       fn_ids_.clear();
       defining_.clear();
+      refs_sent_.clear();
+      defining_refs_.clear();
       set_capacity(remote_slots_);
       co_await c->serve();
       channel_.reset();
@@ -283,8 +285,13 @@ void peer_node::send_job(job& j, remote_slot& s) {
   }
   std::string batch = "[";
   try {
-    append_job_message(batch, j, {.fn_id = known->second, .with_definition = first_time, .with_options = true,
-                                  .inline_shared_memory = true});
+    append_job_message(batch, j,
+                       {.fn_id = known->second, .with_definition = first_time, .with_options = true,
+                        .inline_shared_memory = true, .receiver_has = [&](const std::shared_ptr<const shared_value>& v) {
+                          if (!refs_sent_.insert(v->key).second) return true;
+                          defining_refs_[j.id].push_back(v->key);
+                          return false;
+                        }});
   } catch (const shared_memory::error& e) {
     // Its arguments are gone (its client removed them, or left).
     fail_unsent(j, first_time, "SharedMemoryError", e.what());
@@ -300,6 +307,13 @@ void peer_node::send_job(job& j, remote_slot& s) {
   channel_->send(peer::msg::run, batch);
 }
 
+void peer_node::forget_refs_defined_by(std::uint64_t job_id) {
+  if (auto d = defining_refs_.find(job_id); d != defining_refs_.end()) {
+    for (const auto key : d->second) refs_sent_.erase(key);
+    defining_refs_.erase(d);
+  }
+}
+
 void peer_node::fail_unsent(job& j, bool was_defining, std::string_view type, std::string_view why) {
   // The job ends as if the peer had answered, once this call (the scheduler's start()) is over;
   // its function's definition did not cross the link.
@@ -307,6 +321,7 @@ void peer_node::fail_unsent(job& j, bool was_defining, std::string_view type, st
     fn_ids_.erase(j.spec.function->hash);
     defining_.erase(j.id);
   }
+  forget_refs_defined_by(j.id);
   std::string failure = std::to_string(j.id) + " failed 0\n" + error_outcome(type, why);
   net::post(ex_, [weak = weak_from_this(), failure = std::move(failure)] {
     if (auto self = weak.lock()) self->on_result(failure);
@@ -327,6 +342,8 @@ void peer_node::on_result(std::string_view payload) {
     if (state == peer::refused_result) fn_ids_.erase(d->second);
     defining_.erase(d);
   }
+  if (state == peer::refused_result) forget_refs_defined_by(tag);
+  else defining_refs_.erase(tag);
   auto it = running_.find(tag);
   if (it == running_.end()) return;  // cancelled here meanwhile
   remote_slot& s = *it->second;

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace ppgate {
@@ -50,6 +51,7 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   void send_job(job& j, remote_slot& s);
   // A job that could not be sent (its message cannot be made, or is too big) fails.
   void fail_unsent(job& j, bool was_defining, std::string_view type, std::string_view why);
+  void forget_refs_defined_by(std::uint64_t job_id);
   void cancel_job(job& j);
   void on_result(std::string_view payload);
   void link_lost(const std::string& why);
@@ -69,6 +71,10 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   std::unordered_map<std::string, int> fn_ids_;            // function hash -> fn_id on this link
   int next_fn_id_ = 1;
   std::unordered_map<std::uint64_t, std::string> defining_;  // job id -> hash its message defines
+  // Values put once that crossed this link (by key), and the ones each job's message defines: a
+  // refused message defined none of them. The peer keeps them while the link lasts.
+  std::unordered_set<std::uint64_t> refs_sent_;
+  std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> defining_refs_;
   std::shared_ptr<channel> channel_;
   std::string last_error_;
   bool stopped_ = false;

@@ -3,6 +3,7 @@ through shared memory when the client shares the node's host, inline to a remote
 message limit, which refuses one job and leaves its session serving."""
 
 import base64
+import io
 import json
 import os
 import pickle
@@ -41,6 +42,31 @@ def echo(data):
 def blank_and_echo(data):
     data[:1] = b"\0"  # the job's own copy: the caller's stays as it was
     return data
+
+
+def where_and_which(value, i=0):
+    """The worker's pid and the identity of the object it got: the same pair for every job a
+    worker runs with a value put once, if it unpickled the value once."""
+    return os.getpid(), id(value), len(value), i
+
+
+def same_object(a, b, pair):
+    return pair[0] is a, pair[1] is b, a is not b
+
+
+def values_held():
+    """How many values put once this worker holds (the runtime's cache)."""
+    return len(sys.modules["ppgate_worker_runtime"]._values)
+
+
+def pickle_naming_refs(value):
+    """Pickles `value`, each "REF" in it becoming persistent id 0."""
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return 0 if obj == "REF" else None
+    out = io.BytesIO()
+    Pickler(out, 5).dump(value)
+    return out.getvalue()
 
 
 def shared_files(prefix):
@@ -188,6 +214,88 @@ class TestRemotePeer(unittest.TestCase):
                 self.assertEqual(shared_files(server._session.shm_prefix), [])
 
 
+class TestValuesPutOnce(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = pp.Server(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.destroy()
+
+    def check_put(self, server, data, jobs=40):
+        ref = server.put(data)
+        got = [server.submit(where_and_which, (ref, i)) for i in range(jobs)]
+        results = [j(timeout=WAIT) for j in got]
+        self.assertEqual([r[2:] for r in results], [(len(data), i) for i in range(jobs)])
+        pids = {r[0] for r in results}
+        # Unpickled once per worker: one object per worker for all its jobs.
+        self.assertEqual(len({r[:2] for r in results}), len(pids), results)
+        ref.release()
+        return ref
+
+    def test_a_value_is_unpickled_once_per_worker(self):
+        for size in (10, 5 * MIB):  # inline, and in shared memory
+            self.check_put(self.server, bytearray(size))
+        self.assertEqual(shared_files(self.server._session.shm_prefix), [])
+
+    def test_refs_anywhere_in_the_arguments_stay_one_object(self):
+        a, b = self.server.put([1, 2, 3]), self.server.put({"k": "v"})
+        self.assertEqual(self.server.submit(same_object, (a, b, (a, b)))(timeout=WAIT), (True, True, True))
+        with pp.Executor(2) as ex:
+            ref = ex.put(bytearray(300 * 1024))
+            self.assertEqual([r[2:] for r in ex.map(where_and_which, [ref] * 6, range(6), chunksize=2)],
+                             [(300 * 1024, i) for i in range(6)])
+            self.assertEqual(ex.submit(where_and_which, ref, i=9).result(WAIT)[2:], (300 * 1024, 9))
+
+    def test_a_value_of_a_class_from_a_module_travels_with_its_source(self):
+        from client_helpers import Point, scale_point
+        ref = self.server.put(Point(2, 3))
+        p = self.server.submit(scale_point, (ref, 10))(timeout=WAIT)
+        self.assertEqual((p.x, p.y), (20, 30))
+
+    def test_released_values_are_refused_and_dropped_everywhere(self):
+        ref = self.server.put(bytearray(2 * MIB))
+        name = ref._files[0]
+        pending = [self.server.submit(where_and_which, (ref, i)) for i in range(10)]
+        ref.release()  # the jobs already submitted still get it
+        self.assertEqual([j(timeout=WAIT)[3] for j in pending], list(range(10)))
+        with self.assertRaisesRegex(ValueError, "was released"):
+            self.server.submit(where_and_which, (ref,))
+        self.assertNotIn(name, shared_files(self.server._session.shm_prefix))
+        # Each worker drops its copy before its next job.
+        held = {self.server.submit(values_held)(timeout=WAIT) for _ in range(6)}
+        self.assertEqual(held, {0})
+
+    def test_a_value_dropped_by_the_caller_is_released(self):
+        ref = self.server.put(bytearray(100))
+        self.server.submit(where_and_which, (ref,))(timeout=WAIT)
+        del ref  # its release goes with the next message
+        self.assertEqual({self.server.submit(values_held)(timeout=WAIT) for _ in range(6)}, {0})
+
+    def test_misuse_gets_a_clear_error(self):
+        ref = self.server.put(1)
+        with pp.Server(1) as other:
+            with self.assertRaisesRegex(ValueError, "another Server"):
+                other.submit(where_and_which, (ref,))
+        with self.assertRaisesRegex(TypeError, "not in the value put itself"):
+            self.server.put([ref])
+        with self.assertRaisesRegex(TypeError, "only in the arguments of jobs"):
+            pickle.dumps(ref)
+        ref.release()
+        ref.release()  # again: nothing happens
+
+    def test_a_node_without_shared_memory_and_a_peer_get_values_once(self):
+        with Node(workers=2) as node:
+            with pp.Server(url="http://127.0.0.1:%d" % node.port) as server:
+                server._session.shm_prefix = None  # as for a client on another host
+                self.check_put(server, bytearray(os.urandom(3 * MIB)))
+        with serving_node(workers=2) as peer:
+            address = "127.0.0.1:%d" % peer.peer_port
+            with pp.Server(0, ppservers=(address,), secret=SECRET) as server:
+                self.check_put(server, bytearray(os.urandom(3 * MIB)), jobs=30)  # shared memory, inlined
+
+
 class TestSharedMemoryProtocol(unittest.TestCase):
     """The session protocol spoken raw: what a session may and may not name."""
 
@@ -258,6 +366,27 @@ class TestSharedMemoryProtocol(unittest.TestCase):
                 self.assertEqual(reply.get("rejected"), [1], reply)
                 self.assertIn("only a session from this node's host", reply["error"]["message"])
                 ws.close()
+
+    def test_values_put_on_a_raw_session(self):
+        with Node(workers=1) as node:
+            ws = self.open(node, claim=False)
+            one = base64.b64encode(pickle.dumps([7, 8], 5)).decode()
+            ws.send_text(json.dumps({"put": 1, "value": one}).encode())
+            # The job's arguments name the value by its index in "refs": a persistent id.
+            job = {"tag": 1, "function": "f", "source": "def f(v):\n    return sum(v)\n", "codec": "pickle",
+                   "args": base64.b64encode(pickle_naming_refs(("REF",))).decode(), "refs": [1]}
+            ws.send_text(json.dumps([job]).encode())
+            result = json.loads(ws.recv())["results"][0]
+            self.assertEqual(result["status"], "done", result)
+            self.assertEqual(pickle.loads(base64.b64decode(result["result"])), 15)
+            ws.send_text(b'{"release": 1}')
+            ws.send_text(json.dumps([dict(job, tag=2)]).encode())
+            reply = json.loads(ws.recv())
+            self.assertEqual(reply.get("rejected"), [2], reply)
+            self.assertIn("unknown ref 1", reply["error"]["message"])
+            ws.send_text(b'{"put": 2}')
+            self.assertIn("put", json.loads(ws.recv())["error"]["message"])
+            ws.close()
 
     def test_parts_inline_work_for_anyone(self):
         with Node(workers=1) as node:

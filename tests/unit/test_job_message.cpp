@@ -18,7 +18,7 @@ job job_from(std::string body) {
 }
 
 // Encodes `j` as a peer gets it, then reads it back as the peer does: a session batch.
-job_submission round_trip(const job& j, session_functions& known, bool with_definition, std::int64_t fn_id = 7) {
+job_submission round_trip(const job& j, session_tables& known, bool with_definition, std::int64_t fn_id = 7) {
   std::string batch = "[";
   append_job_message(batch, j, {.fn_id = fn_id, .with_definition = with_definition, .with_options = true});
   batch += ']';
@@ -31,7 +31,7 @@ TEST_CASE("a job message read back by the session parser gives the same job") {
   const job j = job_from(R"({"source":"def f(x, y=1):\n    return x+y\n","function":"f","args":[[1],[{"a":"é\n"}]],
                              "kwargs":{"y":3},"modules":["math","from os import path"],"group":"g1",
                              "timeout":1.5,"retries":2,"map":true})");
-  session_functions known;
+  session_tables known;
   const auto first = round_trip(j, known, true);
   REQUIRE(first.jobs.size() == 1);
   CHECK(first.tags == std::vector<std::int64_t>{42});
@@ -62,7 +62,7 @@ TEST_CASE("a job message carries pickled arguments as strings and the definition
   CHECK(with.starts_with(R"({"tag":42,"fn_id":3,"function":"f","source":"def f(x):\n    return x\n","modules":[])"));
   CHECK(without == R"({"tag":42,"fn_id":3,"codec":"pickle","args":"gASVBQAAAAAAAABLBYWULg==","globals":"gAR9lC4="})");
 
-  session_functions known;
+  session_tables known;
   const auto back = round_trip(j, known, true);
   CHECK(back.jobs.at(0).codec == arg_codec::pickle);
   CHECK(back.jobs.at(0).args == j.spec.args);
@@ -71,6 +71,6 @@ TEST_CASE("a job message carries pickled arguments as strings and the definition
 
 TEST_CASE("a job message for an unknown fn_id without its definition is refused by the receiver") {
   const job j = job_from(R"({"source":"def f():\n    return 1\n","function":"f"})");
-  session_functions known;
+  session_tables known;
   CHECK_THROWS_AS(round_trip(j, known, false), request_error);
 }

@@ -79,7 +79,7 @@ TEST_CASE("an importable reference needs no source") {
 namespace {
 std::string cancel_error(std::string text) {
   try {
-    parse_cancel_message(text);
+    parse_control_message(text);
   } catch (const request_error& e) {
     return e.what();
   }
@@ -88,15 +88,28 @@ std::string cancel_error(std::string text) {
 std::vector<std::int64_t> refused_tags(std::string text) { return tags_of_refused_batch(text); }
 }  // namespace
 
-TEST_CASE("a cancel message is read in any valid JSON spelling") {
+TEST_CASE("a control message is read in any valid JSON spelling") {
   std::string compact = R"({"cancel":7})", spaced = " { \"cancel\" : 42 }\n";
-  CHECK(parse_cancel_message(compact) == 7);
-  CHECK(parse_cancel_message(spaced) == 42);
-  CHECK(cancel_error("hello").find("a JSON array of jobs or") != std::string::npos);
+  CHECK(parse_control_message(compact).id == 7);
+  const auto c = parse_control_message(spaced);
+  CHECK((c.what == session_control::kind::cancel && c.id == 42));
+  std::string put = R"({"value": "gAQu" , "put":3})", release = R"({"release":3})";
+  const auto p = parse_control_message(put);
+  CHECK((p.what == session_control::kind::put && p.id == 3 && p.value == R"("gAQu")"));
+  const auto r = parse_control_message(release);
+  CHECK((r.what == session_control::kind::release && r.id == 3));
+  CHECK(cancel_error(R"({"put":3})").find("a JSON array of jobs,") != std::string::npos);  // no value
+  CHECK(cancel_error(R"({"release":3,"value":"gAQu"})").find("a JSON array of jobs,") != std::string::npos);
+  CHECK(cancel_error(R"({"put":3,"value":[1]})").find("a base64 string or a pickle in parts") != std::string::npos);
+  CHECK(cancel_error(R"({"put":3,"value":{"shm":"ppgate-1-1-x","parts":[[0,1]]}})").find("only a session") !=
+        std::string::npos);
+  CHECK(cancel_error(R"({"put":"x","value":"gAQu"})") == "\"put\" takes a value's number, an integer");
+  CHECK(cancel_error("hello").find("a JSON array of jobs,") != std::string::npos);
   CHECK(cancel_error(R"({"cancel":"x"})") == "\"cancel\" takes a job's tag, an integer");
-  CHECK(cancel_error(R"({"cancel":1,"also":2})").find("a JSON array of jobs or") != std::string::npos);
-  CHECK(cancel_error(R"({"stop":1})").find("a JSON array of jobs or") != std::string::npos);
-  CHECK(cancel_error("{}").find("a JSON array of jobs or") != std::string::npos);
+  CHECK(cancel_error(R"({"cancel":1,"also":2})").find("a JSON array of jobs,") != std::string::npos);
+  CHECK(cancel_error(R"({"cancel":1,"release":2})").find("a JSON array of jobs,") != std::string::npos);
+  CHECK(cancel_error(R"({"stop":1})").find("a JSON array of jobs,") != std::string::npos);
+  CHECK(cancel_error("{}").find("a JSON array of jobs,") != std::string::npos);
   CAPTURE(cancel_error(R"({"cancel":1} x)"));
   CHECK(cancel_error(R"({"cancel":1} x)").find("invalid JSON") != std::string::npos);
   CHECK(cancel_error(R"({"cancel":1} {})").find("invalid JSON") != std::string::npos);
@@ -113,9 +126,10 @@ TEST_CASE("the tags of a refused batch are found, well-formed or not") {
 }
 
 TEST_CASE("a session's functions: defined by fn_id, referenced later, never by a refused batch") {
-  session_functions session;
+  session_tables tables;
+  session_functions& session = tables.functions;
   auto intern = [](function_def d) { return std::make_shared<const function_def>(std::move(d)); };
-  auto submit = [&](std::string body) { return parse_job_submission(body, intern, &session); };
+  auto submit = [&](std::string body) { return parse_job_submission(body, intern, &tables); };
 
   // Defined and referenced in one batch; tags come back per job.
   auto s = submit(R"([{"tag":1,"fn_id":1,"source":"def f(x): return x","function":"f","args":[1]},
@@ -133,7 +147,7 @@ TEST_CASE("a session's functions: defined by fn_id, referenced later, never by a
   CHECK(session.count(3) == 0);
   std::string unknown = R"([{"tag":5,"fn_id":2}])";
   try {
-    parse_job_submission(unknown, intern, &session);
+    parse_job_submission(unknown, intern, &tables);
     FAIL("an unknown fn_id was accepted");
   } catch (const request_error& e) {
     CHECK(std::string(e.what()).find("unknown fn_id 2") != std::string::npos);
@@ -142,4 +156,39 @@ TEST_CASE("a session's functions: defined by fn_id, referenced later, never by a
   CHECK(submit(R"([{"tag":6,"fn_id":1,"args":[3]}])").jobs[0].function->entry == "f");
   // Outside a session, fn_id and tag are refused.
   CHECK(error_of(R"({"fn_id":1,"function":"f","source":"def f(): pass"})").find("session") != std::string::npos);
+}
+
+TEST_CASE("a session's values: put, taken by refs in order, defined in a batch only if it is accepted") {
+  session_tables tables;
+  auto intern = [](function_def d) { return std::make_shared<const function_def>(std::move(d)); };
+  auto submit = [&](std::string body) { return parse_job_submission(body, intern, &tables); };
+  tables.refs[1] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), R"("gAQu")"});
+
+  auto s = submit(R"([{"tag":1,"fn_id":1,"source":"def f(a, b): return a","function":"f","codec":"pickle",
+                       "refs":[1, {"put":2,"value":{"parts":["gAQu"]}}]},
+                      {"tag":2,"fn_id":1,"codec":"pickle","refs":[2,2,1]}])");
+  REQUIRE(s.jobs.size() == 2);
+  REQUIRE(s.jobs[0].refs.size() == 2);
+  CHECK(s.jobs[0].refs[0] == tables.refs.at(1));
+  CHECK(s.jobs[0].refs[1]->value == R"({"parts":["gAQu"]})");
+  CHECK(s.jobs[0].refs[0]->key != s.jobs[0].refs[1]->key);
+  CHECK(s.jobs[1].refs == std::vector{tables.refs.at(2), tables.refs.at(2), tables.refs.at(1)});
+
+  auto error = [&](std::string body) {
+    try {
+      submit(std::move(body));
+    } catch (const request_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  CHECK_THAT(error(R"([{"tag":3,"fn_id":1,"codec":"pickle","refs":[{"put":5,"value":"gAQu"}]},
+                       {"tag":4,"fn_id":1,"codec":"pickle","refs":[9]}])"),
+             Catch::Contains("unknown ref 9"));
+  CHECK(tables.refs.count(5) == 0);  // the refused batch's definition was not kept
+  CHECK_THAT(error(R"([{"tag":3,"fn_id":1,"refs":[1]}])"), Catch::Contains("needs codec \"pickle\""));
+  CHECK_THAT(error(R"([{"tag":3,"fn_id":1,"codec":"pickle","refs":["x"]}])"), Catch::Contains("'refs'"));
+  CHECK_THAT(error(R"([{"tag":3,"fn_id":1,"codec":"pickle","refs":[{"put":6}]}])"),
+             Catch::Contains("{\"put\": ID, \"value\": ...}"));
+  CHECK_THAT(error(R"({"function":"math:sqrt","codec":"pickle","refs":[1]})"), Catch::Contains("session"));
 }

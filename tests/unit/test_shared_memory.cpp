@@ -18,11 +18,12 @@ namespace {
 constexpr std::string_view prefix = "ppgate-99-7-";
 
 job_spec parse_pickled(const std::string& args, std::string_view shm_prefix = prefix) {
-  session_functions functions;
+  session_tables tables;
+  tables.shm_prefix = shm_prefix;
   std::string body = R"([{"tag":1,"function":"f","source":"def f(b):\n    return b\n","codec":"pickle","args":)" +
                      args + "}]";
   auto s = parse_job_submission(body, [](function_def d) { return std::make_shared<const function_def>(std::move(d)); },
-                                &functions, shm_prefix);
+                                &tables);
   return std::move(s.jobs.at(0));
 }
 

@@ -28,6 +28,6 @@ version = __version__ = "0.1.0"
 
 __all__ = [
     "DestroyedServerError", "Executor", "Job", "JobCancelledError", "JobError", "JobLostError",
-    "JobTimeoutError", "Server", "Statistics", "SubmitError", "Template", "WorkerDiedError",
+    "JobTimeoutError", "Ref", "Server", "Statistics", "SubmitError", "Template", "WorkerDiedError",
     "find_ppgate", "version",
 ]

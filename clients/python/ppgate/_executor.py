@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
 
 from ._errors import JobError
+from ._refs import Ref
 from ._pp import Call, Job, Server
 
 T = TypeVar("T")
@@ -64,6 +65,10 @@ class Executor(concurrent.futures.Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
         return self._submit_call(Call(fn, args, kwargs))
+
+    def put(self, value: Any) -> Ref:
+        """Sends `value` to the node once; pass the returned Ref to jobs in its place (Server.put)."""
+        return self._server.put(value)
 
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:

@@ -32,6 +32,8 @@ import textwrap
 import types
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
+from ._refs import Ref
+
 _INSTALLED_PREFIXES = tuple(
     os.path.join(os.path.realpath(p), "")
     for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
@@ -48,7 +50,7 @@ class FunctionSpec:
     """
 
     __slots__ = ("key", "definition", "closure", "closure_cells", "value_names", "value_globals",
-                 "shipped")
+                 "shipped", "definition_size")
 
     def __init__(self, key: Hashable, definition: Dict[str, Any], closure: Tuple[str, ...] = (),
                  closure_cells: Optional[Tuple[Any, ...]] = None, value_names: Tuple[str, ...] = (),
@@ -60,6 +62,7 @@ class FunctionSpec:
         self.value_names = value_names  # plain values the function uses, taken from globals=
         self.shipped = shipped  # ids of the classes and functions whose source the definition has
         self.value_globals = value_globals  # the function's own module globals, for value_names
+        self.definition_size = message_size(definition)  # bytes it adds to a message, about
 
 
 def _is_installed(module_name: Optional[str]) -> bool:
@@ -300,7 +303,7 @@ def describe(func: Callable[..., Any], depfuncs: Tuple[Any, ...] = (), modules: 
 
 
 # Objects of these exact types never name a class of the program: pickling them needs no look.
-_PLAIN_TYPES = frozenset((int, float, complex, str, bytes, bool, type(None)))
+PLAIN_TYPES = frozenset((int, float, complex, str, bytes, bool, type(None)))
 
 
 def _needs_source(obj: Any) -> bool:
@@ -312,17 +315,25 @@ def _needs_source(obj: Any) -> bool:
             and "." not in qualname and not (isinstance(obj, types.FunctionType) and obj.__name__ == "<lambda>"))
 
 
+class _TakesRefs(Exception):
+    """Raised by a pickler without a persistent_id that meets a Ref."""
+
+
 class _NotingPickler(pickle.Pickler):
     """A pickler that notes, in `found`, the classes of the objects it pickles (and the classes and
-    functions pickled themselves) that need their source on the node."""
+    functions pickled themselves) that need their source on the node. The first Ref stops it
+    (_TakesRefs): a persistent_id is called for every object, ints included, so only pickles that
+    hold a Ref pay for one (_RefPickler)."""
 
-    def __init__(self, file: io.BytesIO, found: List[Any], buffer_callback: Any = None) -> None:
+    def __init__(self, file: io.BytesIO, found: List[Any], buffer_callback: Optional[Callable[[Any], Any]] = None) -> None:
         super().__init__(file, pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
         self.found = found
         self.looked_at: set[Any] = set()
 
     def reducer_override(self, obj: Any) -> Any:
         # Called for every object but the plain ones (pickle's fast paths); pickling goes on as usual.
+        if type(obj) is Ref:
+            raise _TakesRefs  # (with a persistent_id, a Ref never gets here)
         target = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
         if target not in self.looked_at:
             self.looked_at.add(target)
@@ -331,15 +342,57 @@ class _NotingPickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps_noting_sources(value: Any, found: List[Any], buffer_callback: Any = None) -> bytes:
+def message_size(fields: Dict[str, Any]) -> int:
+    """About how many bytes fields take in a session message, never less: base64 and names are
+    ASCII; json.dumps writes other text as escapes of up to 12 bytes a character."""
+    size = 256
+    for value in fields.values():
+        if isinstance(value, str):
+            size += (len(value) if value.isascii() else 12 * len(value)) + 8
+        elif isinstance(value, list):
+            size += sum(len(v) + 8 for v in value if isinstance(v, str))
+        elif isinstance(value, dict):
+            size += 32 * len(value.get("parts", ())) + 128
+        else:
+            size += 32
+    return size
+
+
+class _RefPickler(_NotingPickler):
+    """A _NotingPickler whose persistent_id turns Refs into what `ref_id` makes of them."""
+
+    def __init__(self, file: io.BytesIO, found: List[Any], buffer_callback: Optional[Callable[[Any], Any]],
+                 ref_id: Callable[[Any], Any]) -> None:
+        super().__init__(file, found, buffer_callback)
+        self._ref_id = ref_id
+
+    def persistent_id(self, obj: Any) -> Any:
+        return self._ref_id(obj)
+
+
+def dumps_noting_sources(value: Any, found: List[Any], buffers: Optional[List[pickle.PickleBuffer]] = None,
+                         persistent_id: Any = None) -> bytes:
     """Pickles `value` (pickle.HIGHEST_PROTOCOL); appends to `found` the classes and functions in
-    it that must travel as source. With `buffer_callback`, out-of-band buffers go to it (pickle
-    protocol 5)."""
-    if type(value) is tuple and all(type(v) in _PLAIN_TYPES for v in value):
+    it that must travel as source. With `buffers`, out-of-band buffers go there (pickle protocol
+    5). A Ref in `value` becomes what `persistent_id` makes of it (without one, a Ref raises
+    TypeError)."""
+    if type(value) is tuple and all(type(v) in PLAIN_TYPES for v in value):
         # The common case: nothing to look for, and no buffers.
         return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     buffer = io.BytesIO()
-    _NotingPickler(buffer, found, buffer_callback).dump(value)
+    noted = len(found)
+    callback = None if buffers is None else buffers.append
+    try:
+        _NotingPickler(buffer, found, callback).dump(value)
+    except _TakesRefs:
+        if persistent_id is None:
+            raise TypeError("a ppgate Ref is taken only in a job's arguments, not in the value "
+                            "put itself") from None
+        del found[noted:]
+        if buffers is not None:
+            del buffers[:]
+        buffer = io.BytesIO()
+        _RefPickler(buffer, found, callback, persistent_id).dump(value)
     return buffer.getvalue()
 
 

@@ -25,10 +25,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from . import _shared_memory as shared_memory
 from ._errors import DestroyedServerError, JobError, JobLostError, SubmitError
 from ._errors import error_from_job
-from ._functions import (FunctionSpec, closure_values, describe, dumps_noting_sources, name_unpicklable,
-                         with_sources)
+from ._functions import (PLAIN_TYPES, FunctionSpec, closure_values, describe, dumps_noting_sources,
+                         name_unpicklable, with_sources)
 from ._node import PrivateNode
-from ._session import Session, message_size
+from ._refs import Ref
+from ._session import Session
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _EMPTY_ARGS = base64.b64encode(pickle.dumps((), _PICKLE)).decode()
@@ -79,7 +80,7 @@ class Job:
     # through the server's condition.
     __slots__ = ("id", "group", "stdout", "stderr", "callback_error", "finished", "_server",
                  "_callback", "_callbackargs", "_future", "_raw", "_result", "_error", "_printed",
-                 "_tag", "_ending", "_lock", "_shared_files")
+                 "_tag", "_ending", "_lock", "_shared_files", "_refs")
 
     id: Optional[int]
     group: str
@@ -109,6 +110,7 @@ class Job:
         self._ending = False
         self._lock: Optional[threading.Lock] = None  # made on demand (see `lock`)
         self._shared_files: Optional[List[str]] = None  # its arguments in shared memory
+        self._refs: Optional[List[Ref]] = None  # the values put once that it takes, kept until it ends
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Waits for the job to end; returns True if it has ended."""
@@ -217,6 +219,10 @@ class Job:
             for name in self._shared_files:
                 shared_memory.remove(name)
             self._shared_files = None
+        if self._refs is not None:
+            for ref in self._refs:
+                ref._job_ended()
+            self._refs = None
 
     def _fail(self, error: JobError) -> None:
         self._end(None, None, error, error.stdout, error.stderr)
@@ -242,6 +248,78 @@ class Job:
             self._server._run_callback(self)
         else:
             self._server._job_finished(self, notify)
+
+
+class _Pickles:
+    """The pickled fields of one job, or one value put once: base64 of the pickle or, for a big
+    pickle when the node shares this host's memory, a file of its parts (_shared_memory.py). Keeps
+    the files it wrote, the Refs its pickles name (in the order they number them) and the classes
+    and functions in them that travel as source."""
+
+    __slots__ = ("shm_prefix", "files", "refs", "travelling", "size", "_session", "_takes_refs")
+
+    def __init__(self, session: Session, takes_refs: bool = True) -> None:
+        self.shm_prefix = session.shm_prefix
+        self.files: List[str] = []
+        self.refs: List[Ref] = []
+        self.travelling: List[Any] = []
+        self.size = 0  # bytes the fields take in a message
+        self._session = session
+        self._takes_refs = takes_refs
+
+    def field(self, value: Any) -> Any:
+        if type(value) is tuple and all(type(v) in PLAIN_TYPES for v in value):
+            # The common case: small, and nothing to look for.
+            stream = pickle.dumps(value, _PICKLE)
+            if self.shm_prefix is None or len(stream) < shared_memory.THRESHOLD:
+                text = base64.b64encode(stream).decode()
+                self.size += len(text) + 16
+                return text
+            return self._shared(stream, [])
+        persistent_id = self._persistent_id if self._takes_refs else None
+        if self.shm_prefix is None:
+            return self._inline(dumps_noting_sources(value, self.travelling, None, persistent_id))
+        buffers: List[pickle.PickleBuffer] = []
+        stream = dumps_noting_sources(value, self.travelling, buffers, persistent_id)
+        try:
+            raws = [b.raw() for b in buffers]
+        except BufferError:  # a non-contiguous buffer: pickle it in-band
+            raws = None
+        if raws is None or len(stream) + sum(r.nbytes for r in raws) < shared_memory.THRESHOLD:
+            if buffers:
+                stream = dumps_noting_sources(value, [], None, persistent_id)
+            return self._inline(stream)
+        return self._shared(stream, raws)
+
+    def _inline(self, stream: bytes) -> str:
+        text = base64.b64encode(stream).decode()
+        self.size += len(text) + 16
+        return text
+
+    def _shared(self, stream: bytes, raws: List[memoryview]) -> Dict[str, Any]:
+        assert self.shm_prefix is not None
+        parts = shared_memory.write(self.shm_prefix, stream, raws)
+        self.files.append(parts["shm"])
+        self.size += 32 * len(parts["parts"]) + 128
+        return parts
+
+    def _persistent_id(self, obj: Any) -> Optional[int]:
+        """A pickler's persistent_id: a Ref becomes its index in `refs` (the job's "refs")."""
+        if type(obj) is not Ref:
+            return None
+        for index, ref in enumerate(self.refs):
+            if ref is obj:
+                return index
+        obj._taken_by_job(self._session)
+        self.refs.append(obj)
+        return len(self.refs) - 1
+
+    def abandon(self) -> None:
+        """Nothing was sent: remove the files, and the Refs are not taken after all."""
+        for name in self.files:
+            shared_memory.remove(name)
+        for ref in self.refs:
+            ref._job_ended()
 
 
 class Server:
@@ -355,6 +433,25 @@ class Server:
             name = group
             self._wait_for(lambda: not self._unfinished.get(name), None)
 
+    def put(self, value: Any) -> Ref:
+        """Sends `value` to the node once and returns a Ref that jobs take in its place, anywhere
+        in their arguments: the node keeps it, and each worker unpickles it once, the first time a
+        job there takes it (as Dask's scatter and Ray's put). On this host it goes through shared
+        memory. ``ref.release()``, or dropping the last reference to it, lets it go."""
+        session = self._session
+        if session is None:
+            raise DestroyedServerError("server instance has been destroyed")
+        pickles = _Pickles(session, takes_refs=False)
+        try:
+            field = pickles.field(value)
+            self._check_size(pickles.size + 256, what="the value's message")
+            ref = Ref(session.new_value_id(), session, pickles.files, pickles.travelling)
+            session.put_value(ref.id, field)
+        except BaseException:
+            pickles.abandon()
+            raise
+        return ref
+
     def get_ncpus(self) -> int:
         return int(self._request("GET", "/v1/workers")["count"])
 
@@ -437,26 +534,35 @@ class Server:
                 args = ([func.__self__] * min(map(len, args), default=0),) + args
             else:
                 args = (func.__self__,) + args
-        travelling: list[Any] = []  # classes and functions in the arguments that go as source
-        shm_prefix = self._session.shm_prefix if self._session is not None else None
+        session = self._session
+        if session is None:
+            raise DestroyedServerError("server instance has been destroyed")
+        pickles = _Pickles(session)
         try:
-            fields: Dict[str, Any] = {"codec": "pickle",
-                                      "args": self._pickled(args, travelling, job, shm_prefix) if args else _EMPTY_ARGS}
+            fields: Dict[str, Any] = {"codec": "pickle", "args": pickles.field(args) if args else _EMPTY_ARGS}
             if kwargs:
-                fields["kwargs"] = self._pickled(kwargs, travelling, job, shm_prefix)
+                fields["kwargs"] = pickles.field(kwargs)
             if function.closure or function.value_names:
                 values = closure_values(function, user_globals)
                 if values:
                     try:
-                        fields["globals"] = self._pickled(values, travelling, job, shm_prefix)
+                        fields["globals"] = pickles.field(values)
                     except Exception as exc:  # noqa: BLE001 - say which variable
                         raise name_unpicklable(values, exc) from None
+            travelling = pickles.travelling
+            if pickles.refs:
+                fields["refs"] = [ref.id for ref in pickles.refs]
+                for ref in pickles.refs:
+                    travelling.extend(ref._travelling)
+            if travelling:
+                function = self._with_sources(function, tuple(travelling))
+            # The other fields (function name, group, options) take less than the allowance.
+            size = pickles.size + 16 * len(pickles.refs) + 1024
+            self._check_size(size, function)
         except BaseException:
-            job._release_shared_files()
+            pickles.abandon()
             raise
-        if travelling:
-            function = self._with_sources(function, tuple(travelling))
-        self._check_size(job, fields, function)
+        job._shared_files, job._refs = pickles.files or None, pickles.refs or None
         if call.map:
             fields["map"] = True
         if group != "default":
@@ -470,7 +576,7 @@ class Server:
         try:
             if self._session is None:
                 raise DestroyedServerError("server instance has been destroyed")
-            self._session.submit(job, function, fields)
+            self._session.submit(job, function, fields, size)
         except BaseException:
             job._ending = True
             job._release_shared_files()
@@ -486,40 +592,18 @@ class Server:
 
     # --- internals ---
 
-    def _check_size(self, job: Job, fields: Dict[str, Any], function: FunctionSpec) -> None:
-        """A job whose message would be over the node's limit is refused here, saying so: sent,
-        the node would have to end the whole session."""
+    def _check_size(self, size: int, function: Optional[FunctionSpec] = None, what: str = "the job's message") -> None:
+        """A job (or value) whose message would take `size` bytes (and its function's definition)
+        over the node's limit is refused here, saying so: sent, the node would have to end the
+        whole session."""
+        if function is not None:
+            size += function.definition_size
         limit = self._session.max_message if self._session is not None else None
-        if limit is None:
-            return
-        size = message_size(fields) + message_size(function.definition)
-        if size > limit - 4096:
-            job._release_shared_files()
-            raise SubmitError("SubmitError", "the job's message would take %d bytes, over the node's limit of "
+        if limit is not None and size > limit - 4096:
+            raise SubmitError("SubmitError", "%s would take %d bytes, over the node's limit of "
                               "%d bytes (ppgate serve --max-body); pass big arguments to a node on this host, "
-                              "which takes them through shared memory, or raise the limit" % (size, limit))
+                              "which takes them through shared memory, or raise the limit" % (what, size, limit))
 
-    @staticmethod
-    def _pickled(value: Any, travelling: List[Any], job: Job, shm_prefix: Optional[str]) -> Any:
-        """An argument field: base64 of the pickle, or, for a big pickle when the node shares
-        this host's memory, a file of its parts that the job owns (_shared_memory.py)."""
-        if shm_prefix is None:
-            return base64.b64encode(dumps_noting_sources(value, travelling)).decode()
-        buffers: List[pickle.PickleBuffer] = []
-        stream = dumps_noting_sources(value, travelling, buffers.append)
-        try:
-            raws = [b.raw() for b in buffers]
-        except BufferError:  # a non-contiguous buffer: pickle it in-band
-            raws = None
-        if raws is None or len(stream) + sum(r.nbytes for r in raws) < shared_memory.THRESHOLD:
-            if buffers:
-                stream = dumps_noting_sources(value, [])
-            return base64.b64encode(stream).decode()
-        parts = shared_memory.write(shm_prefix, stream, raws)
-        if job._shared_files is None:
-            job._shared_files = []
-        job._shared_files.append(parts["shm"])
-        return parts
 
     def _warn_if_python_differs(self) -> None:
         """A node started by hand may run another Python than this one: pickles, C extensions

@@ -12,6 +12,7 @@ Function sources go once per connection: later jobs refer to them by a per-conne
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import select
@@ -48,22 +49,9 @@ class SessionJob(Protocol):
     def _fail(self, error: JobError) -> None: ...
 
 
-# Queued for the writer: ("job", job, function, fields) or ("cancel", job).
+# Queued for the writer: ("job", job, function, fields, size), ("cancel", job), ("put", id, field)
+# or ("release", id).
 _Outgoing = Tuple[Any, ...]
-
-
-def message_size(fields: Dict[str, Any]) -> int:
-    """About how many bytes a job's fields take in a message, never less: base64 and names are
-    ASCII; json.dumps writes other text as escapes of up to 12 bytes a character."""
-    size = 256
-    for value in fields.values():
-        if isinstance(value, str):
-            size += (len(value) if value.isascii() else 12 * len(value)) + 8
-        elif isinstance(value, list):
-            size += sum(len(v) + 8 for v in value if isinstance(v, str))
-        elif isinstance(value, dict):
-            size += 32 * len(value.get("parts", ())) + 128
-    return size
 
 
 class Session:
@@ -88,6 +76,8 @@ class Session:
         self._jobs: Dict[int, SessionJob] = {}  # tag -> job, from sending until its result arrives
         self._next_tag = 1
         self._next_fn_id = 1
+        self._next_value_id = 1
+        self._later_releases: collections.deque[int] = collections.deque()  # from Ref.__del__
         self._fn_ids: Dict[Any, int] = {}     # function key -> fn_id defined on this connection
         self._defining: Dict[int, Any] = {}   # tag -> function key, for jobs carrying a definition
         self._on_results = on_results        # called after each batch of results is handed out
@@ -109,11 +99,12 @@ class Session:
 
     # --- called by Server/Executor threads ---
 
-    def submit(self, job: SessionJob, function: FunctionSpec, fields: Dict[str, Any]) -> None:
+    def submit(self, job: SessionJob, function: FunctionSpec, fields: Dict[str, Any], size: int) -> None:
+        """Queues the job; `size`: about how many bytes its fields take in a message, never less."""
         with self._lock:
             if self._error is not None:
                 raise self._error
-            self._outgoing.append(("job", job, function, fields))
+            self._outgoing.append(("job", job, function, fields, size))
             if self._jobs or self._sending or len(self._outgoing) > 1:
                 # The connection is busy: the writer thread sends this with whatever else piles
                 # up meanwhile, as one batch.
@@ -127,6 +118,30 @@ class Session:
             self._send_taken(messages)
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
+
+    def new_value_id(self) -> int:
+        with self._lock:
+            self._next_value_id += 1
+            return self._next_value_id - 1
+
+    def put_value(self, value_id: int, field: Any) -> None:
+        """Sends a value put once ({"put": ID, "value": ...}), in order with the jobs."""
+        self._queue(("put", value_id, field))
+
+    def release_value(self, value_id: int) -> None:
+        """Lets the node drop a value put once, after the jobs queued before this call."""
+        self._queue(("release", value_id))
+
+    def release_value_later(self, value_id: int) -> None:
+        """As release_value, from a finalizer: takes no lock; goes with the next message sent."""
+        self._later_releases.append(value_id)
+
+    def _queue(self, item: _Outgoing) -> None:
+        with self._lock:
+            if self._error is not None:
+                return  # the session is gone, and what it held with it
+            self._outgoing.append(item)
+            self._wake.notify()
 
     def cancel(self, job: SessionJob) -> None:
         with self._lock:
@@ -202,6 +217,12 @@ class Session:
                 batch.clear()
             batch_size = 0
 
+        # Released by finalizers: no job holds them, so they may go before what is queued.
+        released = []
+        while self._later_releases:
+            released.append(("release", self._later_releases.popleft()))
+        if released:
+            items = released + items
         for item in items:
             if item[0] == "cancel":
                 job = item[1]
@@ -209,7 +230,15 @@ class Session:
                     flush()
                     messages.append(b'{"cancel":%d}' % job._tag)
                 continue
-            _, job, function, fields = item
+            if item[0] == "put":
+                flush()
+                messages.append(json.dumps({"put": item[1], "value": item[2]}, separators=(",", ":")).encode())
+                continue
+            if item[0] == "release":
+                flush()
+                messages.append(b'{"release":%d}' % item[1])
+                continue
+            _, job, function, fields, size = item
             fn_id = self._fn_ids.get(function.key)
             job._tag = fields["tag"] = self._next_tag
             self._next_tag += 1
@@ -217,10 +246,10 @@ class Session:
                 fn_id = self._fn_ids[function.key] = self._next_fn_id
                 self._next_fn_id += 1
                 fields.update(function.definition)
+                size += function.definition_size
                 self._defining[job._tag] = function.key
             fields["fn_id"] = fn_id
             self._jobs[job._tag] = job
-            size = message_size(fields)
             if batch and batch_size + size > room:
                 flush()
             batch.append(fields)
