@@ -11,6 +11,10 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket.hpp>
 
+#include <array>
+
+#include <simdjson.h>
+
 namespace ppgate {
 
 namespace websocket = beast::websocket;
@@ -18,20 +22,58 @@ using namespace net::experimental::awaitable_operators;
 
 namespace {
 
+// [NUL][4-byte little-endian length H][H bytes of JSON]: the start of a binary message
+// (docs/rest.md, "Binary messages"); the NUL, which no JSON text has, tells the writer, which sends
+// the rest followed by the session's attachments.
+std::string binary_message_head(std::string_view header) {
+  std::string out;
+  out.reserve(5 + header.size());
+  const auto h = static_cast<std::uint32_t>(header.size());
+  const char prefix[5] = {'\0', static_cast<char>(h & 0xff), static_cast<char>((h >> 8) & 0xff),
+                          static_cast<char>((h >> 16) & 0xff), static_cast<char>((h >> 24) & 0xff)};
+  out.append(prefix, 5);
+  out.append(header);
+  return out;
+}
+
 // What a session's client is told (docs/rest.md, "Sessions"): {"results":[...]} with compact
 // results (the client knows everything else about its jobs), and {"rejected":[tags],"error":...}
-// for a refused batch.
+// for a refused batch. For a client that takes binary messages, a big result a worker left in a
+// file is read into the message's attachments (docs/rest.md, "Binary messages").
 class session_json_encoding final : public tagged_jobs::encoding {
  public:
+  // `attachments`: the session's, for the next results message; null: results stay as they are.
+  explicit session_json_encoding(std::string* attachments) : attachments_(attachments) {}
+
   void append_result(std::string& results, std::int64_t tag, const job& j) const override {
-    json_writer(results, /*after_items=*/!results.empty())
-        .begin_object()
+    std::string_view outcome = j.outcome;
+    std::string attached;  // the result as parts of the attachments, when it was in a file
+    job_state state = j.state;
+    if (attachments_ != nullptr && state == job_state::done && outcome.starts_with(result_in_file)) {
+      try {
+        const auto start = outcome.find('{'), end = outcome.find('}');  // (its parts hold no braces)
+        attached = attach(outcome.substr(start, end - start + 1));
+        outcome.remove_prefix(end + 1);  // ,"stdout":...,"stderr":...
+      } catch (const std::exception& e) {
+        state = job_state::failed;
+        attached = error_outcome("SharedMemoryError", std::string("the result was lost: ") + e.what());
+        outcome.remove_prefix(outcome.find('}') + 1);
+      }
+    }
+    json_writer w(results, /*after_items=*/!results.empty());
+    w.begin_object()
         .member("tag", tag)
         .member("id", j.id)
-        .member("status", to_string(j.state))
-        .member("run_seconds", j.run_seconds)
-        .raw_items(j.outcome)
-        .end_object();
+        .member("status", to_string(state))
+        .member("run_seconds", j.run_seconds);
+    if (attached.empty()) {
+      w.raw_items(outcome);
+    } else {
+      results += ',';
+      results += attached;
+      results += outcome;
+    }
+    w.end_object();
   }
   std::string refuse_batch(std::string&, const std::vector<std::int64_t>& tags,
                            std::string_view why) const override {
@@ -43,13 +85,44 @@ class session_json_encoding final : public tagged_jobs::encoding {
     return rejected;
   }
   std::string results_message(std::string&& results) const override {
+    std::string header;
+    json_writer(header).begin_object().key("results").begin_array().raw_items(results).end_array().end_object();
+    if (attachments_ == nullptr || attachments_->empty()) return header;
+    return binary_message_head(header);  // the writer sends the attachments after it
+  }
+
+ private:
+  static constexpr std::string_view result_in_file = R"("result":{"shm":")";
+
+  // {"shm":NAME,"parts":[[o,s],...]} -> "result":{"attached":true,"parts":[[base+o,s],...]}, with
+  // the file's bytes appended to the attachments (at a 64-byte boundary) and the file removed.
+  std::string attach(std::string_view in_file) const {
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    std::string_view name;
+    simdjson::dom::array parts;
+    if (parser.parse(in_file.data(), in_file.size()).get(doc) || doc["shm"].get_string().get(name) ||
+        doc["parts"].get_array().get(parts))
+      throw shared_memory::error("a worker's result names its file wrongly");
+    attachments_->resize((attachments_->size() + 63) / 64 * 64);
+    const std::uint64_t base = attachments_->size();
+    shared_memory::take_file(name, *attachments_);
     std::string out;
-    json_writer(out).begin_object().key("results").begin_array().raw_items(results).end_array().end_object();
+    json_writer w(out);
+    w.key("result").begin_object().member("attached", true).key("parts").begin_array();
+    for (const simdjson::dom::element range : parts) {
+      std::uint64_t offset = 0, size = 0;
+      if (range.at(0).get_uint64().get(offset) || range.at(1).get_uint64().get(size) ||
+          offset + size > attachments_->size() - base)
+        throw shared_memory::error("a worker's result names parts outside its file");
+      w.begin_array().value(base + offset).value(size).end_array();
+    }
+    w.end_array().end_object();
     return out;
   }
-};
 
-const session_json_encoding session_json;
+  std::string* attachments_;
+};
 
 }  // namespace
 
@@ -63,9 +136,10 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
   boost::system::error_code ec_endpoint;
   const auto peer = stream.socket().remote_endpoint(ec_endpoint);
   const auto claimed = req[shared_memory_header];
-  if (!ec_endpoint && peer.address().is_loopback() && !claimed.empty() &&
-      claimed == shared_memory::host_identity())
-    shm_prefix_ = shared_memory::new_session_prefix();
+  files_prefix_ = shared_memory::new_session_prefix();
+  shm_offered_ = !ec_endpoint && peer.address().is_loopback() && !claimed.empty() &&
+                 claimed == shared_memory::host_identity();
+  binary_results_ = !shm_offered_ && req[binary_header] == "1";
   ws_stream ws(std::move(stream));
   ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
   ws.set_option(websocket::stream_base::decorator([this](http_response& res) {
@@ -74,15 +148,19 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
     // What the client must know before it sends: the largest message taken, and where its big
     // arguments may go instead.
     res.set(max_message_header, std::to_string(limits_.max_body_bytes));
-    if (!shm_prefix_.empty()) res.set(shared_memory_header, shm_prefix_);
+    res.set(binary_header, "1");  // binary messages are taken (and sent, when asked for)
+    if (shm_offered_) res.set(shared_memory_header, files_prefix_);
   }));
   ws.read_message_max(limits_.max_body_bytes);
+  ws.auto_fragment(false);  // a message is one frame: the client reads it straight into one buffer
   auto [ec] = co_await ws.async_accept(req, use_nothrow_awaitable);
   if (ec) co_return;
   wake_.emplace(co_await net::this_coro::executor, net::steady_timer::time_point::max());
   drained_.emplace(co_await net::this_coro::executor);
-  jobs_ = std::make_shared<tagged_jobs>(sched_, [this] { wake_->cancel(); }, session_json);
-  if (!shm_prefix_.empty()) jobs_->offer_shared_memory(shm_prefix_);
+  encoding_ = std::make_unique<session_json_encoding>(binary_results_ ? &attachments_ : nullptr);
+  jobs_ = std::make_shared<tagged_jobs>(sched_, [this] { wake_->cancel(); }, *encoding_);
+  // Big results go to files for the client to map, or for the encoding to attach.
+  jobs_->use_files(files_prefix_, shm_offered_, shm_offered_ || binary_results_);
 
   co_await (read_loop(ws) || write_loop(ws));
 
@@ -104,10 +182,16 @@ net::awaitable<void> job_session::read_loop(ws_stream& ws) {
     if (closing_) break;
     auto [ec, n] = co_await ws.async_read(buffer, use_nothrow_awaitable);
     if (ec) break;
-    std::string text = beast::buffers_to_string(buffer.data());
-    buffer.consume(n);
     activity_->touch();
-    handle_message(text);
+    if (ws.got_binary()) {
+      const auto data = buffer.data();
+      handle_binary(std::string_view(static_cast<const char*>(data.data()), data.size()));
+    } else {
+      std::string text = beast::buffers_to_string(buffer.data());
+      handle_message(text, nullptr);
+    }
+    buffer.consume(n);
+    if (buffer.capacity() > 1024 * 1024) buffer.shrink_to_fit();  // a big message is not kept
   }
   closing_ = true;
   wake_->cancel();
@@ -115,7 +199,7 @@ net::awaitable<void> job_session::read_loop(ws_stream& ws) {
 }
 
 net::awaitable<bool> job_session::wait_for_drain() {
-  while (!closing_ && jobs_->unsent_bytes() + writing_bytes_ > max_unsent_bytes) {
+  while (!closing_ && jobs_->unsent_bytes() + attachments_.size() + writing_bytes_ > max_unsent_bytes) {
     drained_->expires_after(limits_.idle_timeout);
     auto [ec] = co_await drained_->async_wait(use_nothrow_awaitable);
     if (!ec) co_return false;  // the timer ran out: no write completed meanwhile
@@ -131,9 +215,16 @@ net::awaitable<void> job_session::write_loop(ws_stream& ws) {
       if (closing_) co_return;
     }
     message = jobs_->take_output();
-    ws.text(true);
-    writing_bytes_ = message.size();
-    auto [ec, n] = co_await ws.async_write(net::buffer(message), use_nothrow_awaitable);
+    // A binary message is marked by a leading NUL, which no JSON text has; its attachments are
+    // the session's so far (results that end meanwhile start the next message's).
+    const bool binary = !message.empty() && message.front() == '\0';
+    std::string attachments;
+    if (binary) attachments.swap(attachments_);
+    ws.binary(binary);
+    writing_bytes_ = message.size() + attachments.size();
+    const std::array<net::const_buffer, 2> parts{net::buffer(message.data() + binary, message.size() - binary),
+                                                 net::buffer(attachments)};
+    auto [ec, n] = co_await ws.async_write(parts, use_nothrow_awaitable);
     writing_bytes_ = 0;
     if (ec) co_return;
     drained_->cancel();  // progress: a reader held back by backpressure looks again
@@ -141,14 +232,44 @@ net::awaitable<void> job_session::write_loop(ws_stream& ws) {
   }
 }
 
-void job_session::handle_message(std::string& text) {
+void job_session::handle_message(std::string& text, std::shared_ptr<const shared_memory::node_file> attached) {
   const auto first = text.find_first_not_of(" \t\r\n");
   if (first != std::string::npos && text[first] == '[') {
     // An accepted batch gets no answer: each job's result, carrying its tag, is the answer.
-    jobs_->submit_batch(text);
+    jobs_->submit_batch(text, std::move(attached));
     return;
   }
-  jobs_->control(text);
+  jobs_->control(text, std::move(attached));
+}
+
+void job_session::handle_binary(std::string_view message) {
+  // [4-byte little-endian length H][H bytes of JSON: a batch or a control message][attachments]
+  if (message.size() < 4) {
+    jobs_->refuse("a binary message starts with the 4-byte length of its JSON part");
+    return;
+  }
+  const auto* p = reinterpret_cast<const unsigned char*>(message.data());
+  const std::size_t header_size = std::size_t(p[0]) | std::size_t(p[1]) << 8 | std::size_t(p[2]) << 16 |
+                                  std::size_t(p[3]) << 24;
+  if (header_size > message.size() - 4) {
+    jobs_->refuse("a binary message's JSON part (" + std::to_string(header_size) + " bytes) is longer than the message");
+    return;
+  }
+  std::string header(message.substr(4, header_size));
+  const std::string_view attachments = message.substr(4 + header_size);
+  std::shared_ptr<const shared_memory::node_file> file;
+  if (!attachments.empty()) {
+    try {
+      // Written once for the workers to map; removed when the last job or value taking it ends.
+      file = shared_memory::write_node_file(files_prefix_ + "n" + std::to_string(++files_written_), attachments);
+    } catch (const shared_memory::error& e) {
+      const auto first = header.find_first_not_of(" \t\r\n");
+      if (first != std::string::npos && header[first] == '[') jobs_->reject(header, e.what());
+      else jobs_->refuse(e.what());
+      return;
+    }
+  }
+  handle_message(header, std::move(file));
 }
 
 }  // namespace ppgate

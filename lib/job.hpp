@@ -4,6 +4,7 @@
 #pragma once
 
 #include "net.hpp"
+#include "shared_memory.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -48,6 +49,7 @@ std::string function_hash(std::string_view entry, const std::vector<std::string>
 struct shared_value {
   std::uint64_t key = 0;  // node-wide: a worker unpickles the value once, and keeps it under this
   std::string value;      // the pickle's JSON text, as for a pickled argument
+  std::shared_ptr<const shared_memory::node_file> file;  // the file it is in, if the node wrote it
 };
 std::uint64_t next_shared_value_key();
 
@@ -63,6 +65,9 @@ struct job_spec {
   std::string globals;  // like kwargs: names set in the job's namespace before its source runs
   // The values the pickles name (persistent ids: their index here). Dropped when the job ends.
   std::vector<std::shared_ptr<const shared_value>> refs;
+  // The file the node wrote for its arguments (a binary message's attachments), or null.
+  // Dropped (removed) when the job ends.
+  std::shared_ptr<const shared_memory::node_file> attachments;
   std::string group = "default";
   std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
   int retries = 0;  // extra attempts after a worker dies mid-job

@@ -1,5 +1,6 @@
 #include "job_parser.hpp"
 
+#include "json_writer.hpp"
 #include "shared_memory.hpp"
 
 #include <simdjson.h>
@@ -108,6 +109,7 @@ struct batch_tables {
     return nullptr;
   }
   std::string_view shm_prefix() const { return session != nullptr ? std::string_view(session->shm_prefix) : ""; }
+  const shared_memory::node_file* attached() const { return session != nullptr ? session->attached.get() : nullptr; }
   void commit() {
     for (auto& [id, f] : staged_functions) session->functions[id] = std::move(f);
     for (auto& [id, v] : staged_refs) session->refs[id] = std::move(v);
@@ -118,6 +120,8 @@ struct batch_tables {
 struct argument_field {
   enum kind_t { absent, string, array, object } kind = absent;
   std::string_view raw;  // the JSON text: a string with its quotes, an array or an object
+  std::string rewritten;  // parts in attachments, as parts of the file the node wrote them to
+  std::string text() const { return rewritten.empty() ? std::string(raw) : rewritten; }
 };
 
 constexpr std::size_t max_pickled_parts = 4096;
@@ -125,29 +129,38 @@ constexpr std::size_t max_pickled_parts = 4096;
 // A pickle in parts (docs/rest.md, "Pickled arguments in parts"): the pickle stream first, then
 // its out-of-band buffers (pickle protocol 5), either inline as base64 strings,
 //   {"parts": ["<base64>", ...]}
-// or in a shared-memory file of this session, as [offset, size] ranges of it,
-//   {"shm": "<name>", "parts": [[offset, size], ...]}.
-// Only a session offered shared memory may use the shared-memory form.
-void check_pickled_parts(std::string_view raw, std::string_view field, std::string_view shm_prefix) {
+// or as [offset, size] ranges of a shared-memory file of this session,
+//   {"shm": "<name>", "parts": [[offset, size], ...]},
+// or of the attachments of the binary message it came in (docs/rest.md, "Binary messages"),
+//   {"attached": true, "parts": [[offset, size], ...]}.
+// Only a session offered shared memory may use the second form. The third is returned as the
+// second, naming the file the node wrote the attachments to; the others come back empty.
+std::string check_pickled_parts(std::string_view raw, std::string_view field, std::string_view shm_prefix,
+                                const shared_memory::node_file* attached) {
   const std::string f(field);
   const simdjson::dom::element doc = check_strict_json(raw, field);
   const auto shape = "field '" + f + "' with codec \"pickle\" must be a base64 string, " +
-                     "{\"parts\": [base64, ...]} or {\"shm\": NAME, \"parts\": [[offset, size], ...]}";
+                     "{\"parts\": [base64, ...]}, {\"shm\": NAME, \"parts\": [[offset, size], ...]} or " +
+                     "{\"attached\": true, \"parts\": [[offset, size], ...]}";
   simdjson::dom::object obj;
   if (doc.get_object().get(obj)) fail(shape);
   std::string_view name;
-  bool in_shm = false;
+  bool in_shm = false, in_attachments = false;
   simdjson::dom::array parts;
   bool have_parts = false;
   for (const auto [key, value] : obj) {
-    if (key == "shm") {
+    if (key == "shm" && !in_attachments) {
       if (value.get_string().get(name)) fail(shape);
       in_shm = true;
+    } else if (key == "attached" && !in_shm) {
+      bool yes = false;
+      if (value.get_bool().get(yes) || !yes) fail(shape);
+      in_attachments = true;
     } else if (key == "parts") {
       if (value.get_array().get(parts)) fail(shape);
       have_parts = true;
     } else {
-      fail(shape + "; '" + std::string(key) + "' is not one of its fields");
+      fail(shape + "; '" + std::string(key) + "' is not one of its fields here");
     }
   }
   if (!have_parts) fail(shape);
@@ -159,10 +172,15 @@ void check_pickled_parts(std::string_view raw, std::string_view field, std::stri
       fail("field '" + f + "' names shared memory \"" + std::string(name).substr(0, 100) +
            "\", which is not this session's (its names start with \"" + std::string(shm_prefix) + "\")");
   }
+  if (in_attachments && attached == nullptr)
+    fail("field '" + f + "' refers to attachments, which only a binary message has");
+  std::string rewritten;
+  json_writer w(rewritten);
+  if (in_attachments) w.begin_object().member("shm", attached->name()).key("parts").begin_array();
   std::size_t count = 0;
   for (const simdjson::dom::element part : parts) {
     if (++count > max_pickled_parts) fail("field '" + f + "' has more than 4096 parts");
-    if (!in_shm) {
+    if (!in_shm && !in_attachments) {
       if (!part.is_string()) fail(shape);
       continue;
     }
@@ -170,15 +188,26 @@ void check_pickled_parts(std::string_view raw, std::string_view field, std::stri
     std::uint64_t offset = 0, size = 0;
     if (part.get_array().get(range) || range.size() != 2 || range.at(0).get_uint64().get(offset) ||
         range.at(1).get_uint64().get(size) || offset > (std::uint64_t(1) << 50) || size > (std::uint64_t(1) << 50))
-      fail("field '" + f + "': each part in shared memory is [offset, size], two whole numbers");
+      fail("field '" + f + "': each part is [offset, size], two whole numbers");
+    if (in_attachments) {
+      if (offset + size > attached->size())
+        fail("field '" + f + "': part [" + std::to_string(offset) + ", " + std::to_string(size) +
+             "] lies outside the message's " + std::to_string(attached->size()) + " bytes of attachments");
+      w.begin_array().value(offset).value(size).end_array();
+    }
   }
   if (count == 0) fail("field '" + f + "' needs at least one part: the pickle");
+  if (!in_attachments) return {};
+  w.end_array().end_object();
+  return rewritten;
 }
 
 constexpr std::size_t max_refs_per_job = 1024;
 
-// A pickle field's value (base64, or in parts) given as raw JSON: checked, returned as its text.
-std::string checked_pickle_value(od::value& v, std::string_view field, std::string_view shm_prefix) {
+// A pickle field's value (base64, or in parts) given as raw JSON: checked, returned as its text
+// (parts in attachments as the file the node wrote them to).
+std::string checked_pickle_value(od::value& v, std::string_view field, std::string_view shm_prefix,
+                                 const shared_memory::node_file* attached) {
   od::json_type type{};
   check(v.type().get(type), field, "a base64 string or a pickle in parts");
   if (type == od::json_type::string) {
@@ -191,8 +220,8 @@ std::string checked_pickle_value(od::value& v, std::string_view field, std::stri
   std::string_view raw;
   check(v.get_object().get(o), field, "a base64 string or a pickle in parts");
   check(o.raw_json().get(raw), field, "a base64 string or a pickle in parts");
-  check_pickled_parts(raw, field, shm_prefix);
-  return std::string(raw);
+  std::string rewritten = check_pickled_parts(raw, field, shm_prefix, attached);
+  return rewritten.empty() ? std::string(raw) : std::move(rewritten);
 }
 
 // A job's "refs": the values its pickles name (by their index in this list), each the number of
@@ -222,7 +251,7 @@ void parse_refs(od::value& v, batch_tables& tables, job_spec& spec) {
           check(fv.get_int64().get(id), "refs", "{\"put\": ID, \"value\": ...} with an integer ID");
           have_id = true;
         } else if (key == "value") {
-          value = checked_pickle_value(fv, "refs", tables.shm_prefix());
+          value = checked_pickle_value(fv, "refs", tables.shm_prefix(), tables.attached());
           have_value = true;
         } else {
           fail("a definition in 'refs' is {\"put\": ID, \"value\": ...}; '" + std::string(key) +
@@ -230,7 +259,8 @@ void parse_refs(od::value& v, batch_tables& tables, job_spec& spec) {
         }
       }
       if (!have_id || !have_value) fail("a definition in 'refs' is {\"put\": ID, \"value\": ...}");
-      tables.staged_refs[id] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), std::move(value)});
+      tables.staged_refs[id] = std::make_shared<const shared_value>(
+          shared_value{next_shared_value_key(), std::move(value), tables.session->attached});
     } else {
       check(item.get_int64().get(id), "refs", "an array of value numbers");
     }
@@ -352,12 +382,15 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_tables
         fail("field '" + std::string(name) + "' must be a base64 string of a pickled " +
              (is_args ? "tuple" : "dict") + " with codec \"pickle\" (or its parts, docs/rest.md)");
       // (A peer gets the parts of one in shared memory inline: job_message_parts.)
-      if (a->kind == argument_field::object) check_pickled_parts(a->raw, name, shm_prefix);
+      if (a->kind == argument_field::object) {
+        a->rewritten = check_pickled_parts(a->raw, name, shm_prefix, functions.attached());
+        if (!a->rewritten.empty()) spec.attachments = functions.session->attached;
+      }
     }
   }
-  spec.args = std::string(args.raw);
-  spec.kwargs = std::string(kwargs.raw);
-  spec.globals = std::string(globals.raw);
+  spec.args = args.text();
+  spec.kwargs = kwargs.text();
+  spec.globals = globals.text();
 
   if (!spec.refs.empty() && spec.codec != arg_codec::pickle)
     fail("field 'refs' needs codec \"pickle\": pickles name the values");
@@ -444,7 +477,7 @@ std::vector<std::int64_t> tags_of_refused_batch(std::string& body) {
   }
 }
 
-session_control parse_control_message(std::string& body, std::string_view shm_prefix) {
+session_control parse_control_message(std::string& body, const session_tables& session) {
   constexpr std::string_view expected =
       "a session message is a JSON array of jobs, {\"cancel\": TAG}, {\"put\": ID, \"value\": ...} "
       "or {\"release\": ID}";
@@ -467,7 +500,7 @@ session_control parse_control_message(std::string& body, std::string_view shm_pr
     od::value v;
     if (field.value().get(v)) fail(std::string(expected));
     if (key == "value") {
-      out.value = checked_pickle_value(v, "value", shm_prefix);
+      out.value = checked_pickle_value(v, "value", session.shm_prefix, session.attached.get());
       have_value = true;
       continue;
     }

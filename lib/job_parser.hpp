@@ -36,6 +36,8 @@ struct session_tables {
   session_functions functions;
   session_refs refs;
   std::string shm_prefix;  // the session's shared-memory files (shared_memory.hpp); empty: none
+  // While a binary message is parsed: the file its attachments were written to.
+  std::shared_ptr<const shared_memory::node_file> attached;
 };
 
 // `body` gets simdjson's padding appended to its capacity (not its contents).
@@ -59,6 +61,7 @@ struct session_control {
   std::int64_t id = 0;  // the job's tag (cancel) or the value's number (put, release)
   std::string value;    // put: the pickle's JSON text, checked (a base64 string, or in parts)
 };
-session_control parse_control_message(std::string& body, std::string_view shm_prefix = {});
+// With `session`: its shared-memory prefix and, for a binary message, its attachments.
+session_control parse_control_message(std::string& body, const session_tables& session = {});
 
 }  // namespace ppgate

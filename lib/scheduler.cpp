@@ -207,6 +207,7 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
   j.state = end;
   j.running_on = nullptr;
   j.spec.refs.clear();  // a value put once lives while its session keeps it or a job may run
+  j.spec.attachments.reset();
   j.outcome = std::move(outcome);
   j.run_seconds = run_seconds;
   j.finished = steady_clock::now();

@@ -97,6 +97,54 @@ void read_range(int fd, std::uint64_t offset, std::uint64_t size, std::string& i
 
 }  // namespace
 
+node_file::~node_file() { ::unlink((std::string(folder) + "/" + name_).c_str()); }
+
+std::shared_ptr<const node_file> write_node_file(std::string name, std::string_view data) {
+  const std::string path = std::string(folder) + "/" + name;
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) throw error("cannot create shared memory " + name + ": " + std::strerror(errno));
+  auto file = std::make_shared<const node_file>(std::move(name), data.size());  // removes it, from here on
+  std::size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : ENOSPC;
+      ::close(fd);
+      throw error("cannot write " + std::to_string(data.size()) + " bytes to shared memory: " + std::strerror(err));
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  return file;
+}
+
+void take_file(std::string_view name, std::string& out) {
+  const std::string path = std::string(folder) + "/" + std::string(name);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw error("cannot read shared memory " + std::string(name) + ": " + std::strerror(errno));
+  ::unlink(path.c_str());
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw error("cannot read shared memory " + std::string(name) + ": " + std::strerror(errno));
+  }
+  const std::size_t at = out.size(), size = static_cast<std::size_t>(st.st_size);
+  out.resize(at + size);
+  std::size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, out.data() + at + done, size - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      out.resize(at);
+      throw error("shared memory " + std::string(name) + " ended early");
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+}
+
 void append_inline(std::string& out, std::string_view field_json) {
   const auto first = field_json.find_first_not_of(" \t\r\n");
   if (first == std::string_view::npos || field_json[first] != '{') {

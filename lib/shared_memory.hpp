@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -33,6 +35,30 @@ std::size_t remove_files(std::string_view prefix);
 struct error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// A file this node wrote in /dev/shm for its workers to map (the attachments of a binary
+// session message, docs/rest.md "Binary messages"); removed when the last job or value that
+// takes it lets go.
+class node_file {
+ public:
+  node_file(std::string name, std::uint64_t size) : name_(std::move(name)), size_(size) {}
+  ~node_file();
+  node_file(const node_file&) = delete;
+  node_file& operator=(const node_file&) = delete;
+  const std::string& name() const { return name_; }
+  std::uint64_t size() const { return size_; }
+
+ private:
+  std::string name_;
+  std::uint64_t size_;
+};
+
+// Writes `data` to a new file `name` (readable by this user only). Throws error.
+std::shared_ptr<const node_file> write_node_file(std::string name, std::string_view data);
+
+// Appends the whole file `name` to `out` and removes it (a worker's big result for a client on
+// another host). Throws error.
+void take_file(std::string_view name, std::string& out);
 
 // A pickle in parts as a field's JSON text (job_parser.cpp, check_pickled_parts): for one in a
 // shared-memory file, {"shm": NAME, "parts": [[offset, size], ...]}, appends the same parts read

@@ -10,26 +10,24 @@ namespace ppgate {
 tagged_jobs::tagged_jobs(scheduler& sched, std::function<void()> output_ready, const encoding& enc)
     : sched_(sched), output_ready_(std::move(output_ready)), encoding_(enc) {}
 
-void tagged_jobs::submit_batch(std::string& text) {
+void tagged_jobs::submit_batch(std::string& text, std::shared_ptr<const shared_memory::node_file> attached) {
+  tables_.attached = std::move(attached);
   try {
     auto submission = parse_job_submission(
         text, [this](function_def def) { return sched_.intern(std::move(def)); }, &tables_);
     for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
       submission.jobs[i].local_only = encoding_.local_only();
-      submission.jobs[i].shm_prefix = tables_.shm_prefix;
+      if (results_in_files_) submission.jobs[i].shm_prefix = files_prefix_;
       job& j = sched_.submit(std::move(submission.jobs[i]));
       // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
       j.observer = weak_from_this();
       open_.emplace(j.id, submission.tags[i]);
       by_tag_[submission.tags[i]] = j.id;
     }
+    tables_.attached.reset();
   } catch (const request_error& e) {
-    std::string reply = encoding_.refuse_batch(results_, tags_of_refused_batch(text), e.what());
-    if (!reply.empty()) {
-      replies_bytes_ += reply.size();
-      replies_.push_back(std::move(reply));
-    }
-    output_ready_();
+    tables_.attached.reset();
+    reject(text, e.what());
   }
 }
 
@@ -39,19 +37,23 @@ void tagged_jobs::refuse(std::string_view message) {
   output_ready_();
 }
 
-void tagged_jobs::control(std::string& text) {
+void tagged_jobs::control(std::string& text, std::shared_ptr<const shared_memory::node_file> attached) {
+  tables_.attached = std::move(attached);
   try {
-    const session_control c = parse_control_message(text, tables_.shm_prefix);
+    const session_control c = parse_control_message(text, tables_);
     switch (c.what) {
       case session_control::kind::cancel: cancel(c.id); break;
       case session_control::kind::put:
-        tables_.refs[c.id] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), c.value});
+        // (The value holds the attachments' file only if it is in it: then its text names it.)
+        tables_.refs[c.id] = std::make_shared<const shared_value>(shared_value{
+            next_shared_value_key(), c.value, c.value.starts_with("{") ? tables_.attached : nullptr});
         break;
       case session_control::kind::release: tables_.refs.erase(c.id); break;
     }
   } catch (const request_error& e) {
     refuse(e.what());
   }
+  tables_.attached.reset();
 }
 
 void tagged_jobs::cancel(std::int64_t tag) {
@@ -66,7 +68,7 @@ void tagged_jobs::cancel_all() {
   for (const auto id : ids) sched_.cancel(id);
   // The client's arguments and the results it did not read: nobody maps them any more.
   tables_.refs.clear();
-  shared_memory::remove_files(tables_.shm_prefix);
+  shared_memory::remove_files(files_prefix_);
 }
 
 void tagged_jobs::job_ended(const job& j) {
@@ -77,6 +79,15 @@ void tagged_jobs::job_ended(const job& j) {
   by_tag_.erase(tag);
   if (closed_) return;
   encoding_.append_result(results_, tag, j);
+  output_ready_();
+}
+
+void tagged_jobs::reject(std::string& text, std::string_view why) {
+  std::string reply = encoding_.refuse_batch(results_, tags_of_refused_batch(text), why);
+  if (!reply.empty()) {
+    replies_bytes_ += reply.size();
+    replies_.push_back(std::move(reply));
+  }
   output_ready_();
 }
 

@@ -41,14 +41,24 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   // `output_ready` is called whenever replies or results are waiting to be sent.
   tagged_jobs(scheduler& sched, std::function<void()> output_ready, const encoding& enc);
 
-  // Lets this session's jobs use shared memory under `prefix` (shared_memory.hpp), from now on.
-  void offer_shared_memory(std::string prefix) { tables_.shm_prefix = std::move(prefix); }
+  // This session's files in /dev/shm are named `prefix`... (shared_memory.hpp), and what is left
+  // of them is removed with the session. With `client_maps_them`, the client may name files
+  // there; with `results_in_files`, its jobs' big results go there (for the client to map, or
+  // the transport to read).
+  void use_files(std::string prefix, bool client_maps_them, bool results_in_files) {
+    files_prefix_ = std::move(prefix);
+    tables_.shm_prefix = client_maps_them ? files_prefix_ : std::string();
+    results_in_files_ = results_in_files;
+  }
+  const std::string& files_prefix() const { return files_prefix_; }
 
   // A batch: a JSON array of jobs with "tag" and maybe "fn_id". An accepted batch produces no
-  // reply; a refused one produces {"rejected":[tags],"error":{...}}.
-  void submit_batch(std::string& text);
+  // reply; a refused one produces {"rejected":[tags],"error":{...}}. `attached`: the file the
+  // attachments of the binary message it came in were written to.
+  void submit_batch(std::string& text, std::shared_ptr<const shared_memory::node_file> attached = nullptr);
   // A message that is not a batch: {"cancel": TAG}, {"put": ID, "value": ...}, {"release": ID}.
-  void control(std::string& text);
+  void control(std::string& text, std::shared_ptr<const shared_memory::node_file> attached = nullptr);
+  void reject(std::string& text, std::string_view why);  // a batch refused whole, for `why`
   void cancel(std::int64_t tag);  // a job that already ended is ignored: its result is on its way
   void cancel_all();              // the client is gone; its shared-memory files are removed
   void refuse(std::string_view message);  // a message that was neither a batch nor a cancel
@@ -68,6 +78,8 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   const encoding& encoding_;
   bool closed_ = false;
   session_tables tables_;  // fn_id -> definition, ref -> value, the shared-memory prefix
+  std::string files_prefix_;  // empty: no files
+  bool results_in_files_ = false;
   std::unordered_map<std::uint64_t, std::int64_t> open_;  // job id -> the client's tag
   std::unordered_map<std::int64_t, std::uint64_t> by_tag_;
   std::deque<std::string> replies_;

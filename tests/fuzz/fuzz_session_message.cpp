@@ -21,9 +21,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     rest = newline == std::string_view::npos ? std::string_view() : rest.substr(newline + 1);
     if (message.starts_with("{")) {
       try {
-        const session_control c = parse_control_message(message, tables.shm_prefix);
+        const session_control c = parse_control_message(message, tables);
         if (c.what == session_control::kind::put)
-          tables.refs[c.id] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), c.value});
+          tables.refs[c.id] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), c.value, nullptr});
         else if (c.what == session_control::kind::release)
           tables.refs.erase(c.id);
       } catch (const request_error&) {

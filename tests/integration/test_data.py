@@ -131,10 +131,18 @@ class TestSharedMemory(unittest.TestCase):
         self.assertLess(peak_rss(self.server._node.proc.pid), 60 * MIB)
 
     def test_numpy_arrays(self):
+        self.run_numpy_program(as_if_remote=False)
+
+    def test_numpy_arrays_as_attachments_of_binary_messages(self):
+        self.run_numpy_program(as_if_remote=True)
+
+    def run_numpy_program(self, as_if_remote):
         program = textwrap.dedent("""
             import json, sys
             sys.path.insert(0, %r)
             import numpy as np, ppgate
+            if %r:  # as a client on another host: no shared memory, binary messages
+                ppgate._shared_memory.host_identity = lambda: None
             def same(a):
                 return a
             def writable(a):
@@ -142,6 +150,7 @@ class TestSharedMemory(unittest.TestCase):
                 return bool(a.flags.writeable), a
             out = {}
             with ppgate.Server(2) as s:
+                assert (s._session.shm_prefix is None) == %r and s._session.binary == %r
                 cases = {"empty": np.zeros(0), "one_byte": np.ones(1, dtype=np.uint8),
                          "big": np.arange(4_000_000, dtype=np.float64),
                          "strided": np.arange(900_000, dtype=np.int64)[::3],
@@ -155,7 +164,7 @@ class TestSharedMemory(unittest.TestCase):
                 flag, b = s.submit(writable, (cases["big"],))()
                 out["writable"] = [flag, float(b.flat[0]), float(cases["big"].flat[0])]
             print(json.dumps(out))
-        """ % CLIENT)
+        """ % (CLIENT, as_if_remote, as_if_remote, as_if_remote))
         with tempfile.TemporaryDirectory() as folder:  # in a file: jobs' sources are read from it
             with open(os.path.join(folder, "main.py"), "w") as f:
                 f.write(program)
@@ -294,6 +303,80 @@ class TestValuesPutOnce(unittest.TestCase):
             address = "127.0.0.1:%d" % peer.peer_port
             with pp.Server(0, ppservers=(address,), secret=SECRET) as server:
                 self.check_put(server, bytearray(os.urandom(3 * MIB)), jobs=30)  # shared memory, inlined
+
+
+class AsIfRemote:
+    """Within it, this process's clients act as clients on another host: they do not claim the
+    node's /dev/shm, so big pickles go as attachments of binary messages."""
+
+    def __enter__(self):
+        self.saved = shared_memory.host_identity
+        shared_memory.host_identity = lambda: None
+
+    def __exit__(self, *exc):
+        shared_memory.host_identity = self.saved
+
+
+class TestBinaryMessages(unittest.TestCase):
+    def test_big_arguments_results_and_values_as_attachments(self):
+        with AsIfRemote(), pp.Server(2) as server:
+            session = server._session
+            self.assertIsNone(session.shm_prefix)
+            self.assertTrue(session.binary)
+            for size in (shared_memory.THRESHOLD - 100, 70 * 1024, 5 * MIB):
+                data = bytearray(os.urandom(size))
+                self.assertEqual(server.submit(describe, (data,))(timeout=WAIT),
+                                 ("bytearray", size, zlib.crc32(data), True), size)
+                back = server.submit(blank_and_echo, (data,))(timeout=WAIT)
+                self.assertEqual((back[0], back[1:]), (0, data[1:]), size)
+            batch = [server.submit(describe, (bytearray([i]) * (100 * 1024),)) for i in range(8)]
+            self.assertEqual([j(timeout=WAIT)[1] for j in batch], [100 * 1024] * 8)
+            ref = server.put(bytearray(os.urandom(2 * MIB)))
+            results = [server.submit(where_and_which, (ref, i))(timeout=WAIT) for i in range(10)]
+            self.assertEqual(len({r[:2] for r in results}), len({r[0] for r in results}))
+            node_files = [f for f in os.listdir(shared_memory.FOLDER) if f.startswith("ppgate-%d-" % server._node.proc.pid)]
+            self.assertEqual(len(node_files), 1, node_files)  # the value's, while it is not released
+            ref.release()
+            server.submit(describe, (b"",))(timeout=WAIT)  # the release has reached the node
+            node_files = [f for f in os.listdir(shared_memory.FOLDER) if f.startswith("ppgate-%d-" % server._node.proc.pid)]
+            self.assertEqual(node_files, [])
+
+    def test_bad_binary_messages_get_a_clear_error(self):
+        with Node(workers=1) as node:
+            ws = WebSocket("127.0.0.1", node.port, "/v1/session", {}, timeout=WAIT)
+            ws._sock.settimeout(WAIT)
+            self.assertEqual(ws.headers.get("ppgate-binary"), "1")
+            job = {"tag": 1, "function": "f", "source": "def f(b):\n    return len(b)\n", "codec": "pickle",
+                   "args": {"attached": True, "parts": [[0, 10]]}}
+            cases = [
+                (b"\x01\x00", "starts with the 4-byte length"),
+                (b"\xff\x00\x00\x00[]", "longer than the message"),
+                (binary(json.dumps([job]).encode(), b"short"), "lies outside the message's 5 bytes"),
+                (json.dumps([job]).encode(), "only a binary message has"),  # as text
+            ]
+            for message, fragment in cases:
+                if message.startswith(b"["):
+                    ws.send_text(message)
+                else:
+                    ws.send_binary(message)
+                reply = json.loads(ws.recv())
+                self.assertIn(fragment, reply["error"]["message"], reply)
+            # A good one, from a client that did not ask for binary results: they come as base64.
+            stream, buffers = shared_memory.dumps((pickle.PickleBuffer(bytearray(200 * 1024)),),
+                                                  lambda v, cb: pickle.dumps(v, 5, buffer_callback=cb))
+            job["args"] = {"attached": True, "parts": [[0, len(stream)], [64 * 1024, len(buffers[0])]]}
+            job["source"] = "def f(b):\n    return bytes(b)\n"
+            attachments = bytes(stream) + bytes(64 * 1024 - len(stream)) + bytes(buffers[0])
+            ws.send_binary(binary(json.dumps([job]).encode(), attachments))
+            result = json.loads(ws.recv())["results"][0]
+            self.assertFalse(ws.binary)
+            self.assertEqual(result["status"], "done", result)
+            self.assertEqual(len(pickle.loads(base64.b64decode(result["result"]))), 200 * 1024)
+            ws.close()
+
+
+def binary(header, attachments=b""):
+    return len(header).to_bytes(4, "little") + header + attachments
 
 
 class TestSharedMemoryProtocol(unittest.TestCase):

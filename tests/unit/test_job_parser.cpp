@@ -162,7 +162,7 @@ TEST_CASE("a session's values: put, taken by refs in order, defined in a batch o
   session_tables tables;
   auto intern = [](function_def d) { return std::make_shared<const function_def>(std::move(d)); };
   auto submit = [&](std::string body) { return parse_job_submission(body, intern, &tables); };
-  tables.refs[1] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), R"("gAQu")"});
+  tables.refs[1] = std::make_shared<const shared_value>(shared_value{next_shared_value_key(), R"("gAQu")", nullptr});
 
   auto s = submit(R"([{"tag":1,"fn_id":1,"source":"def f(a, b): return a","function":"f","codec":"pickle",
                        "refs":[1, {"put":2,"value":{"parts":["gAQu"]}}]},

@@ -202,7 +202,7 @@ class Job:
                     result = pickle.loads(raw)
                 else:  # in parts: out-of-band buffers, maybe in shared memory (_shared_memory.py)
                     try:
-                        result = shared_memory.load(value, base64.b64decode)
+                        result = shared_memory.load(value, base64.b64decode, data.get("attachments"))
                     finally:
                         if "shm" in value:
                             shared_memory.remove(value["shm"])
@@ -252,14 +252,15 @@ class Job:
 
 class _Pickles:
     """The pickled fields of one job, or one value put once: base64 of the pickle or, for a big
-    pickle when the node shares this host's memory, a file of its parts (_shared_memory.py). Keeps
-    the files it wrote, the Refs its pickles name (in the order they number them) and the classes
-    and functions in them that travel as source."""
+    pickle, its parts, in a file when the node shares this host's memory, else as attachments of
+    a binary message (_shared_memory.py). Keeps the files it wrote, the Refs its pickles name (in
+    the order they number them) and the classes and functions in them that travel as source."""
 
-    __slots__ = ("shm_prefix", "files", "refs", "travelling", "size", "_session", "_takes_refs")
+    __slots__ = ("shm_prefix", "binary", "files", "refs", "travelling", "size", "_session", "_takes_refs")
 
     def __init__(self, session: Session, takes_refs: bool = True) -> None:
         self.shm_prefix = session.shm_prefix
+        self.binary = session.binary
         self.files: List[str] = []
         self.refs: List[Ref] = []
         self.travelling: List[Any] = []
@@ -271,13 +272,13 @@ class _Pickles:
         if type(value) is tuple and all(type(v) in PLAIN_TYPES for v in value):
             # The common case: small, and nothing to look for.
             stream = pickle.dumps(value, _PICKLE)
-            if self.shm_prefix is None or len(stream) < shared_memory.THRESHOLD:
+            if (self.shm_prefix is None and not self.binary) or len(stream) < shared_memory.THRESHOLD:
                 text = base64.b64encode(stream).decode()
                 self.size += len(text) + 16
                 return text
             return self._shared(stream, [])
         persistent_id = self._persistent_id if self._takes_refs else None
-        if self.shm_prefix is None:
+        if self.shm_prefix is None and not self.binary:
             return self._inline(dumps_noting_sources(value, self.travelling, None, persistent_id))
         buffers: List[pickle.PickleBuffer] = []
         stream = dumps_noting_sources(value, self.travelling, buffers, persistent_id)
@@ -296,8 +297,11 @@ class _Pickles:
         self.size += len(text) + 16
         return text
 
-    def _shared(self, stream: bytes, raws: List[memoryview]) -> Dict[str, Any]:
-        assert self.shm_prefix is not None
+    def _shared(self, stream: bytes, raws: List[memoryview]) -> Any:
+        if self.shm_prefix is None:  # another host: attachments of a binary message
+            attached = shared_memory.Attached(stream, raws)
+            self.size += attached.nbytes + 32 * len(attached.parts) + 128
+            return attached
         parts = shared_memory.write(self.shm_prefix, stream, raws)
         self.files.append(parts["shm"])
         self.size += 32 * len(parts["parts"]) + 128

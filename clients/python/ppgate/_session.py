@@ -19,7 +19,7 @@ import select
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 from . import _shared_memory as shared_memory
 from ._errors import JobError, JobLostError, SubmitError
@@ -61,6 +61,7 @@ class Session:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("url must look like http://HOST:PORT, not %r" % url)
         headers = {"Authorization": "Bearer " + token} if token else {}
+        headers["PPGate-Binary"] = "1"  # big results as attachments of binary messages, please
         identity = shared_memory.host_identity()
         if identity is not None:
             headers["PPGate-Shared-Memory"] = identity  # the node answers with a prefix if it matches
@@ -68,6 +69,8 @@ class Session:
         # Where this session's big arguments may go instead of the socket (_shared_memory.py).
         self.shm_prefix: Optional[str] = self._ws.headers.get("ppgate-shared-memory") or None
         # The largest message the node takes (its --max-body): a bigger one would end the session.
+        # Whether big arguments may go as attachments of binary messages (without shared memory).
+        self.binary = self._ws.headers.get("ppgate-binary") == "1" and self.shm_prefix is None
         limit = self._ws.headers.get("ppgate-max-message", "")
         self.max_message: Optional[int] = int(limit) if limit.isdigit() else None
         self._lock = threading.Lock()
@@ -182,40 +185,51 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
 
-    def _take_outgoing(self) -> List[bytes]:
+    def _take_outgoing(self) -> List[Union[bytes, bytearray]]:
         """Encodes what is queued and claims the socket for sending it. Runs under the lock."""
         items, self._outgoing = self._outgoing, []
         self._sending = True
         return self._encode(items)
 
-    def _send_taken(self, messages: List[bytes]) -> None:
+    def _send_taken(self, messages: List[Union[bytes, bytearray]]) -> None:
         """Sends what _take_outgoing returned, then hands the socket back (to the writer thread
         if more has been queued meanwhile)."""
         try:
             for message in messages:
-                self._ws.send_text(message)
+                if isinstance(message, bytearray):
+                    self._ws.send_binary(message)
+                else:
+                    self._ws.send_text(message)
         finally:
             with self._lock:
                 self._sending = False
                 if self._outgoing:
                     self._wake.notify()
 
-    def _encode(self, items: List[_Outgoing]) -> List[bytes]:
+    def _encode(self, items: List[_Outgoing]) -> List[Union[bytes, bytearray]]:
         """Turns queued items into messages. Each job gets a tag, which its result will carry;
         it is registered before its message goes out. Runs under the lock."""
-        messages: List[bytes] = []
+        messages: List[Union[bytes, bytearray]] = []  # bytearray: a binary message
         batch: List[Dict[str, Any]] = []
+        attached = False  # the batch has attachments: it goes as a binary message
         # Batches stay under the node's message limit: the jobs' text fields (source, base64
         # arguments) are nearly all of a message's size; the rest is allowed for per job.
         room = (self.max_message or 1 << 62) - 4096
         batch_size = 0
 
+        def encode(message: Any, binary: bool) -> Union[bytes, bytearray]:
+            if not binary:
+                return json.dumps(message, separators=(",", ":")).encode()
+            attachments = shared_memory.Attachments()
+            return attachments.message(json.dumps(message, separators=(",", ":"), default=attachments).encode())
+
         def flush() -> None:
-            nonlocal batch_size
+            nonlocal batch_size, attached
             if batch:
-                messages.append(json.dumps(batch, separators=(",", ":")).encode())
+                messages.append(encode(batch, attached))
                 batch.clear()
             batch_size = 0
+            attached = False
 
         # Released by finalizers: no job holds them, so they may go before what is queued.
         released = []
@@ -232,7 +246,8 @@ class Session:
                 continue
             if item[0] == "put":
                 flush()
-                messages.append(json.dumps({"put": item[1], "value": item[2]}, separators=(",", ":")).encode())
+                messages.append(encode({"put": item[1], "value": item[2]},
+                                       isinstance(item[2], shared_memory.Attached)))
                 continue
             if item[0] == "release":
                 flush()
@@ -254,6 +269,7 @@ class Session:
                 flush()
             batch.append(fields)
             batch_size += size
+            attached = attached or any(isinstance(v, shared_memory.Attached) for v in fields.values())
             if len(batch) >= _MAX_BATCH:
                 flush()
         flush()
@@ -362,12 +378,18 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the connection is gone; every job hears of it
             self._lost(exc)
 
-    def _handle(self, payload: bytes) -> None:
+    def _handle(self, payload: Union[bytes, bytearray]) -> None:
         """Dispatches one message from the node. Called by the thread holding the reading role,
         so messages are handled one at a time, in order."""
+        attachments = None
+        if self._ws.binary:  # big results as attachments (docs/rest.md, "Binary messages")
+            payload, attachments = shared_memory.split_binary(payload)
         message = json.loads(payload)
         results = message.get("results")
         if results is not None:
+            if attachments is not None:
+                for r in results:
+                    r["attachments"] = attachments
             with self._lock:
                 finished = [(self._jobs.pop(r["tag"], None), r) for r in results]
                 if self._defining:

@@ -1,4 +1,5 @@
-"""Big pickles through shared memory when the node is on this host (docs/rest.md, "Shared memory").
+"""Big pickles through shared memory when the node is on this host (docs/rest.md, "Shared memory"),
+and as attachments of binary messages when it is not (docs/rest.md, "Binary messages").
 
 A session whose node shares this process's /dev/shm gets a file prefix of its own. A job's
 arguments of at least THRESHOLD bytes are pickled with protocol 5, their out-of-band buffers
@@ -66,13 +67,22 @@ def write(prefix: str, stream: bytes, buffers: Sequence[memoryview]) -> Parts:
     return {"shm": name, "parts": ranges}
 
 
-def load(value: Union[str, Parts], b64decode: Any) -> Any:
-    """Unpickles a pickle as the node passes it: base64, or in parts (inline or in a file)."""
+def load(value: Union[str, Parts], b64decode: Any, attachments: Optional[memoryview] = None) -> Any:
+    """Unpickles a pickle as the node passes it: base64, or in parts (inline, in a file, or in
+    the `attachments` of the binary message it came in)."""
     if isinstance(value, str):
         return pickle.loads(b64decode(value))
     parts = value["parts"]
     name = value.get("shm")
-    if name is None:
+    if value.get("attached"):
+        if attachments is None:
+            raise ValueError("the result refers to attachments, and its message had none")
+        data = []
+        for offset, size in parts:
+            if offset + size > attachments.nbytes:
+                raise ValueError("part [%d, %d] lies outside the message's attachments" % (offset, size))
+            data.append(attachments[offset:offset + size])
+    elif name is None:
         data = [b64decode(p) for p in parts]
     else:
         view = _map(name)
@@ -96,6 +106,58 @@ def _map(name: str) -> memoryview:
         return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
     finally:
         os.close(fd)
+
+
+class Attached:
+    """A big pickle for a node on another host: its stream and buffers go as attachments of the
+    binary message that carries the job (the session lays them out when it encodes it)."""
+
+    __slots__ = ("parts", "nbytes")
+
+    def __init__(self, stream: bytes, buffers: Sequence[memoryview]) -> None:
+        self.parts: List[memoryview] = [memoryview(stream)] + list(buffers)
+        self.nbytes = sum(p.nbytes for p in self.parts)
+
+
+class Attachments:
+    """The attachments of one binary message being encoded: json.dumps's `default` for Attached."""
+
+    def __init__(self) -> None:
+        self.chunks: List[Any] = []
+        self.size = 0
+
+    def __call__(self, obj: Any) -> Any:
+        if not isinstance(obj, Attached):
+            raise TypeError("%r is not JSON serializable" % (obj,))
+        ranges = []
+        for part in obj.parts:
+            pad = -self.size % _ALIGN
+            if pad:
+                self.chunks.append(bytes(pad))
+                self.size += pad
+            ranges.append([self.size, part.nbytes])
+            self.chunks.append(part.cast("B") if part.ndim != 1 or part.format != "B" else part)
+            self.size += part.nbytes
+        return {"attached": True, "parts": ranges}
+
+    def message(self, header: bytes) -> bytearray:
+        """[4-byte little-endian length][header][attachments]."""
+        out = bytearray(len(header).to_bytes(4, "little"))
+        out += header
+        for chunk in self.chunks:
+            out += chunk
+        return out
+
+
+def split_binary(message: Union[bytes, bytearray]) -> tuple[bytes, memoryview]:
+    """A binary message from the node: its JSON part and its attachments."""
+    view = memoryview(message)
+    if len(view) < 4:
+        raise ValueError("a binary message shorter than its header")
+    size = int.from_bytes(view[:4], "little")
+    if size > len(view) - 4:
+        raise ValueError("a binary message's JSON part is longer than the message")
+    return bytes(view[4:4 + size]), view[4 + size:]
 
 
 def remove(name: str) -> None:

@@ -12,7 +12,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Mapping
+from typing import Mapping, Union
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TEXT, _BINARY, _CLOSE, _PING, _PONG, _CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
@@ -30,13 +30,28 @@ class HandshakeError(ConnectionError):
         self.status = status
 
 
-def _mask(payload: bytes, key: bytes) -> bytes:
-    # XOR the payload with the repeated 4-byte key, done on big integers so it runs in C.
+_MASK_CHUNK = 1 << 14  # a multiple of 4: every chunk starts at the key's first byte
+
+
+def _mask(payload: Union[bytes, bytearray, memoryview], key: bytes) -> bytes:
+    # XOR the payload with the repeated 4-byte key, done on big integers so it runs in C; in
+    # chunks, as Python's big-integer conversions slow down on very long numbers (100 MiB at
+    # once: 2.8 s; in 16 KiB chunks: 0.4 s).
     n = len(payload)
     if n == 0:
         return b""
-    keystream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(keystream, "little")).to_bytes(n, "little")
+    if n <= _MASK_CHUNK:
+        keystream = (key * (n // 4 + 1))[:n]
+        return (int.from_bytes(payload, "little") ^ int.from_bytes(keystream, "little")).to_bytes(n, "little")
+    whole = int.from_bytes(key * (_MASK_CHUNK // 4), "little")
+    out = bytearray(n)
+    view = memoryview(payload).cast("B")
+    for start in range(0, n, _MASK_CHUNK):
+        part = view[start:start + _MASK_CHUNK]
+        size = len(part)
+        k = whole if size == _MASK_CHUNK else int.from_bytes((key * (size // 4 + 1))[:size], "little")
+        out[start:start + size] = (int.from_bytes(part, "little") ^ k).to_bytes(size, "little")
+    return bytes(out)
 
 
 class WebSocket:
@@ -47,6 +62,7 @@ class WebSocket:
         self._send_lock = threading.Lock()
         self._keys = b""  # masking keys, drawn from os.urandom a thousand at a time
         self._buffer = bytearray()
+        self.binary = False  # whether the last message recv() returned was binary
         key = base64.b64encode(os.urandom(16)).decode()
         lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port), "Upgrade: websocket",
                  "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
@@ -110,14 +126,31 @@ class WebSocket:
                 raise ConnectionError("the server's handshake answer is too long")
             self._fill()
 
-    def _read_exact(self, n: int) -> bytes:
+    def _read_exact(self, n: int) -> Union[bytes, bytearray]:
+        if n > 1 << 20 and len(self._buffer) < n:
+            return self._read_large(n)
         while len(self._buffer) < n:
             self._fill()
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         return data
 
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
+    def _read_large(self, n: int) -> bytearray:
+        # Straight into one buffer: growing self._buffer chunk by chunk and cutting it copies a
+        # big message many times over.
+        data = bytearray(n)
+        view = memoryview(data)
+        have = len(self._buffer)
+        view[:have] = self._buffer
+        self._buffer = bytearray()
+        while have < n:
+            got = self._sock.recv_into(view[have:], n - have)
+            if not got:
+                raise ConnectionClosed("the server closed the connection")
+            have += got
+        return data
+
+    def _send_frame(self, opcode: int, payload: Union[bytes, bytearray]) -> None:
         n = len(payload)
         if n < 126:
             header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
@@ -135,8 +168,13 @@ class WebSocket:
         """Sends `payload` (UTF-8 bytes) as one text message."""
         self._send_frame(_TEXT, payload)
 
-    def recv(self) -> bytes:
-        """Returns the next text or binary message as bytes; answers pings on the way."""
+    def send_binary(self, payload: Union[bytes, bytearray]) -> None:
+        """Sends `payload` as one binary message."""
+        self._send_frame(_BINARY, payload)
+
+    def recv(self) -> Union[bytes, bytearray]:
+        """Returns the next text or binary message (`binary` tells which); answers pings on the
+        way."""
         message = bytearray()
         while True:
             b0, b1 = self._read_exact(2)
@@ -156,9 +194,13 @@ class WebSocket:
                 continue
             if opcode == _CLOSE:
                 raise ConnectionClosed("the server closed the session")
+            if opcode != _CONTINUATION:
+                self.binary = opcode == _BINARY
+            if b0 & 0x80 and not message:
+                return payload  # one frame, the common case: no copy
             message += payload
             if b0 & 0x80:
-                return bytes(message)
+                return message
 
     def close(self) -> None:
         try:
