@@ -26,14 +26,7 @@ namespace {
 // (docs/rest.md, "Binary messages"); the NUL, which no JSON text has, tells the writer, which sends
 // the rest followed by the session's attachments.
 std::string binary_message_head(std::string_view header) {
-  std::string out;
-  out.reserve(5 + header.size());
-  const auto h = static_cast<std::uint32_t>(header.size());
-  const char prefix[5] = {'\0', static_cast<char>(h & 0xff), static_cast<char>((h >> 8) & 0xff),
-                          static_cast<char>((h >> 16) & 0xff), static_cast<char>((h >> 24) & 0xff)};
-  out.append(prefix, 5);
-  out.append(header);
-  return out;
+  return '\0' + shared_memory::binary_message_length(header.size()) + std::string(header);
 }
 
 // What a session's client is told (docs/rest.md, "Sessions"): {"results":[...]} with compact
@@ -243,33 +236,27 @@ void job_session::handle_message(std::string& text, std::shared_ptr<const shared
 }
 
 void job_session::handle_binary(std::string_view message) {
-  // [4-byte little-endian length H][H bytes of JSON: a batch or a control message][attachments]
-  if (message.size() < 4) {
-    jobs_->refuse("a binary message starts with the 4-byte length of its JSON part");
+  shared_memory::binary_message parts;
+  try {
+    parts = shared_memory::split_binary_message(message);
+  } catch (const shared_memory::error& e) {
+    jobs_->refuse(e.what());
     return;
   }
-  const auto* p = reinterpret_cast<const unsigned char*>(message.data());
-  const std::size_t header_size = std::size_t(p[0]) | std::size_t(p[1]) << 8 | std::size_t(p[2]) << 16 |
-                                  std::size_t(p[3]) << 24;
-  if (header_size > message.size() - 4) {
-    jobs_->refuse("a binary message's JSON part (" + std::to_string(header_size) + " bytes) is longer than the message");
-    return;
-  }
-  std::string header(message.substr(4, header_size));
-  const std::string_view attachments = message.substr(4 + header_size);
+  std::string json(parts.json);
   std::shared_ptr<const shared_memory::node_file> file;
-  if (!attachments.empty()) {
+  if (!parts.attachments.empty()) {
     try {
       // Written once for the workers to map; removed when the last job or value taking it ends.
-      file = shared_memory::write_node_file(files_prefix_ + "n" + std::to_string(++files_written_), attachments);
+      file = shared_memory::write_node_file(files_prefix_ + "n" + std::to_string(++files_written_), parts.attachments);
     } catch (const shared_memory::error& e) {
-      const auto first = header.find_first_not_of(" \t\r\n");
-      if (first != std::string::npos && header[first] == '[') jobs_->reject(header, e.what());
+      const auto first = json.find_first_not_of(" \t\r\n");
+      if (first != std::string::npos && json[first] == '[') jobs_->reject(json, e.what());
       else jobs_->refuse(e.what());
       return;
     }
   }
-  handle_message(header, std::move(file));
+  handle_message(json, std::move(file));
 }
 
 }  // namespace ppgate

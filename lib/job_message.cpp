@@ -25,7 +25,8 @@ void append_job_message(std::string& out, const job& j, const job_message_parts&
   const auto write_pickle = [&](std::string_view value) {
     if (parts.inline_shared_memory && spec.codec == arg_codec::pickle) {
       std::string inlined;
-      shared_memory::append_inline(inlined, value);
+      if (parts.attachments != nullptr) shared_memory::append_attached(inlined, value, *parts.attachments);
+      else shared_memory::append_inline(inlined, value);
       w.raw(inlined);
     } else {
       w.raw(value);

@@ -20,8 +20,10 @@ struct job_message_parts {
   bool with_definition = false;   // "function", "source" and "modules": the first time
   bool with_options = false;      // "timeout", "retries" and "group"
   bool with_shm = false;          // "shm": the session's shared-memory prefix, for results (workers)
-  // Arguments in this host's shared memory are read and sent inline (peers: another host).
+  // Arguments in this host's shared memory are read and sent inline (peers: another host), as
+  // base64, or, with `attachments`, as parts of those (the rest of a binary message).
   bool inline_shared_memory = false;
+  std::string* attachments = nullptr;
   // For each value the job takes ("refs"): whether the receiver has it already, so it goes by
   // its key alone; otherwise it goes as {"put": key, "value": ...}, and the receiver has it next
   // time (the callee notes that). Unset: every value goes whole.

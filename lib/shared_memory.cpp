@@ -97,6 +97,22 @@ void read_range(int fd, std::uint64_t offset, std::uint64_t size, std::string& i
 
 }  // namespace
 
+binary_message split_binary_message(std::string_view message) {
+  if (message.size() < 4) throw error("a binary message starts with the 4-byte length of its JSON part");
+  const auto* p = reinterpret_cast<const unsigned char*>(message.data());
+  const std::size_t json_size = std::size_t(p[0]) | std::size_t(p[1]) << 8 | std::size_t(p[2]) << 16 |
+                                std::size_t(p[3]) << 24;
+  if (json_size > message.size() - 4)
+    throw error("a binary message's JSON part (" + std::to_string(json_size) + " bytes) is longer than the message");
+  return {message.substr(4, json_size), message.substr(4 + json_size)};
+}
+
+std::string binary_message_length(std::size_t json_size) {
+  const auto n = static_cast<std::uint32_t>(json_size);
+  return {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff), static_cast<char>((n >> 16) & 0xff),
+          static_cast<char>((n >> 24) & 0xff)};
+}
+
 node_file::~node_file() { ::unlink((std::string(folder) + "/" + name_).c_str()); }
 
 std::shared_ptr<const node_file> write_node_file(std::string name, std::string_view data) {
@@ -145,44 +161,72 @@ void take_file(std::string_view name, std::string& out) {
   ::close(fd);
 }
 
-void append_inline(std::string& out, std::string_view field_json) {
+namespace {
+
+// Calls each(fd, name, offset, size) for the parts of a pickle in a shared-memory file, between
+// begin() and end(), and returns true; returns false for any other pickle (left to the caller).
+template <typename Begin, typename Each, typename End>
+bool for_each_part_in_file(std::string_view field_json, Begin begin, Each each, End end) {
   const auto first = field_json.find_first_not_of(" \t\r\n");
-  if (first == std::string_view::npos || field_json[first] != '{') {
-    out.append(field_json);
-    return;
-  }
+  if (first == std::string_view::npos || field_json[first] != '{') return false;
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
   std::string_view name;
   simdjson::dom::array parts;
   // The parser checked the shape when the job came in; anything else here is passed on as is.
   if (parser.parse(field_json.data(), field_json.size()).get(doc) || doc["shm"].get_string().get(name) ||
-      doc["parts"].get_array().get(parts)) {
-    out.append(field_json);
-    return;
-  }
+      doc["parts"].get_array().get(parts))
+    return false;
   const int fd = ::open((std::string(folder) + "/" + std::string(name)).c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw error("cannot read shared memory " + std::string(name) + ": " + std::strerror(errno));
   try {
-    std::string part;
-    out += "{\"parts\":[";
-    bool first_part = true;
-    for (const simdjson::dom::element range : parts) {
-      const std::uint64_t offset = range.at(0).get_uint64().value_unsafe();
-      const std::uint64_t size = range.at(1).get_uint64().value_unsafe();
-      read_range(fd, offset, size, part, name);
-      if (!first_part) out += ',';
-      first_part = false;
-      out += '"';
-      append_base64(out, reinterpret_cast<const unsigned char*>(part.data()), part.size());
-      out += '"';
-    }
-    out += "]}";
+    begin();
+    for (const simdjson::dom::element range : parts)
+      each(fd, name, range.at(0).get_uint64().value_unsafe(), range.at(1).get_uint64().value_unsafe());
+    end();
   } catch (...) {
     ::close(fd);
     throw;
   }
   ::close(fd);
+  return true;
+}
+
+}  // namespace
+
+void append_inline(std::string& out, std::string_view field_json) {
+  std::string part;
+  bool first_part = true;
+  const bool in_file = for_each_part_in_file(
+      field_json, [&] { out += "{\"parts\":["; },
+      [&](int fd, std::string_view name, std::uint64_t offset, std::uint64_t size) {
+        read_range(fd, offset, size, part, name);
+        if (!first_part) out += ',';
+        first_part = false;
+        out += '"';
+        append_base64(out, reinterpret_cast<const unsigned char*>(part.data()), part.size());
+        out += '"';
+      },
+      [&] { out += "]}"; });
+  if (!in_file) out.append(field_json);
+}
+
+void append_attached(std::string& out, std::string_view field_json, std::string& attachments) {
+  std::string part;
+  bool first_part = true;
+  const bool in_file = for_each_part_in_file(
+      field_json, [&] { out += "{\"attached\":true,\"parts\":["; },
+      [&](int fd, std::string_view name, std::uint64_t offset, std::uint64_t size) {
+        attachments.resize((attachments.size() + 63) / 64 * 64);
+        const std::size_t base = attachments.size();
+        read_range(fd, offset, size, part, name);
+        attachments += part;
+        if (!first_part) out += ',';
+        first_part = false;
+        out += '[' + std::to_string(base) + ',' + std::to_string(size) + ']';
+      },
+      [&] { out += "]}"; });
+  if (!in_file) out.append(field_json);
 }
 
 }  // namespace ppgate::shared_memory

@@ -60,10 +60,24 @@ std::shared_ptr<const node_file> write_node_file(std::string name, std::string_v
 // another host). Throws error.
 void take_file(std::string_view name, std::string& out);
 
+// A binary message (docs/rest.md, "Binary messages"): [4-byte little-endian length N][N bytes of
+// JSON][attachments]. Sessions and peer links carry them.
+struct binary_message {
+  std::string_view json;
+  std::string_view attachments;
+};
+// Throws error saying what is wrong with a message that is not one.
+binary_message split_binary_message(std::string_view message);
+// The 4-byte length that starts a binary message whose JSON takes `json_size` bytes.
+std::string binary_message_length(std::size_t json_size);
+
 // A pickle in parts as a field's JSON text (job_parser.cpp, check_pickled_parts): for one in a
 // shared-memory file, {"shm": NAME, "parts": [[offset, size], ...]}, appends the same parts read
 // from the file, inline, {"parts": ["<base64>", ...]}, for a receiver on another host; any other
 // text is appended as it is. Throws error when the file cannot be read.
 void append_inline(std::string& out, std::string_view field_json);
+// The same, with the parts appended to `attachments` (each at a 64-byte boundary) and the field
+// written as {"attached": true, "parts": [[offset, size], ...]}: for a binary message.
+void append_attached(std::string& out, std::string_view field_json, std::string& attachments);
 
 }  // namespace ppgate::shared_memory

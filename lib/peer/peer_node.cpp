@@ -284,10 +284,11 @@ void peer_node::send_job(job& j, remote_slot& s) {
     defining_[j.id] = f.hash;
   }
   std::string batch = "[";
+  std::string attachments;  // its arguments in shared memory, as bytes after the batch
   try {
     append_job_message(batch, j,
                        {.fn_id = known->second, .with_definition = first_time, .with_options = true,
-                        .inline_shared_memory = true, .receiver_has = [&](const std::shared_ptr<const shared_value>& v) {
+                        .inline_shared_memory = true, .attachments = &attachments, .receiver_has = [&](const std::shared_ptr<const shared_value>& v) {
                           if (!refs_sent_.insert(v->key).second) return true;
                           defining_refs_[j.id].push_back(v->key);
                           return false;
@@ -298,13 +299,23 @@ void peer_node::send_job(job& j, remote_slot& s) {
     return;
   }
   batch += ']';
-  if (batch.size() > max_frame_size - 1024) {
+  const std::size_t size = batch.size() + (attachments.empty() ? 0 : 4 + attachments.size());
+  if (size > max_frame_size - 1024) {
     fail_unsent(j, first_time, "MessageTooLarge",
-                "the job's message to node " + name_ + " would take " + std::to_string(batch.size()) +
+                "the job's message to node " + name_ + " would take " + std::to_string(size) +
                     " bytes, over the limit of a peer frame, " + std::to_string(max_frame_size - 1024) + " bytes");
     return;
   }
-  channel_->send(peer::msg::run, batch);
+  if (attachments.empty()) {
+    channel_->send(peer::msg::run, batch);
+  } else {
+    // A binary message (shared_memory.hpp): the batch, then the bytes its pickles are parts of.
+    std::string message = shared_memory::binary_message_length(batch.size());
+    message.reserve(4 + batch.size() + attachments.size());
+    message += batch;
+    message += attachments;
+    channel_->send(peer::msg::run_attached, message);
+  }
 }
 
 void peer_node::forget_refs_defined_by(std::uint64_t job_id) {

@@ -31,7 +31,8 @@ typedef struct evp_md_ctx_st EVP_MD_CTX;  // OpenSSL's, as <openssl/types.h> dec
 namespace ppgate::peer {
 
 // 3: authenticated frames; the welcome names the Python version. 4: a refused job ends `refused`.
-inline constexpr std::uint16_t protocol_version = 4;
+// 5: run_attached.
+inline constexpr std::uint16_t protocol_version = 5;
 inline constexpr std::string_view magic = "PPGATE";
 
 enum class msg : std::uint8_t {
@@ -46,6 +47,8 @@ enum class msg : std::uint8_t {
   cancel = 9,    // "<tag>"
   ping = 10,
   pong = 11,
+  // A batch whose pickles are parts of attachments: a binary message (shared_memory.hpp).
+  run_attached = 12,
 };
 
 // The result state of a job the acceptor refused before running it (a batch that did not parse):

@@ -3,6 +3,7 @@
 #include "acceptor.hpp"
 #include "json_writer.hpp"
 #include "log.hpp"
+#include "shared_memory.hpp"
 #include "tagged_jobs.hpp"
 
 #include <boost/asio/this_coro.hpp>
@@ -90,6 +91,9 @@ class peer_server::connection : public peer_channel {
     log::info("peer ", peer_name_, " connected");
     jobs_ = std::make_shared<tagged_jobs>(
         server_.sched_, [this] { send_frames(jobs_->take_output()); }, peer_results);
+    // For the attachments of run_attached batches; removed with the link.
+    files_prefix_ = shared_memory::new_session_prefix();
+    jobs_->use_files(files_prefix_, false, false);
     co_await run();
   }
 
@@ -146,6 +150,24 @@ class peer_server::connection : public peer_channel {
         jobs_->submit_batch(batch);
         break;
       }
+      case peer::msg::run_attached: {
+        std::shared_ptr<const shared_memory::node_file> file;
+        std::string batch;
+        try {
+          const auto parts = shared_memory::split_binary_message(m.payload);
+          batch = std::string(parts.json);
+          if (!parts.attachments.empty())
+            file = shared_memory::write_node_file(files_prefix_ + "n" + std::to_string(++files_written_),
+                                                  parts.attachments);
+        } catch (const shared_memory::error& e) {
+          // Each job it holds is answered (its tags are found however broken the batch is).
+          std::string whole = batch.empty() ? std::string(m.payload) : batch;
+          jobs_->reject(whole, e.what());
+          break;
+        }
+        jobs_->submit_batch(batch, std::move(file));
+        break;
+      }
       case peer::msg::cancel: {
         std::int64_t tag = 0;
         std::from_chars(m.payload.data(), m.payload.data() + m.payload.size(), tag);
@@ -169,6 +191,8 @@ class peer_server::connection : public peer_channel {
 
   peer_server& server_;
   std::shared_ptr<tagged_jobs> jobs_;
+  std::string files_prefix_;  // of this link's files in /dev/shm
+  std::uint64_t files_written_ = 0;
 };
 
 peer_server::peer_server(net::any_io_executor ex, scheduler& sched, local_pool& pool,

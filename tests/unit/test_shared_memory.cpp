@@ -92,6 +92,18 @@ TEST_CASE("a job's parts in shared memory go to a peer inline") {
   CHECK_THAT(to_peer, Catch::Contains(R"("args":{"parts":["SEVBRA==","TWE="]})"));
   CHECK_THAT(to_peer, Catch::Contains(R"("kwargs":"gAR9lC4=")"));
 
+  std::string attachments, to_peer_binary;
+  append_job_message(to_peer_binary, j,
+                     {.fn_id = 1, .with_options = true, .inline_shared_memory = true, .attachments = &attachments});
+  CHECK_THAT(to_peer_binary, Catch::Contains(R"("args":{"attached":true,"parts":[[0,4],[64,2]]})"));
+  CHECK(attachments == "HEAD" + std::string(60, '\0') + "Ma");
+
+  const std::string message = shared_memory::binary_message_length(3) + "[1]" + "xyz";
+  const auto parts = shared_memory::split_binary_message(message);
+  CHECK((parts.json == "[1]" && parts.attachments == "xyz"));
+  CHECK_THROWS_AS(shared_memory::split_binary_message("\x01"), shared_memory::error);
+  CHECK_THROWS_AS(shared_memory::split_binary_message(std::string("\x09\0\0\0[1]", 7)), shared_memory::error);
+
   // A range past the file's end, and a file that is gone: the job cannot be sent.
   j.spec.args = R"({"shm":")" + name + R"(","parts":[[64,10]]})";
   std::string out;
