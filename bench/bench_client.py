@@ -10,6 +10,8 @@
     shared VM, two busy vCPUs often run each other slower, which caps both.
 (d) map over many trivial items (default 1M): ppgate.Executor.map rate / Pool.map rate, each with
     its default chunking.   Target >= 1.0x.
+(e) start-up: ppgate.Server(2) to its first result (a private node and its workers started) /
+    multiprocessing.Pool(2) with fork to its first result.   Target <= 1.0x.
 
 Usage: python3 bench/bench_client.py [--jobs N] [--repeats N] [--map-items N]
 """
@@ -116,6 +118,22 @@ def main():
         print("  multiprocessing.Pool.map    %10.0f items/s" % (args.map_items / pool_map))
         print("  ppgate.Executor.map         %10.0f items/s" % (args.map_items / ex_map))
         print("  ratio                       %10.2fx   (target >= 1.0x)" % (pool_map / ex_map))
+
+    pool_start, pp_start = [], []
+    for _ in range(args.repeats):  # interleaved
+        t = time.perf_counter()
+        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+            assert pool.apply(f, (1,)) == 2
+            pool_start.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with ppgate.Server(args.workers) as server:
+            assert server.submit(f, (1,))() == 2
+            pp_start.append(time.perf_counter() - t)
+    p, g = statistics.median(pool_start), statistics.median(pp_start)
+    print("start-up to the first result, %d workers:" % args.workers)
+    print("  multiprocessing.Pool (fork)   %6.1f ms" % (p * 1e3))
+    print("  ppgate.Server                 %6.1f ms" % (g * 1e3))
+    print("  ratio                         %6.2fx   (target <= 1.0x)" % (g / p))
 
 
 if __name__ == "__main__":

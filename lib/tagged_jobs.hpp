@@ -50,7 +50,6 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
     tables_.shm_prefix = client_maps_them ? files_prefix_ : std::string();
     results_in_files_ = results_in_files;
   }
-  const std::string& files_prefix() const { return files_prefix_; }
 
   // A batch: a JSON array of jobs with "tag" and maybe "fn_id". An accepted batch produces no
   // reply; a refused one produces {"rejected":[tags],"error":{...}}. `attached`: the file the
@@ -61,7 +60,7 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   void reject(std::string& text, std::string_view why);  // a batch refused whole, for `why`
   void cancel(std::int64_t tag);  // a job that already ended is ignored: its result is on its way
   void cancel_all();              // the client is gone; its shared-memory files are removed
-  void refuse(std::string_view message);  // a message that was neither a batch nor a cancel
+  void refuse(std::string_view message);  // a message that was neither a batch nor a control message
 
   void job_ended(const job& j) override;
 
