@@ -45,7 +45,7 @@ class session_json_encoding final : public tagged_jobs::encoding {
     if (attachments_ != nullptr && state == job_state::done && outcome.starts_with(result_in_file)) {
       try {
         const auto start = outcome.find('{'), end = outcome.find('}');  // (its parts hold no braces)
-        attached = attach(outcome.substr(start, end - start + 1));
+        attached = shared_memory::attach_result(outcome.substr(start, end - start + 1), *attachments_);
         outcome.remove_prefix(end + 1);  // ,"stdout":...,"stderr":...
       } catch (const std::exception& e) {
         state = job_state::failed;
@@ -85,34 +85,7 @@ class session_json_encoding final : public tagged_jobs::encoding {
   }
 
  private:
-  static constexpr std::string_view result_in_file = R"("result":{"shm":")";
-
-  // {"shm":NAME,"parts":[[o,s],...]} -> "result":{"attached":true,"parts":[[base+o,s],...]}, with
-  // the file's bytes appended to the attachments (at a 64-byte boundary) and the file removed.
-  std::string attach(std::string_view in_file) const {
-    simdjson::dom::parser parser;
-    simdjson::dom::element doc;
-    std::string_view name;
-    simdjson::dom::array parts;
-    if (parser.parse(in_file.data(), in_file.size()).get(doc) || doc["shm"].get_string().get(name) ||
-        doc["parts"].get_array().get(parts))
-      throw shared_memory::error("a worker's result names its file wrongly");
-    attachments_->resize((attachments_->size() + 63) / 64 * 64);
-    const std::uint64_t base = attachments_->size();
-    shared_memory::take_file(name, *attachments_);
-    std::string out;
-    json_writer w(out);
-    w.key("result").begin_object().member("attached", true).key("parts").begin_array();
-    for (const simdjson::dom::element range : parts) {
-      std::uint64_t offset = 0, size = 0;
-      if (range.at(0).get_uint64().get(offset) || range.at(1).get_uint64().get(size) ||
-          offset + size > attachments_->size() - base)
-        throw shared_memory::error("a worker's result names parts outside its file");
-      w.begin_array().value(base + offset).value(size).end_array();
-    }
-    w.end_array().end_object();
-    return out;
-  }
+  static constexpr std::string_view result_in_file = shared_memory::result_in_file;
 
   std::string* attachments_;
 };
@@ -153,7 +126,9 @@ net::awaitable<void> job_session::run(beast::tcp_stream stream, http_request req
   encoding_ = std::make_unique<session_json_encoding>(binary_results_ ? &attachments_ : nullptr);
   jobs_ = std::make_shared<tagged_jobs>(sched_, [this] { wake_->cancel(); }, *encoding_);
   // Big results go to files for the client to map, or for the encoding to attach.
-  jobs_->use_files(files_prefix_, shm_offered_, shm_offered_ || binary_results_);
+  jobs_->use_files(files_prefix_, shm_offered_,
+                   shm_offered_ || binary_results_ ? tagged_jobs::results_in_files::always
+                                                   : tagged_jobs::results_in_files::never);
 
   co_await (read_loop(ws) || write_loop(ws));
 

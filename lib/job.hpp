@@ -75,6 +75,8 @@ struct job_spec {
   // outcome per call, in order; a call that raises keeps its error and the others go on.
   bool map = false;
   bool local_only = false;  // came from a peer: runs on this node's own workers, never forwarded
+  // From a peer link: the node that sent it takes a big result in parts (docs/peers.md).
+  bool results_in_parts = false;
   // The shared-memory prefix of the session that submitted it (shared_memory.hpp), or empty: a
   // worker may return a big result as a file under it.
   std::string shm_prefix;

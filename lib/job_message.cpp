@@ -55,6 +55,8 @@ void append_job_message(std::string& out, const job& j, const job_message_parts&
   if (spec.map) w.member("map", true);
   if (parts.with_shm && !spec.shm_prefix.empty()) w.member("shm", spec.shm_prefix);
   if (parts.with_options) {
+    // Its session takes a big result in parts (in a file, or as attachments): so may the peer send it.
+    if (!spec.shm_prefix.empty()) w.member("results_in_parts", true);
     if (spec.timeout) w.member("timeout", std::chrono::duration<double>(*spec.timeout).count());
     if (spec.retries > 0) w.member("retries", spec.retries);
     w.member("group", spec.group);

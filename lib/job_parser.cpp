@@ -356,6 +356,9 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_tables
       spec.timeout = std::chrono::milliseconds(std::max<std::int64_t>(1, std::llround(seconds * 1000)));
     } else if (key == "map") {
       check(v.get_bool().get(spec.map), key, "true or false");
+    } else if (key == "results_in_parts") {
+      if (functions.session == nullptr) fail("field 'results_in_parts' is accepted on a peer link only");
+      check(v.get_bool().get(spec.results_in_parts), key, "true or false");
     } else if (key == "refs") {
       parse_refs(v, functions, spec);
     } else if (key == "retries") {

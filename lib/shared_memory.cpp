@@ -116,10 +116,14 @@ std::string binary_message_length(std::size_t json_size) {
 node_file::~node_file() { ::unlink((std::string(folder) + "/" + name_).c_str()); }
 
 std::shared_ptr<const node_file> write_node_file(std::string name, std::string_view data) {
+  write_file(name, data);
+  return std::make_shared<const node_file>(std::move(name), data.size());  // removes it, from here on
+}
+
+void write_file(const std::string& name, std::string_view data) {
   const std::string path = std::string(folder) + "/" + name;
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) throw error("cannot create shared memory " + name + ": " + std::strerror(errno));
-  auto file = std::make_shared<const node_file>(std::move(name), data.size());  // removes it, from here on
   std::size_t done = 0;
   while (done < data.size()) {
     const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
@@ -127,12 +131,58 @@ std::shared_ptr<const node_file> write_node_file(std::string name, std::string_v
     if (n <= 0) {
       const int err = n < 0 ? errno : ENOSPC;
       ::close(fd);
+      ::unlink(path.c_str());
       throw error("cannot write " + std::to_string(data.size()) + " bytes to shared memory: " + std::strerror(err));
     }
     done += static_cast<std::size_t>(n);
   }
   ::close(fd);
-  return file;
+}
+
+std::string attach_result(std::string_view in_file, std::string& attachments) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  std::string_view name;
+  simdjson::dom::array parts;
+  if (parser.parse(in_file.data(), in_file.size()).get(doc) || doc["shm"].get_string().get(name) ||
+      doc["parts"].get_array().get(parts))
+    throw error("a worker's result names its file wrongly");
+  attachments.resize((attachments.size() + 63) / 64 * 64);
+  const std::uint64_t base = attachments.size();
+  take_file(name, attachments);
+  std::string out = R"("result":{"attached":true,"parts":[)";
+  bool first = true;
+  for (const simdjson::dom::element range : parts) {
+    std::uint64_t offset = 0, size = 0;
+    if (range.at(0).get_uint64().get(offset) || range.at(1).get_uint64().get(size) ||
+        offset + size > attachments.size() - base)
+      throw error("a worker's result names parts outside its file");
+    if (!first) out += ',';
+    first = false;
+    out += '[' + std::to_string(base + offset) + ',' + std::to_string(size) + ']';
+  }
+  out += "]}";
+  return out;
+}
+
+std::string result_to_file(std::string_view outcome, std::string_view attachments, const std::string& name) {
+  constexpr std::string_view head = R"("result":{"attached":true,"parts":)";
+  const auto end = outcome.find('}');
+  if (!outcome.starts_with(head) || end == std::string_view::npos)
+    throw error("a result in parts that is not {\"attached\": true, \"parts\": ...}");
+  const std::string_view parts = outcome.substr(head.size(), end - head.size());
+  simdjson::dom::parser parser;
+  simdjson::dom::array ranges;
+  if (parser.parse(parts.data(), parts.size()).get(ranges)) throw error("a result's parts are not [[offset, size], ...]");
+  for (const simdjson::dom::element range : ranges) {
+    std::uint64_t offset = 0, size = 0;
+    if (range.at(0).get_uint64().get(offset) || range.at(1).get_uint64().get(size) ||
+        offset + size > attachments.size())
+      throw error("a result's part lies outside its attachments");
+  }
+  write_file(name, attachments);
+  return std::string(R"("result":{"shm":")") + name + R"(","parts":)" + std::string(parts) + "}" +
+         std::string(outcome.substr(end + 1));
 }
 
 void take_file(std::string_view name, std::string& out) {

@@ -71,6 +71,22 @@ binary_message split_binary_message(std::string_view message);
 // The 4-byte length that starts a binary message whose JSON takes `json_size` bytes.
 std::string binary_message_length(std::size_t json_size);
 
+// A worker's outcome that starts so has its result in a file: "result":{"shm":NAME,"parts":...}.
+inline constexpr std::string_view result_in_file = R"("result":{"shm":")";
+
+// {"shm":NAME,"parts":[[o,s],...]} -> "result":{"attached":true,"parts":[[base+o,s],...]}: the
+// file's bytes are appended to `attachments` (from a 64-byte boundary, base) and the file
+// removed. Throws error.
+std::string attach_result(std::string_view in_file, std::string& attachments);
+
+// "result":{"attached":true,"parts":P}<rest> with `attachments` -> "result":{"shm":NAME,"parts":P}<rest>,
+// the attachments written to the file NAME: a peer's big result, for the session that takes it.
+// Throws error.
+std::string result_to_file(std::string_view outcome, std::string_view attachments, const std::string& name);
+
+// Writes `data` to a new file `name`. Throws error.
+void write_file(const std::string& name, std::string_view data);
+
 // A pickle in parts as a field's JSON text (job_parser.cpp, check_pickled_parts): for one in a
 // shared-memory file, {"shm": NAME, "parts": [[offset, size], ...]}, appends the same parts read
 // from the file, inline, {"parts": ["<base64>", ...]}, for a receiver on another host; any other

@@ -17,7 +17,9 @@ void tagged_jobs::submit_batch(std::string& text, std::shared_ptr<const shared_m
         text, [this](function_def def) { return sched_.intern(std::move(def)); }, &tables_);
     for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
       submission.jobs[i].local_only = encoding_.local_only();
-      if (results_in_files_) submission.jobs[i].shm_prefix = files_prefix_;
+      if (results_in_files_ == results_in_files::always ||
+          (results_in_files_ == results_in_files::when_asked && submission.jobs[i].results_in_parts))
+        submission.jobs[i].shm_prefix = files_prefix_;
       job& j = sched_.submit(std::move(submission.jobs[i]));
       // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
       j.observer = weak_from_this();

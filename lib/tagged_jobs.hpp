@@ -41,14 +41,16 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   // `output_ready` is called whenever replies or results are waiting to be sent.
   tagged_jobs(scheduler& sched, std::function<void()> output_ready, const encoding& enc);
 
+  // Whose jobs leave a big result in a file under the prefix, for the client to map or the
+  // transport to read: none, all, or those that ask ("results_in_parts": a peer link's).
+  enum class results_in_files { never, always, when_asked };
+
   // This session's files in /dev/shm are named `prefix`... (shared_memory.hpp), and what is left
-  // of them is removed with the session. With `client_maps_them`, the client may name files
-  // there; with `results_in_files`, its jobs' big results go there (for the client to map, or
-  // the transport to read).
-  void use_files(std::string prefix, bool client_maps_them, bool results_in_files) {
+  // of them is removed with the session. With `client_maps_them`, the client may name files there.
+  void use_files(std::string prefix, bool client_maps_them, results_in_files results) {
     files_prefix_ = std::move(prefix);
     tables_.shm_prefix = client_maps_them ? files_prefix_ : std::string();
-    results_in_files_ = results_in_files;
+    results_in_files_ = results;
   }
 
   // A batch: a JSON array of jobs with "tag" and maybe "fn_id". An accepted batch produces no
@@ -78,7 +80,7 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   bool closed_ = false;
   session_tables tables_;  // fn_id -> definition, ref -> value, the shared-memory prefix
   std::string files_prefix_;  // empty: no files
-  bool results_in_files_ = false;
+  results_in_files results_in_files_ = results_in_files::never;
   std::unordered_map<std::uint64_t, std::int64_t> open_;  // job id -> the client's tag
   std::unordered_map<std::int64_t, std::uint64_t> by_tag_;
   std::deque<std::string> replies_;

@@ -120,6 +120,12 @@ class peer_node::channel : public peer_channel {
   void on_message(const peer::message& m) override {
     switch (m.type) {
       case peer::msg::result: node_.on_result(m.payload); break;
+      case peer::msg::result_attached:
+        if (!node_.on_result_attached(m.payload)) {
+          log::warn("peer ", peer_name_, " sent a malformed result; dropping the link");
+          close();  // its jobs go back to the queue
+        }
+        break;
       case peer::msg::capacity: {
         std::size_t slots = 0;
         std::from_chars(m.payload.data(), m.payload.data() + m.payload.size(), slots);
@@ -372,6 +378,38 @@ void peer_node::on_result(std::string_view payload) {
     return;
   }
   s.ask_for_work();
+}
+
+bool peer_node::on_result_attached(std::string_view payload) {
+  // [length][the result's text, its pickle {"attached": true, "parts": ...}][attachments]: the
+  // bytes go to the file the job's session takes a big result from, as its worker would have
+  // written it here, and the result names that file.
+  shared_memory::binary_message message;
+  reported_end end;
+  try {
+    message = shared_memory::split_binary_message(payload);
+    end = parse_reported_end(message.json);
+  } catch (const std::exception&) {
+    return false;
+  }
+  const auto head = message.json.substr(0, message.json.find('\n') + 1);
+  const auto it = running_.find(end.id);
+  const job* j = it != running_.end() ? it->second->job_ : nullptr;
+  if (j == nullptr) {
+    on_result(message.json);  // cancelled here meanwhile: nothing to keep
+    return true;
+  }
+  std::string text;
+  try {
+    if (j->spec.shm_prefix.empty()) throw shared_memory::error("its session takes no result in parts");
+    text = std::string(head) + shared_memory::result_to_file(end.outcome, message.attachments,
+                                                             j->spec.shm_prefix + "r" + std::to_string(j->id));
+  } catch (const shared_memory::error& e) {
+    text = std::to_string(end.id) + " failed 0\n" +
+           error_outcome("SharedMemoryError", std::string("the result from node ") + name_ + " was lost: " + e.what());
+  }
+  on_result(text);
+  return true;
 }
 
 void peer_node::link_lost(const std::string& why) {

@@ -54,6 +54,8 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   void forget_refs_defined_by(std::uint64_t job_id);
   void cancel_job(job& j);
   void on_result(std::string_view payload);
+  // A result_attached frame; false for one that is not.
+  bool on_result_attached(std::string_view payload);
   void link_lost(const std::string& why);
 
   net::any_io_executor ex_;

@@ -31,7 +31,7 @@ typedef struct evp_md_ctx_st EVP_MD_CTX;  // OpenSSL's, as <openssl/types.h> dec
 namespace ppgate::peer {
 
 // 3: authenticated frames; the welcome names the Python version. 4: a refused job ends `refused`.
-// 5: run_attached.
+// 5: run_attached, result_attached, "results_in_parts".
 inline constexpr std::uint16_t protocol_version = 5;
 inline constexpr std::string_view magic = "PPGATE";
 
@@ -49,6 +49,8 @@ enum class msg : std::uint8_t {
   pong = 11,
   // A batch whose pickles are parts of attachments: a binary message (shared_memory.hpp).
   run_attached = 12,
+  // A result whose pickle is parts of attachments: [length][a result's text][attachments].
+  result_attached = 13,
 };
 
 // The result state of a job the acceptor refused before running it (a batch that did not parse):

@@ -34,6 +34,29 @@ class peer_result_encoding final : public tagged_jobs::encoding {
  public:
   bool local_only() const override { return true; }
   void append_result(std::string& results, std::int64_t tag, const job& j) const override {
+    const std::string_view outcome = j.outcome;
+    if (j.state == job_state::done && outcome.starts_with(shared_memory::result_in_file)) {
+      // A big result the worker left in a file: its bytes go as the attachments of a
+      // result_attached frame, so the dialer gets them without base64.
+      std::string attachments, body;
+      try {
+        const auto start = outcome.find('{'), end = outcome.find('}');  // (its parts hold no braces)
+        body = std::to_string(tag) + " done ";
+        append_json_number(body, j.run_seconds);
+        body += '\n';
+        body += shared_memory::attach_result(outcome.substr(start, end - start + 1), attachments);
+        body += outcome.substr(end + 1);
+      } catch (const shared_memory::error& e) {
+        append_peer_result(results, tag, "failed", j.run_seconds,
+                           error_outcome("SharedMemoryError", std::string("the result was lost: ") + e.what()));
+        return;
+      }
+      std::string message = shared_memory::binary_message_length(body.size());
+      message += body;
+      message += attachments;
+      peer::append_message(results, peer::msg::result_attached, message);
+      return;
+    }
     append_peer_result(results, tag, to_string(j.state), j.run_seconds, j.outcome);
   }
   std::string refuse_batch(std::string& results, const std::vector<std::int64_t>& tags,
@@ -93,7 +116,7 @@ class peer_server::connection : public peer_channel {
         server_.sched_, [this] { send_frames(jobs_->take_output()); }, peer_results);
     // For the attachments of run_attached batches; removed with the link.
     files_prefix_ = shared_memory::new_session_prefix();
-    jobs_->use_files(files_prefix_, false, false);
+    jobs_->use_files(files_prefix_, false, tagged_jobs::results_in_files::when_asked);
     co_await run();
   }
 

@@ -352,6 +352,20 @@ class TestBinaryMessages(unittest.TestCase):
             node_files = [f for f in os.listdir(shared_memory.FOLDER) if f.startswith("ppgate-%d-" % server._node.proc.pid)]
             self.assertEqual(node_files, [])
 
+    def test_through_a_peer_both_ways(self):
+        # A client on another host, a node without workers, its peer: the argument crosses both
+        # links as bytes, and so does the result on its way back.
+        with serving_node(workers=1) as peer, AsIfRemote():
+            address = "127.0.0.1:%d" % peer.peer_port
+            with pp.Server(0, ppservers=(address,), secret=SECRET) as server:
+                self.assertTrue(server._session.binary)
+                for size in (100 * 1024, 3 * MIB):
+                    data = bytearray(os.urandom(size))
+                    back = server.submit(blank_and_echo, (data,))(timeout=WAIT)
+                    self.assertEqual((back[0], back[1:]), (0, data[1:]), size)
+                self.assertEqual([f for f in os.listdir(shared_memory.FOLDER)
+                                  if f.startswith("ppgate-%d-" % server._node.proc.pid)], [])
+
     def test_bad_binary_messages_get_a_clear_error(self):
         with Node(workers=1) as node:
             ws = WebSocket("127.0.0.1", node.port, "/v1/session", {}, timeout=WAIT)

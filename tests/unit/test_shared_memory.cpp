@@ -113,3 +113,29 @@ TEST_CASE("a job's parts in shared memory go to a peer inline") {
   j.spec.args = R"({"shm":")" + name + R"(","parts":[[0,4]]})";
   CHECK_THROWS_AS(append_job_message(out, j, {.fn_id = 1, .inline_shared_memory = true}), shared_memory::error);
 }
+
+TEST_CASE("a big result crosses a peer link as attachments and lands in its session's file") {
+  // The peer's worker left it in a file; the peer attaches the file's bytes.
+  const std::string prefix = shared_memory::new_session_prefix();
+  const std::string worker_file = prefix + "r7";
+  shared_memory::write_file(worker_file, "PICKLE" + std::string(58, '\0') + "BUF");
+  std::string attachments = "x";  // something before: the result starts at the next 64 bytes
+  const std::string attached = shared_memory::attach_result(
+      R"({"shm":")" + worker_file + R"(","parts":[[0,6],[64,3]]})", attachments);
+  CHECK(attached == R"("result":{"attached":true,"parts":[[64,6],[128,3]]})");
+  CHECK(attachments.size() == 64 + 67);
+  CHECK(shared_memory::remove_files(worker_file) == 0);  // taken: the file is gone
+
+  // The dialer writes the attachments to the file its session reads results from.
+  const std::string session_file = prefix + "r8";
+  const std::string outcome = shared_memory::result_to_file(attached + R"(,"stdout":"")", attachments, session_file);
+  CHECK(outcome == R"("result":{"shm":")" + session_file + R"(","parts":[[64,6],[128,3]]},"stdout":"")");
+  std::string back;
+  shared_memory::take_file(session_file, back);
+  CHECK(back == attachments);
+
+  CHECK_THROWS_AS(shared_memory::result_to_file(R"("result":{"attached":true,"parts":[[0,999]]})", "abc", prefix + "r9"),
+                  shared_memory::error);
+  CHECK_THROWS_AS(shared_memory::attach_result(R"({"shm":")" + prefix + R"(gone","parts":[[0,1]]})", attachments),
+                  shared_memory::error);
+}
