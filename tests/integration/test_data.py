@@ -22,6 +22,7 @@ sys.path.insert(0, CLIENT)
 import ppgate as pp  # noqa: E402
 from ppgate import _shared_memory as shared_memory  # noqa: E402
 from ppgate._websocket import WebSocket  # noqa: E402
+from test_client import SharedServer  # noqa: E402
 from test_peers import SECRET, serving_node  # noqa: E402
 
 WAIT = 60
@@ -89,15 +90,7 @@ def resident(pid):
     return status_bytes(pid, "VmRSS")
 
 
-class TestSharedMemory(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = pp.Server(2)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.destroy()
-
+class TestSharedMemory(SharedServer):
     def test_the_private_node_offers_shared_memory(self):
         prefix = self.server._session.shm_prefix
         self.assertRegex(prefix or "", r"^ppgate-\d+-\d+-$")
@@ -234,15 +227,7 @@ class TestRemotePeer(unittest.TestCase):
                 self.assertEqual(shared_files(server._session.shm_prefix), [])
 
 
-class TestValuesPutOnce(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = pp.Server(2)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.destroy()
-
+class TestValuesPutOnce(SharedServer):
     def check_put(self, server, data, jobs=40):
         ref = server.put(data)
         got = [server.submit(where_and_which, (ref, i)) for i in range(jobs)]
