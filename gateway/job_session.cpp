@@ -42,7 +42,7 @@ class session_json_encoding final : public tagged_jobs::encoding {
     std::string_view outcome = j.outcome;
     std::string attached;  // the result as parts of the attachments, when it was in a file
     job_state state = j.state;
-    if (attachments_ != nullptr && state == job_state::done && outcome.starts_with(result_in_file)) {
+    if (attachments_ != nullptr && state == job_state::done && outcome.starts_with(shared_memory::result_in_file)) {
       try {
         const auto start = outcome.find('{'), end = outcome.find('}');  // (its parts hold no braces)
         attached = shared_memory::attach_result(outcome.substr(start, end - start + 1), *attachments_);
@@ -85,8 +85,6 @@ class session_json_encoding final : public tagged_jobs::encoding {
   }
 
  private:
-  static constexpr std::string_view result_in_file = shared_memory::result_in_file;
-
   std::string* attachments_;
 };
 
