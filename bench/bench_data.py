@@ -12,7 +12,11 @@
 Each case alternates Pool and ppgate runs, `--repeats` times, and compares medians. Needs numpy
 (Debian: python3-numpy; run with /usr/bin/python3).
 
-Usage: python3 bench/bench_data.py [--mib N] [--repeats N]
+With --as-if-remote the client does not claim the node's /dev/shm, as a client on another host:
+big pickles then go as attachments of binary WebSocket messages (the node still maps them to its
+workers through shared memory).
+
+Usage: python3 bench/bench_data.py [--mib N] [--repeats N] [--as-if-remote]
 """
 
 import argparse
@@ -57,7 +61,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mib", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--as-if-remote", action="store_true")
     args = ap.parse_args()
+    if args.as_if_remote:
+        from ppgate import _shared_memory
+        _shared_memory.host_identity = lambda: None
     array = numpy.random.default_rng(1).random(args.mib * 1024 * 1024 // 8)
     expected = float(array.sum())
 
