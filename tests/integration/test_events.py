@@ -81,9 +81,14 @@ class TestEventStream(unittest.TestCase):
                         if e["event"] == "failed":
                             self.assertEqual(e["error"]["type"], "ValueError")
                             self.assertEqual(e["function"], "boom")
+            # A job placed behind a running one may be taken back for another worker when that
+            # one runs long (a slow machine, a sanitized build): it is queued and started again.
+            def attempts(events, end):
+                self.assertEqual(events[-1:], [end], events)
+                self.assertTrue(events[:-1] and events[:-1] == ["queued", "started"] * (len(events) // 2), events)
             for i in ids[:10]:
-                self.assertEqual(seen[i], ["queued", "started", "done"])
-            self.assertEqual(seen[ids[10]], ["queued", "started", "failed"])
+                attempts(seen[i], "done")
+            attempts(seen[ids[10]], "failed")
             # The failure also shows in the snapshots' recent failures.
             deadline = time.monotonic() + 10
             while True:
