@@ -4,7 +4,7 @@
 (a) a 100 MiB numpy array argument, the job returns a float (its sum):
     ppgate job time / Pool.apply time, as a speed-up.                Target >= 2x.
 (b) a 100 MiB array argument, the job returns it:                 Target >= 2x.
-(c) one 200 MiB array taken by 100 jobs (each reads one element): passed to each job, against
+(c) one 200 MiB array (twice --mib) taken by 100 jobs (each reads one element): passed to each job, against
     put once (Server.put) and the Ref passed instead.                 Target >= 10x.
 (d) the private node's peak resident memory (VmHWM) after (a) to (c), against the payload:
     the node must not hold the payload twice (with shared memory it holds none of it).
@@ -83,7 +83,7 @@ def main():
                 ppgate_times.append(timed(lambda: ok(server.submit(fn, (array,))()) or sys.exit("ppgate: wrong result")))
             p, g = statistics.median(pool_times), statistics.median(ppgate_times)
             print("%s: Pool.apply %.1f ms, ppgate %.1f ms: %.2fx" % (title, p * 1e3, g * 1e3, p / g))
-        big = numpy.random.default_rng(2).random(200 * 1024 * 1024 // 8)
+        big = numpy.random.default_rng(2).random(2 * args.mib * 1024 * 1024 // 8)  # 200 MiB by default
         jobs = 100
 
         def each_job_gets_it():
@@ -99,8 +99,8 @@ def main():
             direct.append(timed(each_job_gets_it))
             once.append(timed(put_once))
         d, o = statistics.median(direct), statistics.median(once)
-        print("(c) a 200 MiB array taken by %d jobs: passed to each %.1f ms, put once %.1f ms: %.1fx"
-              % (jobs, d * 1e3, o * 1e3, d / o))
+        print("(c) a %d MiB array taken by %d jobs: passed to each %.1f ms, put once %.1f ms: %.1fx"
+              % (2 * args.mib, jobs, d * 1e3, o * 1e3, d / o))
         node_pid = server._node.proc.pid
         print("(d) the node's peak RSS: %.1f MiB, with %d MiB arguments and results in flight"
               % (peak_rss(node_pid) / 2**20, args.mib))
