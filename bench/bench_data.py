@@ -6,6 +6,9 @@
 (b) a 100 MiB array argument, the job returns it:                 Target >= 2x.
 (c) one 200 MiB array (twice --mib) taken by 100 jobs (each reads one element): passed to each job, against
     put once (Server.put) and the Ref passed instead.                 Target >= 10x.
+(e) a bound method of an object holding a --mib array, called by 20 jobs: the array passed to
+    each job as an argument, against the method (its instance is sent once, each job unpickling
+    a fresh copy of it).
 (d) the private node's peak resident memory (VmHWM) after (a) to (c), against the payload:
     the node must not hold the payload twice (with shared memory it holds none of it).
 
@@ -41,6 +44,18 @@ def same(a):
 
 def element(a, i):
     return float(a[i])
+
+
+class Model:
+    def __init__(self, weights):
+        self.weights = weights
+
+    def predict(self, i):
+        return float(self.weights[i])
+
+
+def predict(weights, i):
+    return float(weights[i])
 
 
 def timed(call):
@@ -101,6 +116,22 @@ def main():
         d, o = statistics.median(direct), statistics.median(once)
         print("(c) a %d MiB array taken by %d jobs: passed to each %.1f ms, put once %.1f ms: %.1fx"
               % (2 * args.mib, jobs, d * 1e3, o * 1e3, d / o))
+        model, calls = Model(array), 20
+        expected_predictions = [float(array[i]) for i in range(calls)]
+
+        def array_each_time():
+            assert [server.submit(predict, (array, i))() for i in range(calls)] == expected_predictions
+
+        def bound_method():
+            assert [server.submit(model.predict, (i,))() for i in range(calls)] == expected_predictions
+
+        direct, once = [], []
+        for _ in range(max(1, args.repeats // 2)):
+            direct.append(timed(array_each_time))
+            once.append(timed(bound_method))
+        d, o = statistics.median(direct), statistics.median(once)
+        print("(e) a bound method of an object with a %d MiB array, %d calls: array passed to each %.1f ms, "
+              "the bound method %.1f ms: %.1fx" % (args.mib, calls, d * 1e3, o * 1e3, d / o))
         node_pid = server._node.proc.pid
         print("(d) the node's peak RSS: %.1f MiB, with %d MiB arguments and results in flight"
               % (peak_rss(node_pid) / 2**20, args.mib))

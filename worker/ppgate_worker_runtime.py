@@ -219,35 +219,57 @@ def _loads(value, values=None):
 
 
 def _unpickle(stream, buffers, values):
-    if not values:
+    if values is None:
         return _pickle_loads(stream, buffers=buffers)
     unpickler = _Unpickler(_BytesIO(stream), buffers=buffers)
-    unpickler.persistent_load = values.__getitem__
+    unpickler.persistent_load = values
     return unpickler.load()
 
 
-# Values put once (docs/rest.md, "Values put once"), unpickled once per worker: key -> object. The
-# node sends each value the first time a job here takes it, and "release <key> ..." once no job
-# takes it any more.
-_values = {}
+# Values put once (docs/rest.md, "Values put once"). The node sends each value the first time a
+# job here takes it, and "release <key> ..." once no job takes it any more. A job's pickles name
+# the values it takes by their index in its "refs": index i for a value put once, unpickled once
+# per worker and shared by its jobs; -1 - i for a value the client sends once but each job gets a
+# fresh copy of (a closure's big captured value, a bound method's big instance), unpickled per job.
+_fields = {}  # key -> the value as sent, until unpickled for good
+_values = {}  # key -> the value unpickled once
 
 
 def _taken_values(refs):
-    taken = []
+    """The job's persistent_load: resolves the indices of its pickles to the values it takes,
+    the same object for the same index within one job."""
+    keys = []
     for entry in refs:
         if isinstance(entry, dict):  # {"put": key, "value": ...}: the first job here to take it
-            _values[entry["put"]] = _loads(entry["value"])
+            _fields[entry["put"]] = entry["value"]
             entry = entry["put"]
+        if entry not in _fields and entry not in _values:
+            raise RuntimeError("this worker was never sent value %s" % entry)
+        keys.append(entry)
+    taken = {}
+
+    def load(index):
         try:
-            taken.append(_values[entry])
+            return taken[index]
         except KeyError:
-            raise RuntimeError("this worker was never sent value %s" % entry) from None
-    return taken
+            pass
+        if index >= 0:
+            key = keys[index]
+            try:
+                value = _values[key]
+            except KeyError:
+                value = _values[key] = _loads(_fields.pop(key))
+        else:
+            value = _loads(_fields[keys[-1 - index]])
+        taken[index] = value
+        return value
+    return load
 
 
 def _release(payload):
     for key in payload.split()[1:]:
         _values.pop(int(key), None)
+        _fields.pop(int(key), None)
 
 
 def _dumps_result(result, shm_name):

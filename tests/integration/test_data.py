@@ -57,7 +57,41 @@ def same_object(a, b, pair):
 
 def values_held():
     """How many values put once this worker holds (the runtime's cache)."""
-    return len(sys.modules["ppgate_worker_runtime"]._values)
+    runtime = sys.modules["ppgate_worker_runtime"]
+    return len(set(runtime._values) | set(runtime._fields))
+
+
+class Holder:
+    """A bound method's instance: poke() changes its copy and says what it found."""
+
+    def __init__(self, size):
+        self.data = bytearray(size)
+
+    def poke(self, i):
+        found = self.data[0]
+        self.data[0] = 255  # this job's copy only: the next job gets the caller's again
+        return found, len(self.data), i
+
+
+def reading(table):
+    def first_and_length(i):
+        return table[0], len(table), i
+    return first_and_length
+
+
+BIG_TABLE = bytes(range(256)) * 1024  # 256 KiB, read by a function as a module-level value
+
+
+def reads_big_table(i):
+    return BIG_TABLE[i], len(BIG_TABLE)
+
+
+def counting_puts(server):
+    """Wraps the server's session so that it counts the values put on it: returns the counter."""
+    session, puts = server._session, []
+    put_value = session.put_value
+    session.put_value = lambda value_id, field: (puts.append(value_id), put_value(value_id, field))[1]
+    return puts
 
 
 def pickle_naming_refs(value):
@@ -311,6 +345,76 @@ class AsIfRemote:
 
     def __exit__(self, *exc):
         shared_memory.host_identity = self.saved
+
+
+class TestSentOnce(unittest.TestCase):
+    """A closure's big captured values and a bound method's big instance go to the node once
+    (as values put once) and each job gets a fresh copy: from another host, and through peers."""
+
+    def check_instance_and_closure(self, server):
+        puts = counting_puts(server)
+        holder = Holder(MIB)
+        self.assertEqual([server.submit(holder.poke, (i,))(timeout=WAIT) for i in range(12)],
+                         [(0, MIB, i) for i in range(12)])  # each job's copy was fresh
+        self.assertEqual(len(puts), 1)
+        holder.data[0] = 9  # changed in place: goes again
+        self.assertEqual(server.submit(holder.poke, (0,))(timeout=WAIT), (9, MIB, 0))
+        self.assertEqual(len(puts), 2)
+        first = reading(bytes([7]) * (300 * 1024))
+        self.assertEqual([server.submit(first, (i,))(timeout=WAIT) for i in range(8)],
+                         [(7, 300 * 1024, i) for i in range(8)])
+        self.assertEqual(len(puts), 3)
+        self.assertEqual([server.submit(reads_big_table, (i,))(timeout=WAIT) for i in range(5)],
+                         [(i, len(BIG_TABLE)) for i in range(5)])
+        self.assertEqual(len(puts), 4)
+        small = Holder(100)  # small values go with each job, as before
+        self.assertEqual(server.submit(small.poke, (1,))(timeout=WAIT), (0, 100, 1))
+        self.assertEqual(len(puts), 4)
+
+    def test_from_another_host(self):
+        with AsIfRemote(), pp.Server(2) as server:
+            self.assertIsNone(server._session.shm_prefix)
+            self.check_instance_and_closure(server)
+            # Each worker holds what it was sent, until the values are released.
+            held = [server.submit(values_held)(timeout=WAIT) for _ in range(4)]
+            self.assertTrue(all(1 <= h <= 4 for h in held), held)
+        with AsIfRemote(), pp.Executor(2) as ex:  # a map's column of instances, in chunks
+            puts, holder = counting_puts(ex._server), Holder(MIB)
+            # As with Pool.map, the items of one chunk share one copy.
+            self.assertEqual(list(ex.map(holder.poke, range(6), chunksize=3)),
+                             [(0 if i % 3 == 0 else 255, MIB, i) for i in range(6)])
+            self.assertEqual(ex.submit(holder.poke, 6).result(WAIT), (0, MIB, 6))
+            self.assertEqual(len(puts), 1)
+
+    def test_through_a_peer(self):
+        with serving_node(workers=1) as peer:
+            address = "127.0.0.1:%d" % peer.peer_port
+            with pp.Server(0, ppservers=(address,), secret=SECRET) as server:
+                self.assertIsNotNone(server._session.shm_prefix)
+                self.check_instance_and_closure(server)
+
+    def test_only_the_most_recent_are_kept(self):
+        with AsIfRemote(), pp.Server(1) as server:
+            server._sent_once.MAX_COUNT = 2
+            puts = counting_puts(server)
+            refs = []
+            for n in range(3):
+                holder = Holder(100 * 1024 + n)
+                self.assertEqual(server.submit(holder.poke, (n,))(timeout=WAIT), (0, 100 * 1024 + n, n))
+                refs.append(list(server._sent_once._refs.values())[-1][0])  # the newest
+            self.assertEqual(len(puts), 3)
+            self.assertTrue(refs[0].released)
+            self.assertEqual(sorted(r.released for r in refs[1:]), [False, False])
+            # The worker let go of the one released: it holds the two kept.
+            self.assertEqual(server.submit(values_held)(timeout=WAIT), 2)
+
+    def test_through_shared_memory_without_peers_values_go_with_each_job(self):
+        with pp.Server(1) as server:
+            puts = counting_puts(server)
+            holder = Holder(MIB)
+            self.assertEqual([server.submit(holder.poke, (i,))(timeout=WAIT) for i in range(3)],
+                             [(0, MIB, i) for i in range(3)])
+            self.assertEqual(puts, [])
 
 
 class TestBinaryMessages(unittest.TestCase):

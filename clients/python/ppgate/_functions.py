@@ -7,7 +7,8 @@ imported first. Better than pp:
   importable reference (``"math:sqrt"``) and need no source;
 * lambdas, nested functions and staticmethods work: their source is cut out of the defining file;
 * a closure's captured variables travel (pickled) and a variable that cannot be pickled raises an
-  error that names it; so do the module-level values (constants, tables) the function reads;
+  error that names it; so do the module-level values (constants, tables) the function reads (a
+  big one goes once, see _pp._SentOnce);
 * modules, functions and classes the function refers to by a global name are found and sent
   (pp needed them in ``modules``/``depfuncs``);
 * a bound method ships its class's source and goes as ``Class.method`` with the instance first in

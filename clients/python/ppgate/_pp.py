@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import base64
+import collections
 import concurrent.futures
+import hashlib
 import http.client
 import json
 import os
@@ -292,6 +294,13 @@ class _Pickles:
             return self._inline(stream)
         return self._shared(stream, raws)
 
+    def pickled(self, stream: bytes, raws: List[memoryview]) -> Any:
+        """The field of a pickle made already (with out-of-band buffers only when the session
+        takes them: shared memory or binary messages)."""
+        if self.shm_prefix is None and not self.binary:
+            return self._inline(stream)
+        return self._shared(stream, raws)
+
     def _inline(self, stream: bytes) -> str:
         text = base64.b64encode(stream).decode()
         self.size += len(text) + 16
@@ -313,10 +322,14 @@ class _Pickles:
             return None
         for index, ref in enumerate(self.refs):
             if ref is obj:
-                return index
-        obj._taken_by_job(self._session)
-        self.refs.append(obj)
-        return len(self.refs) - 1
+                break
+        else:
+            obj._taken_by_job(self._session)
+            self.refs.append(obj)
+            index = len(self.refs) - 1
+        # The worker unpickles a value sent once afresh for each job (-1 - index), one put once
+        # once for all its jobs (index).
+        return -1 - index if obj.fresh else index
 
     def abandon(self) -> None:
         """Nothing was sent: remove the files, and the Refs are not taken after all."""
@@ -324,6 +337,75 @@ class _Pickles:
             shared_memory.remove(name)
         for ref in self.refs:
             ref._job_ended()
+
+
+class _SentOnce:
+    """A closure's big captured values and a bound method's big instance, sent to the node once
+    rather than with every job: each becomes a Ref that the node keeps and forwards once per link,
+    and that every job unpickles a fresh copy of, so jobs see what they saw when it went with each
+    of them. Known by the SHA-256 of its pickle, so a value changed between jobs goes again; the
+    MAX_COUNT most recent (at most MAX_BYTES together) are kept, older ones released.
+
+    Through shared memory, a big value costs a job one write into a file that the workers map,
+    and no copy through the node: hashing it would cost as much. There it is sent once only when
+    the node has peers to forward it to (``ppservers``)."""
+
+    MAX_COUNT = 32
+    MAX_BYTES = 1 << 30
+
+    def __init__(self, through_shared_memory: bool) -> None:
+        self.through_shared_memory = through_shared_memory
+        self._lock = threading.Lock()
+        self._refs: "collections.OrderedDict[bytes, Tuple[Ref, int]]" = collections.OrderedDict()
+        self._bytes = 0
+
+    def stand_in(self, server: "Server", session: Session, value: Any) -> Any:
+        """`value`, or a Ref to send in its place when its pickle is big."""
+        if session.shm_prefix is not None and not self.through_shared_memory:
+            return value
+        if type(value) in PLAIN_TYPES and not (type(value) in (str, bytes)
+                                               and len(value) >= shared_memory.THRESHOLD):
+            return value
+        out_of_band = session.shm_prefix is not None or session.binary
+        travelling: List[Any] = []
+        buffers: List[pickle.PickleBuffer] = []
+        try:
+            stream = dumps_noting_sources(value, travelling, buffers if out_of_band else None)
+            try:
+                raws = [b.raw() for b in buffers]
+            except BufferError:  # a non-contiguous buffer: pickle it in-band
+                del travelling[:]
+                stream, raws = dumps_noting_sources(value, travelling), []
+        except Exception:  # noqa: BLE001 - a Ref inside, or unpicklable: the job's own path says so
+            return value
+        size = len(stream) + sum(r.nbytes for r in raws)
+        if size < shared_memory.THRESHOLD:
+            return value
+        digest = hashlib.sha256(stream)
+        for raw in raws:
+            digest.update(raw)
+        key = digest.digest()
+        with self._lock:
+            entry = self._refs.get(key)
+            if entry is not None and not entry[0].released and entry[0]._session is session:
+                self._refs.move_to_end(key)
+                return entry[0]
+        ref = server._put_pickled(session, stream, raws, travelling)
+        evicted = []
+        with self._lock:
+            old = self._refs.pop(key, None)
+            if old is not None:
+                evicted.append(old[0])
+                self._bytes -= old[1]
+            self._refs[key] = (ref, size)
+            self._bytes += size
+            while len(self._refs) > 1 and (len(self._refs) > self.MAX_COUNT or self._bytes > self.MAX_BYTES):
+                _, (dropped, dropped_size) = self._refs.popitem(last=False)
+                self._bytes -= dropped_size
+                evicted.append(dropped)
+        for dropped in evicted:  # the node keeps each until the jobs that take it have ended
+            dropped.release()
+        return ref
 
 
 class Server:
@@ -372,6 +454,8 @@ class Server:
         self._unfinished: Dict[str, int] = {}  # group -> number of unfinished jobs
         self._ending_lock = threading.Lock()
         self._functions: Dict[Any, FunctionSpec] = {}  # function key -> its FunctionSpec
+        # Big captured values and instances, sent once (to peers, or from another host).
+        self._sent_once = _SentOnce(through_shared_memory=bool(ppservers))
         self._callbacks: Optional[queue.SimpleQueue[Optional[Job]]] = None
         self._rest_lock = threading.Lock()
         self._rest: Optional[http.client.HTTPConnection] = None
@@ -447,13 +531,25 @@ class Server:
             raise DestroyedServerError("server instance has been destroyed")
         pickles = _Pickles(session, takes_refs=False)
         try:
-            field = pickles.field(value)
-            self._check_size(pickles.size + 256, what="the value's message")
-            ref = Ref(session.new_value_id(), session, pickles.files, pickles.travelling)
-            session.put_value(ref.id, field)
+            return self._put_field(session, pickles, pickles.field(value))
         except BaseException:
             pickles.abandon()
             raise
+
+    def _put_pickled(self, session: Session, stream: bytes, raws: List[memoryview], travelling: List[Any]) -> Ref:
+        """put() of a value pickled already, as a value that each job gets a fresh copy of."""
+        pickles = _Pickles(session, takes_refs=False)
+        pickles.travelling = travelling
+        try:
+            return self._put_field(session, pickles, pickles.pickled(stream, raws), fresh=True)
+        except BaseException:
+            pickles.abandon()
+            raise
+
+    def _put_field(self, session: Session, pickles: _Pickles, field: Any, fresh: bool = False) -> Ref:
+        self._check_size(pickles.size + 256, what="the value's message")
+        ref = Ref(session.new_value_id(), session, pickles.files, pickles.travelling, fresh)
+        session.put_value(ref.id, field)
         return ref
 
     def get_ncpus(self) -> int:
@@ -533,14 +629,15 @@ class Server:
                 pass
         else:
             function = cached
-        if isinstance(func, types.MethodType) and not isinstance(func.__self__, type):
-            if call.map:  # the instance as a column of its own, pickled once
-                args = ([func.__self__] * min(map(len, args), default=0),) + args
-            else:
-                args = (func.__self__,) + args
         session = self._session
         if session is None:
             raise DestroyedServerError("server instance has been destroyed")
+        if isinstance(func, types.MethodType) and not isinstance(func.__self__, type):
+            instance = self._sent_once.stand_in(self, session, func.__self__)
+            if call.map:  # the instance as a column of its own, pickled once
+                args = ([instance] * min(map(len, args), default=0),) + args
+            else:
+                args = (instance,) + args
         pickles = _Pickles(session)
         try:
             fields: Dict[str, Any] = {"codec": "pickle", "args": pickles.field(args) if args else _EMPTY_ARGS}
@@ -548,6 +645,8 @@ class Server:
                 fields["kwargs"] = pickles.field(kwargs)
             if function.closure or function.value_names:
                 values = closure_values(function, user_globals)
+                for name, value in values.items():
+                    values[name] = self._sent_once.stand_in(self, session, value)
                 if values:
                     try:
                         fields["globals"] = pickles.field(values)

@@ -20,10 +20,12 @@ class Ref:
     """A value put once on a Server's node (Server.put, Executor.put). Pass it to jobs in place of
     the value; call release() when no more jobs need it."""
 
-    __slots__ = ("id", "_session", "_files", "_travelling", "_released", "_users", "__weakref__")
+    __slots__ = ("id", "fresh", "_session", "_files", "_travelling", "_released", "_users", "__weakref__")
 
-    def __init__(self, ref_id: int, session: Any, files: List[str], travelling: List[Any]) -> None:
+    def __init__(self, ref_id: int, session: Any, files: List[str], travelling: List[Any],
+                 fresh: bool = False) -> None:
         self.id = ref_id               # the session's number for it
+        self.fresh = fresh             # each job unpickles a copy of its own (a value sent once)
         self._session = session        # the session it was put on: it means nothing on another
         self._files = files            # its pickle in shared memory, if it went that way
         self._travelling = travelling  # classes and functions in it that go as source
