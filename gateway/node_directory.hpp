@@ -1,5 +1,5 @@
 // What the REST API and the event stream see of the nodes that run this node's jobs: the local
-// pool and the peers it dials. node_server implements it; tests implement it with fakes.
+// pool, the peers it dials and the nodes that joined it. node_server implements it; tests implement it with fakes.
 #pragma once
 
 #include "worker_slot.hpp"
@@ -15,6 +15,7 @@ struct node_summary {
   std::string name;
   std::string python;  // the version its workers run; empty while unknown
   bool remote = false;
+  bool joined = false;  // a remote node that joined this one (rather than one it dials)
   std::size_t slots = 0;
   std::size_t busy = 0;
   bool connected = true;            // a remote node's link is up

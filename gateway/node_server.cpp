@@ -105,16 +105,18 @@ std::vector<node_summary> node_server::nodes() const {
   local.slots = local.workers.size();
   local.busy = static_cast<std::size_t>(std::count_if(local.workers.begin(), local.workers.end(),
                                                       [](const auto& w) { return w.state == worker_state::busy; }));
-  for (const auto& peer : peers_.dialed()) {
-    node_summary& n = out.emplace_back();
-    n.name = peer->name();
-    n.python = peer->python_version();
-    n.remote = true;
-    n.slots = peer->slot_count();
-    n.busy = peer->busy();
-    n.connected = peer->connected();
-    n.last_error = peer->last_error();
-  }
+  for (const auto* remote : {&peers_.dialed(), &peers_.joined()})
+    for (const auto& peer : *remote) {
+      node_summary& n = out.emplace_back();
+      n.name = peer->name();
+      n.python = peer->python_version();
+      n.remote = true;
+      n.joined = peer->joined();
+      n.slots = peer->slot_count();
+      n.busy = peer->busy();
+      n.connected = peer->connected();
+      n.last_error = peer->last_error();
+    }
   return out;
 }
 

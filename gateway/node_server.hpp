@@ -46,7 +46,7 @@ class node_server : public node_directory {
   // node_directory
   std::vector<node_summary> nodes() const override;
   std::size_t local_workers() const override { return pool_.size(); }
-  std::size_t total_slots() const override { return pool_.size() + peers_.dialed_slots(); }
+  std::size_t total_slots() const override { return pool_.size() + peers_.remote_slots(); }
   void resize_local(std::optional<std::size_t> workers) override;
 
  private:

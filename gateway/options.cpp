@@ -150,6 +150,8 @@ serve options:
 peers (docs/peers.md; peers authenticate each other with the secret):
   --peer-listen HOST:PORT  accept peers here: run their jobs on this node's workers (ppserver)
   --peers HOST:PORT,...    dial these nodes and use their workers (pp.Server(ppservers=...))
+  --join HOST:PORT,...     dial these heads' peer ports and offer them this node's workers
+                           (repeatable; docs/clusters.md)
   --advertise HOST:PORT    the address this node gives peers (default: the --peer-listen one)
   --peer-secret-env NAME   the peers' shared secret from variable NAME (default: the secret)
   --peer-secret-file PATH  the peers' shared secret from PATH
@@ -256,12 +258,13 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       parse_listen(take_value(), scratch);
       o.peers.listen_host = scratch.listen_host;
       o.peers.listen_port = scratch.listen_port;
-    } else if (flag == "--peers") {
+    } else if (flag == "--peers" || flag == "--join") {
+      auto& addresses = flag == "--peers" ? o.peers.dial : o.peers.join;
       std::string_view list = take_value();
       while (!list.empty()) {
         const auto comma = list.find(',');
         const auto item = list.substr(0, comma);
-        if (!item.empty()) o.peers.dial.push_back(parse_peer(flag, item));
+        if (!item.empty()) addresses.push_back(parse_peer(flag, item));
         list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
       }
     } else if (flag == "--advertise") {
@@ -330,7 +333,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     throw usage_error("the secret must be at least 8 characters long, not all blanks");
   if (!o.peer.secret.empty() && blank(o.peer.secret))
     throw usage_error("the peers' secret must not be all blanks");
-  const bool peering = !o.peers.listen_host.empty() || !o.peers.dial.empty() || o.peers.discover;
+  const bool peering =
+      !o.peers.listen_host.empty() || !o.peers.dial.empty() || !o.peers.join.empty() || o.peers.discover;
   if (o.peer.secret.empty()) o.peer.secret = o.secret;
   if (peering && o.peer.secret.empty())
     throw usage_error("peers authenticate each other with a shared secret: give --secret-file, "
@@ -343,6 +347,12 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     throw usage_error("--tls-ca needs --tls-cert and --tls-key");
   if (o.peer.name.empty() && !o.peers.listen_host.empty())
     o.peer.name = o.peers.listen_host + ":" + std::to_string(o.peers.listen_port);
+  if (o.peer.name.empty() && !o.peers.join.empty()) {
+    // A joining node without a peer port of its own is known to its heads by host and process.
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    o.peer.name = std::string(host) + "-" + std::to_string(::getpid());
+  }
   const bool loopback = boost::asio::ip::make_address(o.listen_host).is_loopback();
   if (!loopback && o.secret.empty() && !o.insecure)
     throw usage_error("--listen " + o.listen_host +

@@ -89,7 +89,7 @@ void write_nodes_json(json_writer& w, const std::vector<node_summary>& nodes) {
         .member("slots", n.slots)
         .member("busy", n.busy);
     if (n.remote) {
-      w.member("connected", n.connected).member("last_error", n.last_error);
+      w.member("connected", n.connected).member("joined", n.joined).member("last_error", n.last_error);
     } else {
       w.key("workers").begin_array();
       for (const worker_info& wi : n.workers) {

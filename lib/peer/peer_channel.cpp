@@ -9,6 +9,18 @@ namespace ppgate {
 peer_channel::peer_channel(std::unique_ptr<peer_stream> stream, const peer_settings& settings)
     : stream_(std::move(stream)), settings_(settings) {}
 
+peer_channel::peer_channel(peer_channel& authenticated)
+    : std::enable_shared_from_this<peer_channel>(),
+      stream_(std::move(authenticated.stream_)),
+      settings_(authenticated.settings_),
+      peer_name_(authenticated.peer_name_),
+      reader_(std::move(authenticated.reader_)),
+      sending_auth_(std::move(authenticated.sending_auth_)),
+      receiving_auth_(std::move(authenticated.receiving_auth_)),
+      outbox_(std::move(authenticated.outbox_)) {
+  authenticated.closed_ = true;
+}
+
 void peer_channel::send(peer::msg type, std::string_view payload) {
   if (sending_auth_)
     sending_auth_->append_message(outbox_, type, payload);
@@ -52,7 +64,7 @@ bool peer_channel::open(std::string_view frame, peer::message& m) {
 void peer_channel::close() {
   if (closed_) return;
   closed_ = true;
-  stream_->close();
+  if (stream_) stream_->close();
   if (ticker_) ticker_->cancel();
 }
 
@@ -130,6 +142,63 @@ net::awaitable<bool> peer_channel::flush() {
   auto [ec, n] = co_await stream_->write(net::buffer(writing_));
   writing_.clear();
   co_return !ec;
+}
+
+net::awaitable<std::optional<peer::welcome>> peer_channel::dial_handshake(bool join, std::string& why,
+                                                                         bool& refused) {
+  auto [tls_ec, tls_why] = co_await stream_->handshake(/*as_server=*/false);
+  if (tls_ec) {
+    why = tls_why;
+    co_return std::nullopt;
+  }
+  const std::string nonce_d = peer::make_nonce();
+  send(peer::msg::hello, std::string(peer::magic) + " " + std::to_string(peer::protocol_version) + " " +
+                             nonce_d + " " + settings_.name + (join ? " join" : ""));
+  if (!co_await flush()) {
+    why = "the connection closed during the handshake";
+    co_return std::nullopt;
+  }
+  std::string storage;
+  auto challenge = co_await receive(storage);
+  if (!challenge) {
+    why = "no answer to the handshake";
+    co_return std::nullopt;
+  }
+  if (challenge->type == peer::msg::refused) {
+    why = "the peer refused the connection: " + std::string(challenge->payload);
+    refused = true;
+    co_return std::nullopt;
+  }
+  const auto c = peer::parse_challenge(challenge->payload);
+  const int version = c ? c->version : 0;
+  if (challenge->type != peer::msg::challenge || version != peer::protocol_version) {
+    why = "protocol version mismatch: this node speaks version " + std::to_string(peer::protocol_version) +
+          ", the peer speaks version " + std::to_string(version);
+    refused = true;
+    co_return std::nullopt;
+  }
+  if (!peer::equal_in_constant_time(c->proof, peer::proof_of(settings_.secret, "acceptor", nonce_d, c->nonce))) {
+    why = "authentication failed: the peer does not hold this cluster's secret";
+    refused = true;
+    send(peer::msg::refused, why);
+    co_await flush();
+    co_return std::nullopt;
+  }
+  send(peer::msg::proof, peer::proof_of(settings_.secret, "dialer", c->nonce, nonce_d));
+  if (!co_await flush()) {
+    why = "the connection closed during the handshake";
+    co_return std::nullopt;
+  }
+  authenticate_frames(nonce_d, c->nonce, /*this_is_dialer=*/true);
+  auto welcome = co_await receive(storage);
+  if (!welcome || welcome->type != peer::msg::welcome) {
+    refused = welcome && welcome->type == peer::msg::refused;
+    why = refused ? "the peer refused the connection: " + std::string(welcome->payload) : "no welcome from the peer";
+    co_return std::nullopt;
+  }
+  auto w = peer::parse_welcome(welcome->payload);
+  if (!w) why = "a malformed welcome";
+  co_return w;
 }
 
 net::awaitable<void> peer_channel::run() {

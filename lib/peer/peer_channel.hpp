@@ -23,6 +23,10 @@ namespace ppgate {
 class peer_channel : public std::enable_shared_from_this<peer_channel> {
  public:
   peer_channel(std::unique_ptr<peer_stream> stream, const peer_settings& settings);
+  // Takes over `authenticated`'s connection once its handshake is over (nothing of it in flight):
+  // a node that accepted a joining node hands the link from its serving side to its sending side.
+  // `authenticated` is left closed, without a stream.
+  explicit peer_channel(peer_channel& authenticated);
   virtual ~peer_channel() = default;
 
   void send(peer::msg type, std::string_view payload);
@@ -40,6 +44,10 @@ class peer_channel : public std::enable_shared_from_this<peer_channel> {
   // received must carry a valid one (the first that does not ends the connection), and frames may
   // be as large as max_frame_size (until then: peer::max_handshake_frame).
   void authenticate_frames(std::string_view nonce_d, std::string_view nonce_a, bool this_is_dialer);
+  // The dialer's half of the handshake, TLS included, with a hello that offers this node's
+  // workers when `join`: the acceptor's welcome, or nullopt with `why` (and `refused` when the
+  // acceptor turned us down or does not hold the secret, which will not fix itself soon).
+  net::awaitable<std::optional<peer::welcome>> dial_handshake(bool join, std::string& why, bool& refused);
   // After the handshake: serves until the connection ends, then calls on_closed().
   net::awaitable<void> run();
 

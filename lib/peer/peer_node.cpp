@@ -47,71 +47,25 @@ class peer_node::channel : public peer_channel {
       : peer_channel(std::move(s), settings), node_(owner) {
     peer_name_ = owner.name_;
   }
+  // The link of a joining node, authenticated by this node's peer port.
+  channel(peer_channel& authenticated, peer_node& owner) : peer_channel(authenticated), node_(owner) {
+    peer_name_ = owner.name_;
+  }
 
-  // The dialer's half of the handshake (peer_protocol.hpp). On failure, `why` says what
-  // went wrong and `refused` whether the peer turned us down (wrong secret, wrong version).
-  net::awaitable<std::size_t> handshake(std::string& why, bool& refused) {
-    auto [tls_ec, tls_why] = co_await stream_->handshake(/*as_server=*/false);
-    if (tls_ec) {
-      why = tls_why;
-      co_return 0;
-    }
-    const std::string nonce_d = peer::make_nonce();
-    send(peer::msg::hello, std::string(peer::magic) + " " + std::to_string(peer::protocol_version) + " " +
-                               nonce_d + " " + settings_.name);
-    if (!co_await flush()) {
-      why = "the connection closed during the handshake";
-      co_return 0;
-    }
+  // A joining node's welcome, the first message after the handshake: its slots and Python.
+  net::awaitable<std::optional<peer::welcome>> joined_welcome() {
     std::string storage;
-    auto challenge = co_await receive(storage);
-    if (!challenge) {
-      why = "no answer to the handshake";
-      co_return 0;
-    }
-    if (challenge->type == peer::msg::refused) {
-      why = "the peer refused the connection: " + std::string(challenge->payload);
-      refused = true;
-      co_return 0;
-    }
-    const auto c = peer::parse_challenge(challenge->payload);
-    const int version = c ? c->version : 0;
-    if (challenge->type != peer::msg::challenge || version != peer::protocol_version) {
-      why = "protocol version mismatch: this node speaks version " +
-            std::to_string(peer::protocol_version) + ", the peer speaks version " + std::to_string(version);
-      refused = true;
-      co_return 0;
-    }
-    const std::string& nonce_a = c->nonce;
-    const std::string& proof_a = c->proof;
-    if (!peer::equal_in_constant_time(proof_a, peer::proof_of(settings_.secret, "acceptor", nonce_d, nonce_a))) {
-      why = "authentication failed: the peer does not hold this cluster's secret";
-      refused = true;
-      send(peer::msg::refused, why);
-      co_await flush();
-      co_return 0;
-    }
-    send(peer::msg::proof, peer::proof_of(settings_.secret, "dialer", nonce_a, nonce_d));
-    if (!co_await flush()) {
-      why = "the connection closed during the handshake";
-      co_return 0;
-    }
-    authenticate_frames(nonce_d, nonce_a, /*this_is_dialer=*/true);
     auto welcome = co_await receive(storage);
-    if (!welcome || welcome->type != peer::msg::welcome) {
-      refused = welcome && welcome->type == peer::msg::refused;
-      why = refused ? "the peer refused the connection: " + std::string(welcome->payload)
-                    : "no welcome from the peer";
-      co_return 0;
-    }
-    const auto w = peer::parse_welcome(welcome->payload);
-    if (!w) {
-      why = "a malformed welcome";
-      co_return 0;
-    }
+    if (!welcome || welcome->type != peer::msg::welcome) co_return std::nullopt;
+    co_return peer::parse_welcome(welcome->payload);
+  }
+
+  // The dialer's half of the handshake: the peer's slots, or nothing with `why` set.
+  net::awaitable<std::size_t> handshake(std::string& why, bool& refused) {
+    const auto w = co_await dial_handshake(/*join=*/false, why, refused);
+    if (!w) co_return 0;
     node_.python_version_ = w->python;
-    const std::size_t slots = w->slots;
-    co_return slots;  // 0 is a valid, if idle, peer
+    co_return w->slots;  // 0 is a valid, if idle, peer
   }
 
   net::awaitable<void> serve() { co_await run(); }
@@ -160,12 +114,67 @@ peer_node::peer_node(net::any_io_executor ex, scheduler& sched, std::string host
 
 // The supervising coroutine takes the slots out of the scheduler before it ends; a node outlives
 // the scheduler only when the io_context is torn down, and must not touch it then.
+peer_node::peer_node(joined_node, net::any_io_executor ex, scheduler& sched, std::string name,
+                     const peer_settings& settings, std::size_t inflight_per_slot)
+    : ex_(ex),
+      sched_(sched),
+      port_(0),
+      name_(std::move(name)),
+      settings_(settings),
+      inflight_per_slot_(std::max<std::size_t>(1, inflight_per_slot)),
+      joined_(true) {
+  sched_.register_node(*this);
+}
+
 peer_node::~peer_node() = default;
 
 void peer_node::launch() {
   backoff_.emplace(ex_);
   net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
                 log::on_failure("peer link"));
+}
+
+void peer_node::adopt(peer_channel& authenticated) {
+  auto c = std::make_shared<channel>(authenticated, *this);
+  net::co_spawn(ex_, [self = shared_from_this(), c]() { return self->serve_joined(c); },
+                log::on_failure("joined node"));
+}
+
+net::awaitable<void> peer_node::serve_joined(std::shared_ptr<channel> c) {
+  const auto welcome = co_await c->joined_welcome();
+  if (!welcome || stopped_) {
+    log::warn("node ", name_, " joined but sent no welcome; closing its link");
+    c->close();
+    co_return;
+  }
+  if (channel_) {
+    // The node joined again (it restarted, or lost a link this side has not noticed yet): the
+    // old link's jobs go back to the queue.
+    log::info("node ", name_, " joined again; dropping its old link");
+    std::exchange(channel_, nullptr)->close();
+    link_lost("it joined again");
+  }
+  python_version_ = welcome->python;
+  link_up(c, welcome->slots);
+  log::info("node ", name_, " joined with ", remote_slots_, " slots");
+  co_await c->serve();
+  if (channel_ == c) {
+    channel_.reset();
+    last_error_ = stopped_ ? "the node is stopping" : "the link was lost";
+    log::info("joined node ", name_, " left");
+    link_lost(last_error_);
+  }
+}
+
+void peer_node::link_up(std::shared_ptr<channel> c, std::size_t slots) {
+  last_error_.clear();
+  channel_ = std::move(c);
+  // What the other side knows of this link starts anew.
+  fn_ids_.clear();
+  defining_.clear();
+  refs_sent_.clear();
+  defining_refs_.clear();
+  set_capacity(slots);
 }
 
 void peer_node::stop() {
@@ -211,14 +220,8 @@ net::awaitable<void> peer_node::supervise() {
     auto c = co_await connect(refused);
     if (c && !stopped_) {
       log::info("peer ", name_, " connected with ", remote_slots_, " slots");
-      last_error_.clear();
       delay = std::chrono::milliseconds(250);
-      channel_ = c;
-      fn_ids_.clear();
-      defining_.clear();
-      refs_sent_.clear();
-      defining_refs_.clear();
-      set_capacity(remote_slots_);
+      link_up(c, remote_slots_);
       co_await c->serve();
       channel_.reset();
       link_lost(last_error_.empty() ? "the link was lost" : last_error_);

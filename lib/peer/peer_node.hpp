@@ -5,6 +5,9 @@
 // not committed to a busy peer while other slots could take them. It follows the peer's capacity
 // as it is resized, forwards cancels, and redials with backoff when the link is lost. Jobs in
 // flight on a lost link go back to the queue (scheduler::interrupted).
+// A node that joined this one (ppgate serve --join) is a peer_node too, made with `joined_node`:
+// it does not dial; each link the joining node opens is adopted, and when one is lost the joining
+// node redials.
 // Owned through shared_ptr. Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
@@ -25,6 +28,9 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
 
   peer_node(net::any_io_executor ex, scheduler& sched, std::string host, std::uint16_t port,
             const peer_settings& settings, std::size_t inflight_per_slot = default_inflight_per_slot);
+  struct joined_node {};
+  peer_node(joined_node, net::any_io_executor ex, scheduler& sched, std::string name,
+            const peer_settings& settings, std::size_t inflight_per_slot = default_inflight_per_slot);
   ~peer_node() override;
 
   const std::string& name() const override { return name_; }
@@ -32,8 +38,11 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   const std::string& python_version() const override { return python_version_; }
   bool remote() const override { return true; }
 
-  void launch();
+  void launch();  // a dialed node: dials, and redials while not stopped
+  // A joined node: takes over a link it opened, once authenticated (a link it had is dropped).
+  void adopt(peer_channel& authenticated);
   void stop();
+  bool joined() const { return joined_; }
   bool connected() const { return channel_ != nullptr; }
   const std::string& last_error() const { return last_error_; }
   std::size_t busy() const { return running_.size(); }
@@ -45,6 +54,8 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   friend class channel;
 
   net::awaitable<void> supervise();
+  net::awaitable<void> serve_joined(std::shared_ptr<channel> c);
+  void link_up(std::shared_ptr<channel> c, std::size_t slots);
   // Dials and authenticates; returns the channel, or null with last_error_ set.
   net::awaitable<std::shared_ptr<channel>> connect(bool& refused);
   void set_capacity(std::size_t remote_slots);
@@ -80,6 +91,7 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   std::shared_ptr<channel> channel_;
   std::string last_error_;
   bool stopped_ = false;
+  const bool joined_ = false;
   std::optional<net::steady_timer> backoff_;
 };
 

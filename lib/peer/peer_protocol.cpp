@@ -57,12 +57,15 @@ bool parse_number(std::string_view word, T& out) {
 }  // namespace
 
 std::optional<hello> parse_hello(std::string_view payload) {
-  // "PPGATE <version> <nonce> <name>"
+  // "PPGATE <version> <nonce> <name>[ join]"
   hello h;
   h.magic = next_word(payload);
   if (!parse_number(next_word(payload), h.version)) return std::nullopt;
   h.nonce = next_word(payload);
   h.name = next_word(payload);
+  const auto mode = next_word(payload);
+  if (mode == "join") h.join = true;
+  else if (!mode.empty()) return std::nullopt;
   return h;
 }
 

@@ -4,11 +4,13 @@
 // out in one write, on a socket with TCP_NODELAY.
 //
 // Handshake, dialer D and acceptor A, both holding the cluster secret:
-//   D -> A  hello      "PPGATE <version> <nonce_d> <name of D>"
+//   D -> A  hello      "PPGATE <version> <nonce_d> <name of D>[ join]"
 //   A -> D  challenge  "<version> <nonce_a> <HMAC(secret, "acceptor" nonce_d nonce_a)>"
 //   D -> A  proof      "<HMAC(secret, "dialer" nonce_a nonce_d)>"
 //   A -> D  welcome    "<slots of A> <Python version of A's workers> <name of A>"
-// or `refused` with a reason at any step. Nonces are 32 fresh random bytes from each side, so
+// or `refused` with a reason at any step. Usually D sends jobs to A's workers; a hello ending
+// " join" offers D's workers to A instead (ppgate serve --join): D then sends its own welcome,
+// and A sends the jobs. Nonces are 32 fresh random bytes from each side, so
 // the secret never crosses the wire and an answer recorded from one handshake fails in the next.
 //
 // From the welcome on, every message in both directions is authenticated (frame_authenticator):
@@ -31,8 +33,8 @@ typedef struct evp_md_ctx_st EVP_MD_CTX;  // OpenSSL's, as <openssl/types.h> dec
 namespace ppgate::peer {
 
 // 3: authenticated frames; the welcome names the Python version. 4: a refused job ends `refused`.
-// 5: run_attached, result_attached, "results_in_parts".
-inline constexpr std::uint16_t protocol_version = 5;
+// 5: run_attached, result_attached, "results_in_parts". 6: a hello may offer to join.
+inline constexpr std::uint16_t protocol_version = 6;
 inline constexpr std::string_view magic = "PPGATE";
 
 enum class msg : std::uint8_t {
@@ -74,6 +76,7 @@ struct hello {
   int version = 0;
   std::string nonce;
   std::string name;      // how the dialer names itself
+  bool join = false;     // the dialer offers its workers (it runs the jobs)
 };
 std::optional<hello> parse_hello(std::string_view payload);
 

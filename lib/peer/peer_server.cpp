@@ -1,82 +1,22 @@
 #include "peer_server.hpp"
 
 #include "acceptor.hpp"
-#include "json_writer.hpp"
 #include "log.hpp"
-#include "shared_memory.hpp"
-#include "tagged_jobs.hpp"
+#include "serving_channel.hpp"
 
 #include <boost/asio/this_coro.hpp>
 
-#include <charconv>
 #include <utility>
 
 namespace ppgate {
 
-namespace {
 
-// A framed peer `result` message: "<tag> <state> <run seconds>\n<outcome members>".
-void append_peer_result(std::string& frames, std::int64_t tag, std::string_view state, double run_seconds,
-                        std::string_view outcome) {
-  std::string body = std::to_string(tag);
-  body += ' ';
-  body += state;
-  body += ' ';
-  append_json_number(body, run_seconds);
-  body += '\n';
-  body += outcome;
-  peer::append_message(frames, peer::msg::result, body);
-}
-
-// What a dialer is told of the jobs it sent: peer `result` frames, a refused batch included (each
-// of its jobs ends `refused`, which the dialer takes as failed, with the reason). Its jobs run on this node's own workers only.
-class peer_result_encoding final : public tagged_jobs::encoding {
- public:
-  bool local_only() const override { return true; }
-  void append_result(std::string& results, std::int64_t tag, const job& j) const override {
-    const std::string_view outcome = j.outcome;
-    if (j.state == job_state::done && outcome.starts_with(shared_memory::result_in_file)) {
-      // A big result the worker left in a file: its bytes go as the attachments of a
-      // result_attached frame, so the dialer gets them without base64.
-      std::string attachments, body;
-      try {
-        const auto start = outcome.find('{'), end = outcome.find('}');  // (its parts hold no braces)
-        body = std::to_string(tag) + " done ";
-        append_json_number(body, j.run_seconds);
-        body += '\n';
-        body += shared_memory::attach_result(outcome.substr(start, end - start + 1), attachments);
-        body += outcome.substr(end + 1);
-      } catch (const shared_memory::error& e) {
-        append_peer_result(results, tag, "failed", j.run_seconds,
-                           error_outcome("SharedMemoryError", std::string("the result was lost: ") + e.what()));
-        return;
-      }
-      std::string message = shared_memory::binary_message_length(body.size());
-      message += body;
-      message += attachments;
-      peer::append_message(results, peer::msg::result_attached, message);
-      return;
-    }
-    append_peer_result(results, tag, to_string(j.state), j.run_seconds, j.outcome);
-  }
-  std::string refuse_batch(std::string& results, const std::vector<std::int64_t>& tags,
-                           std::string_view why) const override {
-    for (const auto tag : tags)
-      append_peer_result(results, tag, peer::refused_result, 0, error_outcome("SubmitError", why));
-    return {};
-  }
-  std::string results_message(std::string&& results) const override { return std::move(results); }
-};
-
-const peer_result_encoding peer_results;
-
-}  // namespace
-
-// One accepted peer: the acceptor's side of the handshake, then its jobs.
-class peer_server::connection : public peer_channel {
+// One accepted peer: the acceptor's side of the handshake, then its jobs; or, for a node that
+// joins, the handshake only: the link then goes to the node's sending side (on_join).
+class peer_server::connection : public serving_channel {
  public:
   connection(std::unique_ptr<peer_stream> s, peer_server& server)
-      : peer_channel(std::move(s), server.settings_), server_(server) {}
+      : serving_channel(std::move(s), server.settings_, server.sched_), server_(server) {}
 
   net::awaitable<void> serve() {
     // Counted as handshaking until authenticated or gone, TLS handshake included.
@@ -107,21 +47,16 @@ class peer_server::connection : public peer_channel {
     const bool authenticated = !closed() && co_await authenticate();
     handshaking.done();
     deadline.cancel();
-    if (!authenticated) {
+    if (!authenticated || closed()) {
       close();
       co_return;
     }
+    if (joining_) {
+      server_.on_join_(*this);  // takes the link over
+      co_return;
+    }
     log::info("peer ", peer_name_, " connected");
-    jobs_ = std::make_shared<tagged_jobs>(
-        server_.sched_, [this] { send_frames(jobs_->take_output()); }, peer_results);
-    // For the attachments of run_attached batches; removed with the link.
-    files_prefix_ = shared_memory::new_session_prefix();
-    jobs_->use_files(files_prefix_, false, tagged_jobs::results_in_files::when_asked);
-    co_await run();
-  }
-
-  void capacity_changed(std::size_t slots) {
-    if (jobs_) send(peer::msg::capacity, std::to_string(slots));  // only once authenticated
+    co_await serve_jobs();
   }
 
  private:
@@ -145,6 +80,7 @@ class peer_server::connection : public peer_channel {
     if (h->nonce.size() != 64) co_return co_await refuse("a malformed hello");
     const std::string& nonce_d = h->nonce;
     if (!h->name.empty()) peer_name_ = h->name;
+    joining_ = h->join;
     const std::string nonce_a = peer::make_nonce();
     send(peer::msg::challenge, std::to_string(peer::protocol_version) + " " + nonce_a + " " +
                                    peer::proof_of(settings_.secret, "acceptor", nonce_d, nonce_a));
@@ -161,66 +97,20 @@ class peer_server::connection : public peer_channel {
     if (!peer::equal_in_constant_time(proof->payload, expected))
       co_return co_await refuse("authentication failed: the peer does not hold this cluster's secret");
     authenticate_frames(nonce_d, nonce_a, /*this_is_dialer=*/false);
+    if (joining_ && !server_.on_join_)
+      co_return co_await refuse("this node takes no joining nodes");
     send(peer::msg::welcome, std::to_string(server_.pool_.size()) + " " + server_.pool_.python_version() +
                                   " " + settings_.name);
     co_return co_await flush();
   }
 
-  void on_message(const peer::message& m) override {
-    switch (m.type) {
-      case peer::msg::run: {
-        std::string batch(m.payload);
-        jobs_->submit_batch(batch);
-        break;
-      }
-      case peer::msg::run_attached: {
-        std::shared_ptr<const shared_memory::node_file> file;
-        std::string batch;
-        try {
-          const auto parts = shared_memory::split_binary_message(m.payload);
-          batch = std::string(parts.json);
-          if (!parts.attachments.empty())
-            file = shared_memory::write_node_file(files_prefix_ + "n" + std::to_string(++files_written_),
-                                                  parts.attachments);
-        } catch (const shared_memory::error& e) {
-          // Each job it holds is answered (its tags are found however broken the batch is).
-          std::string whole = batch.empty() ? std::string(m.payload) : batch;
-          jobs_->reject(whole, e.what());
-          break;
-        }
-        jobs_->submit_batch(batch, std::move(file));
-        break;
-      }
-      case peer::msg::cancel: {
-        std::int64_t tag = 0;
-        std::from_chars(m.payload.data(), m.payload.data() + m.payload.size(), tag);
-        jobs_->cancel(tag);
-        break;
-      }
-      case peer::msg::ping: send(peer::msg::pong, {}); break;
-      case peer::msg::pong: break;
-      default: log::warn("peer ", peer_name_, " sent an unexpected message"); break;
-    }
-  }
-
-  void on_closed() override {
-    if (jobs_) {
-      if (jobs_->open_jobs() > 0)
-        log::info("peer ", peer_name_, " left; cancelling its ", jobs_->open_jobs(), " unfinished jobs");
-      jobs_->cancel_all();
-    }
-    log::info("peer ", peer_name_, " disconnected");
-  }
-
   peer_server& server_;
-  std::shared_ptr<tagged_jobs> jobs_;
-  std::string files_prefix_;  // of this link's files in /dev/shm
-  std::uint64_t files_written_ = 0;
+  bool joining_ = false;  // the dialer offers its workers: the link goes to on_join_
 };
 
 peer_server::peer_server(net::any_io_executor ex, scheduler& sched, local_pool& pool,
-                         const peer_settings& settings)
-    : ex_(ex), sched_(sched), pool_(pool), settings_(settings), acceptor_(ex) {
+                         const peer_settings& settings, join_handler on_join)
+    : ex_(ex), sched_(sched), pool_(pool), settings_(settings), on_join_(std::move(on_join)), acceptor_(ex) {
   if (settings_.tls.enabled()) tls_ = make_tls_context(settings_.tls, /*server=*/true);
 }
 

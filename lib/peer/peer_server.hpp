@@ -1,6 +1,7 @@
 // The ppserver role: accepts peers on --peer-listen, authenticates them, and runs the jobs they
 // send on this node's own workers, answering with results. It also tells connected peers when
-// the local pool is resized, so their view of this node's capacity follows.
+// the local pool is resized, so their view of this node's capacity follows. A node that dials to
+// join (ppgate serve --join) is authenticated alike, and its link handed to `on_join`.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
@@ -10,6 +11,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -17,7 +19,12 @@ namespace ppgate {
 
 class peer_server {
  public:
-  peer_server(net::any_io_executor ex, scheduler& sched, local_pool& pool, const peer_settings& settings);
+  // Takes over an authenticated link from a joining node (peer_channel's adopting constructor);
+  // without one, joining nodes are refused.
+  using join_handler = std::function<void(peer_channel& authenticated)>;
+
+  peer_server(net::any_io_executor ex, scheduler& sched, local_pool& pool, const peer_settings& settings,
+              join_handler on_join = {});
   ~peer_server();
 
   void listen(const net::ip::tcp::endpoint& endpoint);  // throws when it cannot
@@ -33,6 +40,7 @@ class peer_server {
   scheduler& sched_;
   local_pool& pool_;
   const peer_settings& settings_;
+  join_handler on_join_;
   std::shared_ptr<net::ssl::context> tls_;
   net::ip::tcp::acceptor acceptor_;
   std::uint16_t port_ = 0;

@@ -32,6 +32,7 @@ struct peers_options {
   std::string listen_host;  // empty: no peer port
   std::uint16_t listen_port = 0;
   std::vector<std::pair<std::string, std::uint16_t>> dial;
+  std::vector<std::pair<std::string, std::uint16_t>> join;  // heads this node joins (--join)
   std::size_t inflight_per_slot = 8;  // jobs in flight per slot of a peer (beyond one: short jobs)
   bool discover = false;              // find peers of the same cluster by UDP broadcast
   std::string cluster = "ppgate";

@@ -1,10 +1,12 @@
-// This node's part in a cluster (docs/peers.md): the peer port where other nodes send it jobs
-// (peer_server, the ppserver role), the nodes it dials and runs jobs on (peer_node, the
-// ppservers role), and discovery of more of them on the local network.
+// This node's part in a cluster (docs/peers.md, docs/clusters.md): the peer port where other
+// nodes send it jobs (peer_server, the ppserver role) and where nodes join it, the nodes it dials
+// and runs jobs on (peer_node, the ppservers role), the nodes that joined it (peer_node too), the
+// heads it joins (head_link), and discovery of more nodes on the local network.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
 #include "discovery.hpp"
+#include "head_link.hpp"
 #include "peer_node.hpp"
 #include "peer_server.hpp"
 #include "peer_settings.hpp"
@@ -32,10 +34,15 @@ class peers {
   bool listening() const { return server_ != nullptr; }
   std::uint16_t port() const { return server_ ? server_->port() : 0; }
   const std::vector<std::shared_ptr<peer_node>>& dialed() const { return dialed_; }
-  std::size_t dialed_slots() const;
+  // Nodes that joined this one, by name, each kept once it has joined (a node that joins again
+  // under its name gets its entry back).
+  const std::vector<std::shared_ptr<peer_node>>& joined() const { return joined_; }
+  const std::vector<std::shared_ptr<head_link>>& heads() const { return heads_; }
+  std::size_t remote_slots() const;  // of the dialed and joined nodes
 
  private:
   void dial(const std::string& host, std::uint16_t port);
+  void adopt_joined(peer_channel& authenticated);
 
   net::any_io_executor ex_;
   scheduler& sched_;
@@ -44,6 +51,8 @@ class peers {
   peer_settings& settings_;
   std::unique_ptr<peer_server> server_;
   std::vector<std::shared_ptr<peer_node>> dialed_;
+  std::vector<std::shared_ptr<peer_node>> joined_;
+  std::vector<std::shared_ptr<head_link>> heads_;
   std::unique_ptr<discovery> discovery_;
 };
 

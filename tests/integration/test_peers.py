@@ -154,7 +154,7 @@ def send_message(sock, kind, payload):
 HELLO, CHALLENGE, PROOF, WELCOME, REFUSED, CAPACITY, RUN, RESULT, CANCEL, PING, PONG = range(1, 12)
 
 
-VERSION = 5  # the peer protocol's version (lib/peer/peer_protocol.hpp)
+VERSION = 6  # the peer protocol's version (lib/peer/peer_protocol.hpp)
 
 
 def proof(secret, label, first, second):
