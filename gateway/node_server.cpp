@@ -34,7 +34,8 @@ node_server::node_server(net::io_context& io, serve_options opts, worker_options
       listener_(std::make_unique<listener>(
           io.get_executor(), opts_.max_connections,
           http_services{*api_, scheduler_, *events_, limits_of(opts_), activity_})),
-      stop_signals_(io, SIGINT, SIGTERM),
+      stop_signals_(io, SIGINT),
+      drain_signals_(io, SIGTERM),
       stats_signal_(io, SIGUSR1),
       parent_watch_(io) {
   // On a single CPU, polling would only hold up the client whose next message it waits for.
@@ -80,6 +81,7 @@ void node_server::stop() {
   boost::system::error_code ec;
   listener_->stop();
   stop_signals_.cancel(ec);
+  drain_signals_.cancel(ec);
   stats_signal_.cancel(ec);
   parent_watch_.close(ec);
   events_->stop();
@@ -139,7 +141,64 @@ void node_server::wait_for_signals() {
     log::info("received signal ", sig);
     stop();
   });
+  wait_for_drain_signal();
   wait_for_stats_signal();
+}
+
+void node_server::wait_for_drain_signal() {
+  drain_signals_.async_wait([this](boost::system::error_code ec, int) {
+    if (ec) return;
+    drain();
+    wait_for_drain_signal();
+  });
+}
+
+void node_server::drain() {
+  if (stopped_) return;
+  if (drain_) {
+    log::info("SIGTERM again: stopping at once");
+    finish_drain("the node was stopped (a second SIGTERM) before the job finished");
+    return;
+  }
+  const auto stats = scheduler_.stats();
+  drain_.emplace();
+  drain_->started = steady_clock::now();
+  drain_->ended_before = stats.done + stats.failed;
+  log::info("SIGTERM: draining; ", scheduler_.running(), " running jobs have up to ",
+            std::chrono::duration<double>(opts_.drain_timeout).count(), " s to finish");
+  scheduler_.stop_accepting("the node is draining (SIGTERM): it takes no new jobs");
+  // Jobs that came from other nodes go back to them, to run elsewhere; this node's own clients'
+  // jobs that had not started end lost, saying so (there is nowhere else for them here).
+  drain_->handed_back = peers_.drain("the node is draining (SIGTERM)");
+  drain_->lost_queued = scheduler_.lose_unfinished("the node is stopping (SIGTERM): the job had not started", false);
+  pool_.resize(0);  // each worker stops after its job
+  net::co_spawn(io_, drain_watch(), log::on_failure("drain"));
+}
+
+net::awaitable<void> node_server::drain_watch() {
+  net::steady_timer tick(io_);
+  while (!stopped_ && !drain_->finishing && scheduler_.running() > 0 &&
+         steady_clock::now() - drain_->started < opts_.drain_timeout) {
+    tick.expires_after(std::chrono::milliseconds(50));
+    co_await tick.async_wait(use_nothrow_awaitable);
+  }
+  if (!stopped_ && !drain_->finishing)
+    finish_drain(scheduler_.running() > 0 ? "the node stopped (SIGTERM) before the job finished: "
+                                            "the drain timeout passed"
+                                          : "");
+}
+
+void node_server::finish_drain(std::string_view why) {
+  if (drain_->finishing) return;
+  drain_->finishing = true;
+  const std::size_t lost = why.empty() ? 0 : scheduler_.lose_unfinished(why, true);
+  const auto stats = scheduler_.stats();
+  log::info("drained: ", stats.done + stats.failed - drain_->ended_before, " jobs finished, ", drain_->handed_back,
+            " handed back, ", drain_->lost_queued + lost, " lost (", drain_->lost_queued, " not started, ", lost,
+            " running)");
+  // The last results reach their clients before the connections close.
+  auto grace = std::make_shared<net::steady_timer>(io_, std::chrono::milliseconds(200));
+  grace->async_wait([this, grace](boost::system::error_code) { stop(); });
 }
 
 void node_server::wait_for_stats_signal() {

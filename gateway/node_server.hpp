@@ -18,6 +18,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <memory>
+#include <optional>
 
 namespace ppgate {
 
@@ -34,6 +35,10 @@ class node_server : public node_directory {
   void start();
   // Stops accepting, stops every worker process, removes the pid file and stops the io_context.
   void stop();
+  // SIGTERM (docs/cli.md, "Signals"): takes no new jobs, gives back the ones not started, lets
+  // the running ones finish for up to --drain-timeout, then ends what is left `lost` and stops.
+  // A second call stops at once, the same way.
+  void drain();
 
   // Whether the event loop should poll rather than sleep (lib/event_loop.hpp): for --busy-poll
   // after a job session received results, while no job runs, so the client's next job is seen
@@ -51,7 +56,10 @@ class node_server : public node_directory {
 
  private:
   net::awaitable<void> idle_watch();
+  net::awaitable<void> drain_watch();
+  void finish_drain(std::string_view why);
   void wait_for_signals();
+  void wait_for_drain_signal();
   void wait_for_stats_signal();
   void watch_parent();
 
@@ -64,10 +72,18 @@ class node_server : public node_directory {
   std::unique_ptr<rest_api> api_;
   std::unique_ptr<event_hub> events_;
   std::unique_ptr<listener> listener_;
-  net::signal_set stop_signals_;
+  net::signal_set stop_signals_;   // SIGINT: at once
+  net::signal_set drain_signals_;  // SIGTERM
   net::signal_set stats_signal_;
   net::posix::stream_descriptor parent_watch_;  // pidfd of --parent-pid
   bool stopped_ = false;
+  struct drain_state {
+    steady_clock::time_point started;
+    std::uint64_t ended_before = 0;  // jobs done or failed when it started
+    std::size_t handed_back = 0, lost_queued = 0;
+    bool finishing = false;
+  };
+  std::optional<drain_state> drain_;
   steady_clock::duration busy_poll_{};  // --busy-poll; zero on a single CPU
 };
 

@@ -127,6 +127,8 @@ serve options:
   --restart              start a fresh worker process after every job (pp's restart=True)
   --pid-file PATH        write the process id to PATH; removed at exit
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
+  --drain-timeout SECONDS  on SIGTERM, how long running jobs may take to finish (default 30;
+                         0 stops at once); a second SIGTERM stops at once too
   --max-body BYTES       largest request body and session message accepted (default 67108864,
                          at most 267386880)
   --max-header BYTES     largest request header accepted (default 16384)
@@ -226,6 +228,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.restart_workers = true;
     } else if (flag == "--pid-file") {
       o.pid_file = take_value();
+    } else if (flag == "--drain-timeout") {
+      o.drain_timeout = parse_seconds(flag, take_value(), 0, 86400);
     } else if (flag == "--idle-exit") {
       o.idle_exit = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400 * 365));
     } else if (flag == "--max-body") {

@@ -29,6 +29,8 @@ struct serve_options {
   std::string worker_dir;          // where the worker's files are; empty: found (locate_worker_script)
   std::string pid_file;
   std::optional<std::chrono::seconds> idle_exit;
+  // SIGTERM: how long running jobs may take to finish before the node stops anyway.
+  std::chrono::milliseconds drain_timeout{30000};
   std::size_t max_body_bytes = 64u * 1024 * 1024;
   std::size_t max_header_bytes = 16 * 1024;
   std::size_t max_connections = 512;

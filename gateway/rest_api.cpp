@@ -128,6 +128,8 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
 }
 
 net::awaitable<http_response> rest_api::submit_jobs(http_request& req, std::optional<double> wait) {
+  if (!sched_.accepting())  // draining (SIGTERM)
+    co_return make_error(http::status::service_unavailable, sched_.refusal(), req.version());
   job_submission submission = parse_job_submission(
       req.body(), [this](function_def def) { return sched_.intern(std::move(def)); });
 

@@ -188,6 +188,30 @@ scheduler::cancel_result scheduler::cancel(std::uint64_t id) {
   return cancel_result::cancelled;
 }
 
+bool scheduler::hand_back(std::uint64_t id, std::string_view why) {
+  job* j = find(id);
+  if (j == nullptr || j->state != job_state::queued) return false;
+  finish(*j, job_state::cancelled, error_outcome("HandedBack", why), 0);
+  return true;
+}
+
+std::size_t scheduler::lose_unfinished(std::string_view why, bool running_too) {
+  // Ids first: finishing a job may forget old finished ones, which changes jobs_.
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, j] : jobs_)
+    if (j->state == job_state::queued || (running_too && j->state == job_state::running)) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());  // in submission order, as their ends are reported
+  std::size_t lost = 0;
+  for (const auto id : ids) {
+    job* j = find(id);
+    if (j == nullptr || is_terminal(j->state)) continue;
+    if (j->state == job_state::running) j->running_on->abort(*j);  // its slot forgets it
+    finish(*j, job_state::lost, error_outcome("NodeStopped", why), 0);
+    ++lost;
+  }
+  return lost;
+}
+
 void scheduler::finish(job& j, job_state end, std::string outcome, double run_seconds) {
   if (j.state == job_state::running) {
     --counters_.running;

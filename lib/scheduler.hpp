@@ -112,6 +112,17 @@ class scheduler {
   job& submit(job_spec spec);
   job* find(std::uint64_t id);
 
+  // Drain (SIGTERM): from now on submitters are refused with `why` before they call submit().
+  void stop_accepting(std::string why) { refusal_ = std::move(why); }
+  bool accepting() const { return refusal_.empty(); }
+  const std::string& refusal() const { return refusal_; }
+  // A queued job goes back to whoever gave it (a peer runs it elsewhere): it ends cancelled here,
+  // saying so. False for a job that is not queued.
+  bool hand_back(std::uint64_t id, std::string_view why);
+  // Ends every queued job (`running_too`: and every running one, taken back from its slot) as
+  // lost with `why`; returns how many.
+  std::size_t lose_unfinished(std::string_view why, bool running_too);
+
   enum class cancel_result { cancelled, already_finished, not_found };
   cancel_result cancel(std::uint64_t id);
 
@@ -157,6 +168,7 @@ class scheduler {
   node_counters& counters_for(const std::string& node_name);
 
   options opts_;
+  std::string refusal_;  // while draining: why no job is accepted
   steady_clock::time_point created_ = steady_clock::now();
   std::uint64_t next_id_ = 1;
   std::unordered_map<std::uint64_t, std::unique_ptr<job>> jobs_;

@@ -3,6 +3,7 @@
 #include "json_writer.hpp"
 #include "shared_memory.hpp"
 
+#include <algorithm>
 #include <utility>
 
 namespace ppgate {
@@ -11,6 +12,10 @@ tagged_jobs::tagged_jobs(scheduler& sched, std::function<void()> output_ready, c
     : sched_(sched), output_ready_(std::move(output_ready)), encoding_(enc) {}
 
 void tagged_jobs::submit_batch(std::string& text, std::shared_ptr<const shared_memory::node_file> attached) {
+  if (!sched_.accepting()) {
+    queue_reply(encoding_.hand_back_batch(results_, tags_of_refused_batch(text), sched_.refusal()));
+    return;
+  }
   tables_.attached = std::move(attached);
   try {
     auto submission = parse_job_submission(
@@ -73,19 +78,39 @@ void tagged_jobs::cancel_all() {
   shared_memory::remove_files(files_prefix_);
 }
 
+std::size_t tagged_jobs::hand_back_queued(std::string_view why) {
+  std::vector<std::uint64_t> ids;
+  for (const auto& [id, tag] : open_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  std::size_t handed = 0;
+  for (const auto id : ids) {
+    handing_back_.insert(id);
+    if (sched_.hand_back(id, why)) ++handed;
+    else handing_back_.erase(id);  // it runs: it finishes here
+  }
+  return handed;
+}
+
 void tagged_jobs::job_ended(const job& j) {
   const auto open = open_.find(j.id);
   if (open == open_.end()) return;
   const std::int64_t tag = open->second;
   open_.erase(open);
   by_tag_.erase(tag);
+  const bool handed_back = handing_back_.erase(j.id) > 0;
   if (closed_) return;
-  encoding_.append_result(results_, tag, j);
+  if (handed_back)
+    encoding_.append_handed_back(results_, tag, j);
+  else
+    encoding_.append_result(results_, tag, j);
   output_ready_();
 }
 
 void tagged_jobs::reject(std::string& text, std::string_view why) {
-  std::string reply = encoding_.refuse_batch(results_, tags_of_refused_batch(text), why);
+  queue_reply(encoding_.refuse_batch(results_, tags_of_refused_batch(text), why));
+}
+
+void tagged_jobs::queue_reply(std::string reply) {
   if (!reply.empty()) {
     replies_bytes_ += reply.size();
     replies_.push_back(std::move(reply));

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace ppgate {
@@ -36,6 +37,15 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
                                      std::string_view why) const = 0;
     // The message that carries the results collected so far (never empty).
     virtual std::string results_message(std::string&& results) const = 0;
+    // The node is draining: a batch it will not take, and a queued job it gives back. A client
+    // is told its batch was refused; a peer runs the jobs elsewhere (peer_results).
+    virtual std::string hand_back_batch(std::string& results, const std::vector<std::int64_t>& tags,
+                                        std::string_view why) const {
+      return refuse_batch(results, tags, why);
+    }
+    virtual void append_handed_back(std::string& results, std::int64_t tag, const job& j) const {
+      append_result(results, tag, j);
+    }
   };
 
   // `output_ready` is called whenever replies or results are waiting to be sent.
@@ -60,6 +70,9 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   // A message that is not a batch: {"cancel": TAG}, {"put": ID, "value": ...}, {"release": ID}.
   void control(std::string& text, std::shared_ptr<const shared_memory::node_file> attached = nullptr);
   void reject(std::string& text, std::string_view why);  // a batch refused whole, for `why`
+  // Drain: the jobs not started yet go back to the client (encoding::append_handed_back); so do
+  // later batches, whole, while the scheduler does not accept jobs.
+  std::size_t hand_back_queued(std::string_view why);  // returns how many went back
   void cancel(std::int64_t tag);  // a job that already ended is ignored: its result is on its way
   void cancel_all();              // the client is gone; its shared-memory files are removed
   void refuse(std::string_view message);  // a message that was neither a batch nor a control message
@@ -74,6 +87,8 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   std::size_t open_jobs() const { return open_.size(); }
 
  private:
+  void queue_reply(std::string reply);  // an empty one: only the results changed
+
   scheduler& sched_;
   std::function<void()> output_ready_;
   const encoding& encoding_;
@@ -83,6 +98,7 @@ class tagged_jobs : public job_observer, public std::enable_shared_from_this<tag
   results_in_files results_in_files_ = results_in_files::never;
   std::unordered_map<std::uint64_t, std::int64_t> open_;  // job id -> the client's tag
   std::unordered_map<std::int64_t, std::uint64_t> by_tag_;
+  std::unordered_set<std::uint64_t> handing_back_;  // job ids being given back
   std::deque<std::string> replies_;
   std::size_t replies_bytes_ = 0;
   std::string results_;  // as the encoding appends them

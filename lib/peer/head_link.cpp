@@ -55,6 +55,12 @@ void head_link::stop() {
   if (channel_) channel_->close();
 }
 
+std::size_t head_link::drain(std::string_view why) {
+  stopped_ = true;
+  if (backoff_) backoff_->cancel();
+  return channel_ ? channel_->drain(why) : 0;
+}
+
 void head_link::capacity_changed() {
   if (channel_) channel_->capacity_changed(pool_.size());
 }

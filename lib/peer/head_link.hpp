@@ -26,6 +26,9 @@ class head_link : public std::enable_shared_from_this<head_link> {
   void launch();
   void stop();
   void capacity_changed();  // the local pool was resized: tell the head
+  // This node is draining: the head gets back the jobs that had not started and is told this
+  // node has no slots; the link stays up for the running ones' results, and is not dialed again.
+  std::size_t drain(std::string_view why);
   const std::string& head() const { return head_name_; }
   bool connected() const { return channel_ != nullptr; }
   const std::string& last_error() const { return last_error_; }

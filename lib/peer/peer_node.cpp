@@ -356,13 +356,14 @@ void peer_node::cancel_job(job& j) {
 void peer_node::on_result(std::string_view payload) {
   const auto [tag, state, seconds, outcome, retire] = parse_reported_end(payload);  // "<tag> <state> <s>"
 
+  // A refused (or handed back) message that defined a function or a value: the peer did not
+  // keep it, so the next job that needs it carries it again.
+  const bool not_kept = state == peer::refused_result || state == peer::handed_back_result;
   if (auto d = defining_.find(tag); d != defining_.end()) {
-    // The peer refused the message that defined a function: it did not keep the definition
-    // either, so the function's next job carries its source again.
-    if (state == peer::refused_result) fn_ids_.erase(d->second);
+    if (not_kept) fn_ids_.erase(d->second);
     defining_.erase(d);
   }
-  if (state == peer::refused_result) forget_refs_defined_by(tag);
+  if (not_kept) forget_refs_defined_by(tag);
   else defining_refs_.erase(tag);
   auto it = running_.find(tag);
   if (it == running_.end()) return;  // cancelled here meanwhile
@@ -371,7 +372,10 @@ void peer_node::on_result(std::string_view payload) {
   job* j = s.job_;
   s.job_ = nullptr;
   if (j != nullptr) {
-    if (state == "done" || state == "failed" || state == peer::refused_result)
+    if (state == peer::handed_back_result) {  // the peer is draining: it never ran the job
+      log::debug("job ", j->id, " was handed back by ", name_, "; it runs elsewhere");
+      sched_.requeue(*j);
+    } else if (state == "done" || state == "failed" || state == peer::refused_result)
       sched_.finish(*j, state == "done" ? job_state::done : job_state::failed, std::string(outcome), seconds);
     else  // the peer gave it up without being asked (it is stopping): run it elsewhere
       sched_.interrupted(*j, "node " + name_ + " gave the job up (" + std::string(state) + ")", true);

@@ -45,7 +45,7 @@ enum class msg : std::uint8_t {
   refused = 5,   // text: why; the connection closes after it
   capacity = 6,  // "<slots>": the acceptor's local pool was resized
   run = 7,       // a batch of jobs in the session format (JSON array with tag and fn_id)
-  result = 8,    // "<tag> <done|failed|refused|cancelled|lost> <run seconds>\n<outcome members>"
+  result = 8,    // "<tag> <done|failed|refused|handed_back|cancelled|lost> <run seconds>\n<outcome members>"
   cancel = 9,    // "<tag>"
   ping = 10,
   pong = 11,
@@ -58,6 +58,9 @@ enum class msg : std::uint8_t {
 // The result state of a job the acceptor refused before running it (a batch that did not parse):
 // the job fails, and a function it defined is not known to the acceptor either.
 inline constexpr std::string_view refused_result = "refused";
+// The state of a job the acceptor gives back without running it (it is draining): the dialer runs
+// it elsewhere, counting no attempt, and a function its batch defined is not known to be kept.
+inline constexpr std::string_view handed_back_result = "handed_back";
 
 void append_message(std::string& out, msg type, std::string_view payload);
 

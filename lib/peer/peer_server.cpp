@@ -151,6 +151,13 @@ void peer_server::capacity_changed() {
     if (auto c = w.lock(); c && !c->closed()) c->capacity_changed(pool_.size());
 }
 
+std::size_t peer_server::drain(std::string_view why) {
+  std::size_t handed = 0;
+  for (const auto& w : connections_)
+    if (auto c = w.lock()) handed += c->drain(why);
+  return handed;
+}
+
 void peer_server::stop() {
   boost::system::error_code ignored;
   acceptor_.close(ignored);

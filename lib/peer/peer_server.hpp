@@ -30,6 +30,7 @@ class peer_server {
   void listen(const net::ip::tcp::endpoint& endpoint);  // throws when it cannot
   std::uint16_t port() const { return port_; }
   void capacity_changed();  // the local pool was resized
+  std::size_t drain(std::string_view why);  // serving_channel::drain on every link
   void stop();
 
  private:

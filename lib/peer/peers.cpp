@@ -44,6 +44,12 @@ void peers::capacity_changed() {
   for (auto& head : heads_) head->capacity_changed();
 }
 
+std::size_t peers::drain(std::string_view why) {
+  std::size_t handed = server_ ? server_->drain(why) : 0;
+  for (auto& head : heads_) handed += head->drain(why);
+  return handed;
+}
+
 std::size_t peers::remote_slots() const {
   std::size_t n = 0;
   for (const auto& node : dialed_) n += node->slot_count();

@@ -31,6 +31,9 @@ class peers {
   void stop();
 
   void capacity_changed();  // the local pool was resized: tell the nodes using it
+  // Draining: the nodes using this one's workers (peers that dial it, heads it joined) get back
+  // the jobs that had not started, and send no more. Returns how many went back.
+  std::size_t drain(std::string_view why);
   bool listening() const { return server_ != nullptr; }
   std::uint16_t port() const { return server_ ? server_->port() : 0; }
   const std::vector<std::shared_ptr<peer_node>>& dialed() const { return dialed_; }

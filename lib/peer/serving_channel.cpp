@@ -62,6 +62,16 @@ class peer_result_encoding final : public tagged_jobs::encoding {
     return {};
   }
   std::string results_message(std::string&& results) const override { return std::move(results); }
+  // Draining: the dialer runs these elsewhere.
+  std::string hand_back_batch(std::string& results, const std::vector<std::int64_t>& tags,
+                              std::string_view why) const override {
+    for (const auto tag : tags)
+      append_peer_result(results, tag, peer::handed_back_result, 0, error_outcome("HandedBack", why));
+    return {};
+  }
+  void append_handed_back(std::string& results, std::int64_t tag, const job& j) const override {
+    append_peer_result(results, tag, peer::handed_back_result, 0, j.outcome);
+  }
 };
 
 const peer_result_encoding peer_results;
@@ -78,6 +88,12 @@ net::awaitable<void> serving_channel::serve_jobs() {
   files_prefix_ = shared_memory::new_session_prefix();
   jobs_->use_files(files_prefix_, false, tagged_jobs::results_in_files::when_asked);
   co_await run();
+}
+
+std::size_t serving_channel::drain(std::string_view why) {
+  if (!jobs_ || closed()) return 0;
+  send(peer::msg::capacity, "0");  // the other node sends no more
+  return jobs_->hand_back_queued(why);
 }
 
 void serving_channel::capacity_changed(std::size_t slots) {

@@ -20,6 +20,9 @@ class serving_channel : public peer_channel {
   // Tells the other node this node's pool now has `slots` workers (once serving).
   void capacity_changed(std::size_t slots);
   std::size_t open_jobs() const { return jobs_ ? jobs_->open_jobs() : 0; }
+  // This node is draining: the other node is told it has no slots, and gets back the jobs that
+  // had not started (it runs them elsewhere); the running ones finish.
+  std::size_t drain(std::string_view why);  // returns how many jobs went back
 
  protected:
   // After the handshake: takes jobs until the link ends; then its unfinished jobs are cancelled.

@@ -98,16 +98,17 @@ class Node:
             data += chunk
         return data.decode().rstrip("\n")
 
-    def stop(self, timeout=15.0):
-        """SIGTERM, then wait; SIGKILL if it does not stop in time. Returns the exit code."""
+    def stop(self, timeout=15.0, sig=signal.SIGINT):
+        """SIGINT (stop at once; SIGTERM drains), then wait; SIGKILL if it does not stop in
+        time. Returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError("ppgate did not stop within %s s of SIGTERM" % timeout)
+            raise AssertionError("ppgate did not stop within %s s of signal %d" % (timeout, sig))
         finally:
             self.close_files()
 

@@ -2,6 +2,7 @@
 head runs on them, through kill -9, a head that restarts, and a wrong secret."""
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -106,6 +107,115 @@ class TestJoin(unittest.TestCase):
         result = run_ppgate("serve", "--join", "127.0.0.1:1")
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("secret", result.stderr)
+
+
+SLEEPER = "import time\ndef sleeper(x, seconds):\n    time.sleep(seconds)\n    return x\n"
+
+
+def sleepers(n, seconds):
+    return [{"source": SLEEPER, "function": "sleeper", "args": [i, seconds]} for i in range(n)]
+
+
+def drained_counts(node):
+    """(finished, handed back, lost) from the node's closing line "drained: ..."."""
+    match = re.search(r"drained: (\d+) jobs finished, (\d+) handed back, (\d+) lost", node.log_text())
+    if match is None:
+        raise AssertionError("no 'drained:' line in the log: " + node.log_text()[-2000:])
+    return tuple(int(g) for g in match.groups())
+
+
+def in_background(call):
+    """Runs call() on a thread; returns (thread, dict that gets its result as "value")."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(value=call()))
+    thread.start()
+    return thread, out
+
+
+class TestDrain(unittest.TestCase):
+    def test_running_jobs_finish_and_the_ones_not_started_end_lost(self):
+        node = Node("--drain-timeout", "30", workers=2)
+        with node:
+            runner, out = in_background(lambda: node.request("POST", "/v1/jobs?wait=60", sleepers(200, 0.05)))
+            node.wait_until(lambda: node.request("GET", "/v1/stats")[1]["jobs"]["done"] >= 10, what="10 jobs done")
+            node.proc.send_signal(signal.SIGTERM)
+            runner.join(60)
+            self.assertFalse(runner.is_alive())
+            status, data, _ = out["value"]
+            jobs = data["jobs"]
+            self.assertEqual(len({j["id"] for j in jobs}), 200)  # each job ends once
+            by_status = Counter(j["status"] for j in jobs)
+            self.assertEqual(set(by_status), {"done", "lost"})
+            for j in jobs:
+                if j["status"] == "done":
+                    self.assertEqual(j["result"], j["id"] - jobs[0]["id"])
+                else:
+                    self.assertEqual(j["error"]["type"], "NodeStopped")
+                    self.assertIn("had not started", j["error"]["message"])
+            self.assertEqual(node.proc.wait(30), 0)
+            finished, handed_back, lost = drained_counts(node)
+            self.assertEqual((handed_back, lost), (0, by_status["lost"]))
+            self.assertLessEqual(finished, 2 * 8)  # at most what the two workers held then
+            self.assertGreaterEqual(by_status["done"], 10)
+
+    def test_new_jobs_are_refused_while_running_ones_finish(self):
+        with Node(workers=1) as node:
+            status, job, _ = node.request("POST", "/v1/jobs", sleepers(1, 1.5)[0])
+            node.wait_until(lambda: node.request("GET", "/v1/jobs/%d" % job["id"])[1]["status"] == "running",
+                            what="the job to start")
+            node.proc.send_signal(signal.SIGTERM)
+            node.wait_until(lambda: "draining" in node.log_text(), what="the drain")
+            status, refused, _ = node.request("POST", "/v1/jobs", sleepers(1, 0)[0])
+            self.assertEqual(status, 503)
+            self.assertIn("draining", refused["error"]["message"])
+            status, done, _ = node.request("GET", "/v1/jobs/%d?wait=10" % job["id"])
+            self.assertEqual((done["status"], done["result"]), ("done", 0))
+            self.assertEqual(node.proc.wait(30), 0)
+            self.assertEqual(drained_counts(node), (1, 0, 0))
+
+    def test_the_drain_timeout_and_a_second_sigterm_end_running_jobs_lost(self):
+        for second_signal in (False, True):
+            with Node("--drain-timeout", "60" if second_signal else "0.5", workers=1) as node:
+                status, job, _ = node.request("POST", "/v1/jobs", sleepers(1, 60)[0])
+                node.wait_until(lambda: node.request("GET", "/v1/jobs/%d" % job["id"])[1]["status"] == "running",
+                                what="the job to start")
+                runner, out = in_background(lambda: node.request("GET", "/v1/jobs/%d?wait=30" % job["id"]))
+                node.proc.send_signal(signal.SIGTERM)
+                if second_signal:
+                    node.wait_until(lambda: "draining" in node.log_text(), what="the drain")
+                    node.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(node.proc.wait(20), 0)
+                runner.join(10)
+                status, lost, _ = out["value"]
+                self.assertEqual((lost["status"], lost["error"]["type"]), ("lost", "NodeStopped"))
+                self.assertIn("second SIGTERM" if second_signal else "drain timeout", lost["error"]["message"])
+                self.assertEqual(drained_counts(node), (0, 0, 1))
+
+    def test_a_joined_node_gives_its_queued_jobs_back_to_its_head(self):
+        with head_node() as head, joining_node(head) as a, joining_node(head) as b:
+            wait_joined(head, 2)
+            # a's worker is busy with a job of its own client; the head's jobs wait behind it there.
+            status, own, _ = a.request("POST", "/v1/jobs", sleepers(1, 2)[0])
+            a.wait_until(lambda: a.request("GET", "/v1/jobs/%d" % own["id"])[1]["status"] == "running",
+                         what="a's own job to start")
+            runner, out = in_background(lambda: head.request("POST", "/v1/jobs?wait=60", sleepers(300, 0)))
+            a.wait_until(lambda: a.request("GET", "/v1/stats")[1]["jobs"]["queued"] >= 1,
+                         what="the head's jobs queued on a")
+            a.proc.send_signal(signal.SIGTERM)
+            runner.join(60)
+            self.assertFalse(runner.is_alive())
+            jobs = out["value"][1]["jobs"]
+            self.assertEqual(len({j["id"] for j in jobs}), 300)
+            self.assertEqual([j["status"] for j in jobs], ["done"] * 300)
+            self.assertEqual([j["result"] for j in jobs], list(range(300)))
+            self.assertEqual(a.proc.wait(30), 0)
+            finished, handed_back, lost = drained_counts(a)
+            self.assertGreaterEqual(handed_back, 1)
+            self.assertEqual(lost, 0)
+            self.assertGreaterEqual(finished, 1)  # its own job, at least
+            self.assertIn("handed back", a.log_text())
+            b_name = next(n["name"] for n in joined(head) if n["connected"])
+            self.assertGreaterEqual(Counter(j["node"] for j in jobs)[b_name], handed_back)
 
 
 if __name__ == "__main__":

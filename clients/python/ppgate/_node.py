@@ -8,6 +8,7 @@ import platform
 import select
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -93,7 +94,7 @@ class PrivateNode:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(signal.SIGINT)  # at once, as pp's destroy() (SIGTERM would drain)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
