@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import sys
 
 
@@ -49,6 +50,10 @@ def main(argv):
                          % (platform.python_implementation(), platform.python_version()))
         return 78
     _use_callers_path()
+    # Under a batch system, SIGTERM (walltime, scancel) reaches every process of the job: the
+    # node drains, and stops its workers itself (SIGKILL), so a worker lets the signal pass.
+    # (Before the runtime loads: it watches jobs that change signal handlers.)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     loop = _load("_ppgate_worker", "_ppgate_worker.abi3.so")
     runtime = _load("ppgate_worker_runtime", "ppgate_worker_runtime.py")
     if argv[1:] == ["--check"]:

@@ -48,17 +48,25 @@ class Executor(concurrent.futures.Executor):
     """Runs calls on a ppgate node; the futures work with concurrent.futures.wait/as_completed.
 
     ``max_workers`` sizes a private node (default: one worker per CPU); with ``url=`` (and
-    ``token=``) the calls go to a running node. ``map`` sends its calls in chunks of ``chunksize``
+    ``token=``) the calls go to a running node; with ``cluster=`` (a ppgate.slurm.SlurmCluster),
+    to the cluster's nodes, which join the private node (then of ``max_workers`` workers, default 0). ``map`` sends its calls in chunks of ``chunksize``
     calls per job (by default as ``multiprocessing.Pool.map`` picks it: about four chunks per
     slot), yields results in order while later chunks run, and raises a call's exception (a
     ``JobError``) when the iteration reaches that call.
     """
 
     def __init__(self, max_workers: Optional[int] = None, *, url: Optional[str] = None,
-                 token: Optional[str] = None) -> None:
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
-            raise ValueError("max_workers must be greater than 0")
-        self._server = Server("autodetect" if max_workers is None else max_workers, url=url, token=token)
+                 token: Optional[str] = None, cluster: Any = None) -> None:
+        if cluster is not None:
+            # The calls run on the cluster's nodes (ppgate.slurm.SlurmCluster), which join a
+            # private node with max_workers workers of its own (default none).
+            if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 0):
+                raise ValueError("max_workers must be 0 or more")
+            self._server = Server(max_workers or 0, ppservers=cluster, url=url, token=token)
+        else:
+            if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+                raise ValueError("max_workers must be greater than 0")
+            self._server = Server("autodetect" if max_workers is None else max_workers, url=url, token=token)
         self._lock = threading.Lock()
         self._futures: Set[concurrent.futures.Future[Any]] = set()
         self._shutdown = False

@@ -46,7 +46,10 @@ class PrivateNode:
     working directory, as pp's do: a job imports whatever the calling script can."""
 
     def __init__(self, ncpus: int | str = "autodetect", restart: bool = False,
-                 ppservers: Sequence[str] = (), secret: str | None = None) -> None:
+                 ppservers: Sequence[str] = (), secret: str | None = None,
+                 peer_listen: str | None = None) -> None:
+        """`peer_listen`: a host to open a peer port on (port 0: one is picked, `peer_port`),
+        where nodes join this one (a SlurmCluster's batch jobs)."""
         self.token = secrets.token_urlsafe(24)
         args = [find_ppgate(), "serve", "--listen", "127.0.0.1:0",
                 "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
@@ -58,6 +61,9 @@ class PrivateNode:
             args.append("--restart")
         env = dict(os.environ, PPGATE_SECRET=self.token,
                    PPGATE_SYS_PATH=json.dumps([os.path.abspath(p) if p else os.getcwd() for p in sys.path]))
+        if peer_listen is not None:
+            args += ["--peer-listen", "%s:0" % peer_listen, "--peer-secret-env", "PPGATE_PEER_SECRET"]
+            env["PPGATE_PEER_SECRET"] = secret or ""
         if ppservers:
             # The remote nodes are this private node's peers; they share the cluster secret.
             # '*' (pp's autodiscovery) finds them by broadcast on the local network.
@@ -66,23 +72,34 @@ class PrivateNode:
                 args += ["--peers", ",".join(listed)]
             if "*" in ppservers:
                 args.append("--discover")
-            args += ["--peer-secret-env", "PPGATE_PEER_SECRET"]
-            env["PPGATE_PEER_SECRET"] = secret or ""
+            if peer_listen is None:
+                args += ["--peer-secret-env", "PPGATE_PEER_SECRET"]
+                env["PPGATE_PEER_SECRET"] = secret or ""
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)
-        line = self._first_line()
+        self._unread = b""
+        line = self._next_line()
         prefix = "ppgate listening on "
         if not line.startswith(prefix):
             self.stop()
             raise RuntimeError("the private ppgate node did not start (%s)" % (line or "no output"))
         self.url = line[len(prefix):]
+        self.peer_port = 0
+        if peer_listen is not None:
+            line = self._next_line()  # "ppgate accepting peers on HOST:PORT"
+            if not line.startswith("ppgate accepting peers on "):
+                self.stop()
+                raise RuntimeError("the private ppgate node opened no peer port (%s)" % (line or "no output"))
+            self.peer_port = int(line.split()[4].rsplit(":", 1)[1])
 
-    def _first_line(self) -> str:
+    def _next_line(self) -> str:
+        """The node's next line of standard output (its start-up lines), or what came before
+        _START_TIMEOUT passed or the output ended."""
         deadline = time.monotonic() + _START_TIMEOUT
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        data = b""
-        while not data.endswith(b"\n") and time.monotonic() < deadline:
+        data = self._unread
+        while b"\n" not in data and time.monotonic() < deadline:
             ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 break
@@ -90,7 +107,8 @@ class PrivateNode:
             if not chunk:
                 break
             data += chunk
-        return data.decode(errors="replace").strip()
+        line, _, self._unread = data.partition(b"\n")
+        return line.decode(errors="replace").strip()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -13,6 +13,7 @@ import os
 import pickle
 import platform
 import queue
+import secrets
 import sys
 import threading
 import time
@@ -421,11 +422,20 @@ class Server:
     default_port = 8080
     default_secret: Optional[str] = None
 
-    def __init__(self, ncpus: Union[int, str] = "autodetect", ppservers: Tuple[str, ...] = (),
+    def __init__(self, ncpus: Union[int, str] = "autodetect", ppservers: Any = (),
                  secret: Optional[str] = None, restart: bool = False, proto: int = 2,
                  socket_timeout: float = 3600, *, url: Optional[str] = None, token: Optional[str] = None) -> None:
+        # A cluster (ppgate.slurm.SlurmCluster) in ppservers: its nodes join this one.
+        clusters = [p for p in (ppservers if isinstance(ppservers, tuple) else (ppservers,))
+                    if hasattr(p, "_attach")]
+        if clusters:
+            if url is not None:
+                raise ValueError("a cluster's nodes join the Server's private node: give no url")
+            ppservers = tuple(p for p in ppservers if p not in clusters) if isinstance(ppservers, tuple) else ()
+            # The batch jobs get the secret in a file; one is made up when none is given.
+            secret = secret or os.environ.get("PPGATE_SECRET") or secrets.token_urlsafe(32)
         if not isinstance(ppservers, tuple):
-            raise TypeError("ppservers argument must be a tuple")
+            raise TypeError("ppservers argument must be a tuple (or a cluster)")
         _check_ncpus(ncpus)
         for ppserver in ppservers:
             if ppserver != "*" and (not isinstance(ppserver, str) or ":" not in ppserver):
@@ -436,7 +446,7 @@ class Server:
         if ppservers and url is None and (not secret or len(secret) < 8):
             raise ValueError("ppservers need the cluster's secret (8 characters or more): "
                              "Server(..., ppservers=..., secret=...) or $PPGATE_SECRET")
-        if ncpus == 0 and not ppservers and url is None:
+        if ncpus == 0 and not ppservers and not clusters and url is None:
             raise ValueError("ncpus=0 with no ppservers: no worker would ever run a job")
         # pp's attributes, which pathos reads: the remote nodes as (host, port), whether '*' asked
         # for discovery, and a flag pathos sets while it closes its pool.
@@ -459,8 +469,13 @@ class Server:
         self._callbacks: Optional[queue.SimpleQueue[Optional[Job]]] = None
         self._rest_lock = threading.Lock()
         self._rest: Optional[http.client.HTTPConnection] = None
+        self._clusters: List[Any] = []
         if url is None:
-            self._node = PrivateNode(ncpus, restart, ppservers, secret)
+            listen = {c._peer_listen_host() for c in clusters}
+            if len(listen) > 1:
+                raise ValueError("the clusters' nodes would dial the head on different interfaces: %s"
+                                 % ", ".join(sorted(listen)))
+            self._node = PrivateNode(ncpus, restart, ppservers, secret, listen.pop() if listen else None)
             url, token = self._node.url, self._node.token
         else:
             token = token if token is not None else (secret or os.environ.get("PPGATE_TOKEN"))
@@ -472,6 +487,9 @@ class Server:
                 if ncpus != "autodetect":
                     self.set_ncpus(ncpus)
                 self._warn_if_python_differs()
+            for cluster in clusters:  # submits its batch jobs, which join the private node
+                cluster._attach(self._node.peer_port, secret)
+                self._clusters.append(cluster)
         except BaseException:
             self.destroy()
             raise
@@ -581,7 +599,7 @@ class Server:
 
     def destroy(self) -> None:
         """Cancels this server's unfinished jobs and closes the connection; a private node is
-        stopped. Safe to call more than once."""
+        stopped, and the clusters whose nodes joined it are closed. Safe to call more than once."""
         if self._destroyed:
             return
         self._destroyed = True
@@ -597,6 +615,11 @@ class Server:
         with self._rest_lock:
             if self._rest is not None:
                 self._rest.close()
+        for cluster in getattr(self, "_clusters", ()):
+            try:  # its batch jobs would only dial a head that is gone
+                cluster.close()
+            except Exception as exc:  # noqa: BLE001 - the node still stops
+                warnings.warn("closing %r: %s" % (cluster, exc))
         if self._node is not None:
             self._node.stop()
 
