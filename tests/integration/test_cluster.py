@@ -124,6 +124,12 @@ def drained_counts(node):
     return tuple(int(g) for g in match.groups())
 
 
+def catches_sigterm(pid):
+    with open("/proc/%d/status" % pid) as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
 def in_background(call):
     """Runs call() on a thread; returns (thread, dict that gets its result as "value")."""
     out = {}
@@ -190,6 +196,23 @@ class TestDrain(unittest.TestCase):
                 self.assertEqual((lost["status"], lost["error"]["type"]), ("lost", "NodeStopped"))
                 self.assertIn("second SIGTERM" if second_signal else "drain timeout", lost["error"]["message"])
                 self.assertEqual(drained_counts(node), (0, 0, 1))
+
+    def test_a_sigterm_to_every_process_as_batch_systems_send_it_still_drains(self):
+        # Slurm signals the whole process tree of a job: the workers let it pass to the node.
+        with Node(workers=1) as node:
+            # (A worker still starting its interpreter has not set its handler yet.)
+            workers = [w["pid"] for w in node.request("GET", "/v1/nodes")[1]["nodes"][0]["workers"]]
+            node.wait_until(lambda: all(catches_sigterm(pid) for pid in workers), what="the worker's handler")
+            status, job, _ = node.request("POST", "/v1/jobs", sleepers(1, 1.5)[0])
+            node.wait_until(lambda: node.request("GET", "/v1/jobs/%d" % job["id"])[1]["status"] == "running",
+                            what="the job to start")
+            runner, out = in_background(lambda: node.request("GET", "/v1/jobs/%d?wait=20" % job["id"]))
+            for pid in workers + [node.proc.pid]:
+                os.kill(pid, signal.SIGTERM)
+            self.assertEqual(node.proc.wait(30), 0)
+            runner.join(10)
+            self.assertEqual(out["value"][1]["status"], "done", out["value"][1])
+            self.assertEqual(drained_counts(node), (1, 0, 0))
 
     def test_a_joined_node_gives_its_queued_jobs_back_to_its_head(self):
         with head_node() as head, joining_node(head) as a, joining_node(head) as b:

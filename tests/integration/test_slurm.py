@@ -20,7 +20,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "clients", "python"))
 
 import ppgate as pp  # noqa: E402
+from harness import ROOT, Node, ppgate_binary  # noqa: E402
 from ppgate.slurm import SlurmCluster  # noqa: E402
+from test_peers import submit_all  # noqa: E402
+
+TEMPLATE = os.path.join(ROOT, "deploy", "slurm", "ppgate-node.sbatch")
 
 WAIT = 90
 
@@ -232,6 +236,35 @@ class TestSlurmCluster(unittest.TestCase):
             for f in ended:
                 self.assertIsNone(f.result())
             executor.shutdown(wait=False, cancel_futures=True)
+
+    def test_the_documented_sbatch_template_joins_a_head(self):
+        secret = "template-test-secret"
+        secret_file = os.path.join(self.shared, "template-secret")
+        with open(secret_file, "w") as f:
+            f.write(secret)
+        os.chmod(secret_file, 0o600)
+        with Node("--peer-listen", "127.0.0.1:0", workers=0, env={"PPGATE_SECRET": secret}) as head:
+            head.token = secret
+            exports = ",".join(["ALL", "PPGATE_HEAD=127.0.0.1:%d" % head.peer_port, "PPGATE_SECRET_FILE=" + secret_file,
+                                "PPGATE=" + os.path.abspath(ppgate_binary()), "PPGATE_PYTHON=" + sys.executable])
+            done = self.slurm.run("sbatch", "--parsable", "--export=" + exports, "--cpus-per-task=1",
+                                  "--output=" + os.path.join(self.shared, "template-%j.out"), TEMPLATE)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            job_id = done.stdout.strip()
+            try:
+                head.wait_until(lambda: [n["slots"] for n in head.request("GET", "/v1/nodes")[1]["nodes"]
+                                         if n.get("joined") and n["connected"]] == [1], WAIT, "the batch job to join")
+                status, jobs = submit_all(head, 20)
+                self.assertEqual([j["result"] for j in jobs], [i * i for i in range(20)])
+            finally:
+                self.slurm.run("scancel", job_id)
+            wait_for(lambda: job_id not in self.slurm.queued_jobs(), WAIT, "scancel to end the batch job")
+            with open(os.path.join(self.shared, "template-%s.out" % job_id)) as f:
+                self.assertIn("drained:", f.read())
+        # Without the variables it says what is missing.
+        done = self.slurm.run("bash", TEMPLATE)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("PPGATE_HEAD", done.stderr)
 
 
 if __name__ == "__main__":

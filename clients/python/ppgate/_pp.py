@@ -488,6 +488,7 @@ class Server:
                     self.set_ncpus(ncpus)
                 self._warn_if_python_differs()
             for cluster in clusters:  # submits its batch jobs, which join the private node
+                assert self._node is not None and secret is not None
                 cluster._attach(self._node.peer_port, secret)
                 self._clusters.append(cluster)
         except BaseException:
