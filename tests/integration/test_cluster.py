@@ -109,6 +109,27 @@ class TestJoin(unittest.TestCase):
         self.assertIn("secret", result.stderr)
 
 
+class TestScale(unittest.TestCase):
+    def test_a_head_with_16_joined_one_worker_nodes(self):
+        with head_node() as head:
+            nodes = [joining_node(head) for _ in range(16)]
+            try:
+                for node in nodes:
+                    node.start()
+                wait_joined(head, 16, timeout=60)
+                self.assertEqual(len(head.request("GET", "/v1/nodes")[1]["nodes"]), 17)
+                status, jobs = submit_all(head, 1000, wait=120)
+                self.assertEqual(status, 200)
+                self.assertEqual([j["result"] for j in jobs], [i * i for i in range(1000)])
+                self.assertEqual(len({j["node"] for j in jobs}), 16)  # every node ran some
+                self.assertEqual(head.request("GET", "/v1/workers")[1]["count"], 0)
+                status, stats, _ = head.request("GET", "/v1/stats")
+                self.assertEqual(stats["ncpus"], 16)  # pp's ncpus: the joined nodes' slots
+            finally:
+                for node in nodes:
+                    node.stop()
+
+
 SLEEPER = "import time\ndef sleeper(x, seconds):\n    time.sleep(seconds)\n    return x\n"
 
 
