@@ -168,6 +168,10 @@ net::awaitable<void> peer_node::serve_joined(std::shared_ptr<channel> c) {
 
 void peer_node::link_up(std::shared_ptr<channel> c, std::size_t slots) {
   last_error_.clear();
+  pending_runs_.clear();  // meant for a link that is gone
+  pending_ids_.clear();
+  batched_.clear();
+  alone_.clear();
   channel_ = std::move(c);
   // What the other side knows of this link starts anew.
   fn_ids_.clear();
@@ -292,10 +296,10 @@ void peer_node::send_job(job& j, remote_slot& s) {
     ++next_fn_id_;
     defining_[j.id] = f.hash;
   }
-  std::string batch = "[";
+  std::string message;
   std::string attachments;  // its arguments in shared memory, as bytes after the batch
   try {
-    append_job_message(batch, j,
+    append_job_message(message, j,
                        {.fn_id = known->second, .with_definition = first_time, .with_options = true,
                         .inline_shared_memory = true, .attachments = &attachments, .receiver_has = [&](const std::shared_ptr<const shared_value>& v) {
                           if (!refs_sent_.insert(v->key).second) return true;
@@ -307,24 +311,56 @@ void peer_node::send_job(job& j, remote_slot& s) {
     fail_unsent(j, first_time, "SharedMemoryError", e.what());
     return;
   }
-  batch += ']';
-  const std::size_t size = batch.size() + (attachments.empty() ? 0 : 4 + attachments.size());
-  if (size > max_frame_size - 1024) {
+  const std::size_t size = message.size() + 2 + (attachments.empty() ? 0 : 4 + attachments.size());
+  if (size > max_run_frame) {
     fail_unsent(j, first_time, "MessageTooLarge",
                 "the job's message to node " + name_ + " would take " + std::to_string(size) +
-                    " bytes, over the limit of a peer frame, " + std::to_string(max_frame_size - 1024) + " bytes");
+                    " bytes, over the limit of a peer frame, " + std::to_string(max_run_frame) + " bytes");
     return;
   }
-  if (attachments.empty()) {
-    channel_->send(peer::msg::run, batch);
+  if (attachments.empty() && alone_.erase(j.id) == 0) {
+    queue_run(j.id, message);
+  } else if (attachments.empty()) {
+    // Refused in a frame with other jobs: alone, so one job's refusal is its own.
+    flush_runs();
+    channel_->send(peer::msg::run, "[" + message + "]");
   } else {
     // A binary message (shared_memory.hpp): the batch, then the bytes its pickles are parts of.
-    std::string message = shared_memory::binary_message_length(batch.size());
-    message.reserve(4 + batch.size() + attachments.size());
-    message += batch;
-    message += attachments;
-    channel_->send(peer::msg::run_attached, message);
+    flush_runs();
+    std::string batch = "[" + message + "]";
+    std::string frame = shared_memory::binary_message_length(batch.size());
+    frame.reserve(4 + batch.size() + attachments.size());
+    frame += batch;
+    frame += attachments;
+    channel_->send(peer::msg::run_attached, frame);
   }
+}
+
+void peer_node::queue_run(std::uint64_t job_id, std::string_view message) {
+  // The jobs the scheduler hands this node in one turn of the event loop go in one run frame:
+  // one message to authenticate and parse on each side, not one per job.
+  if (pending_runs_.size() + message.size() + 2 > max_run_frame) flush_runs();
+  pending_runs_ += pending_runs_.empty() ? '[' : ',';
+  pending_runs_ += message;
+  pending_ids_.push_back(job_id);
+  if (!flush_posted_) {
+    flush_posted_ = true;
+    net::post(ex_, [weak = weak_from_this()] {
+      if (auto self = weak.lock()) {
+        self->flush_posted_ = false;
+        self->flush_runs();
+      }
+    });
+  }
+}
+
+void peer_node::flush_runs() {
+  if (pending_runs_.empty()) return;
+  pending_runs_ += ']';
+  if (channel_) channel_->send(peer::msg::run, pending_runs_);
+  pending_runs_.clear();  // without a link its jobs were requeued already (link_lost)
+  if (pending_ids_.size() > 1) batched_.insert(pending_ids_.begin(), pending_ids_.end());
+  pending_ids_.clear();
 }
 
 void peer_node::forget_refs_defined_by(std::uint64_t job_id) {
@@ -350,6 +386,9 @@ void peer_node::fail_unsent(job& j, bool was_defining, std::string_view type, st
 
 void peer_node::cancel_job(job& j) {
   running_.erase(j.id);
+  batched_.erase(j.id);
+  alone_.erase(j.id);
+  flush_runs();  // the job's run goes first
   if (channel_) channel_->send(peer::msg::cancel, std::to_string(j.id));
 }
 
@@ -365,6 +404,7 @@ void peer_node::on_result(std::string_view payload) {
   }
   if (not_kept) forget_refs_defined_by(tag);
   else defining_refs_.erase(tag);
+  const bool was_batched = batched_.erase(tag) > 0;
   auto it = running_.find(tag);
   if (it == running_.end()) return;  // cancelled here meanwhile
   remote_slot& s = *it->second;
@@ -372,7 +412,13 @@ void peer_node::on_result(std::string_view payload) {
   job* j = s.job_;
   s.job_ = nullptr;
   if (j != nullptr) {
-    if (state == peer::handed_back_result) {  // the peer is draining: it never ran the job
+    if (state == peer::refused_result && was_batched) {
+      // Its frame held other jobs, and one of them may be what the peer refused: it goes again,
+      // alone (never having run there).
+      log::debug("job ", j->id, " was refused by ", name_, " with others; sending it alone");
+      alone_.insert(j->id);
+      sched_.requeue(*j);
+    } else if (state == peer::handed_back_result) {  // the peer is draining: it never ran the job
       log::debug("job ", j->id, " was handed back by ", name_, "; it runs elsewhere");
       sched_.requeue(*j);
     } else if (state == "done" || state == "failed" || state == peer::refused_result)
@@ -422,6 +468,10 @@ bool peer_node::on_result_attached(std::string_view payload) {
 void peer_node::link_lost(const std::string& why) {
   // Every job in flight goes back to the queue (or ends lost when it has been lost too often);
   // the peer's slots leave the scheduler until the link is back.
+  pending_runs_.clear();
+  pending_ids_.clear();
+  batched_.clear();
+  alone_.clear();
   std::vector<std::unique_ptr<remote_slot>> old;
   old.swap(slots_);
   running_.clear();

@@ -60,6 +60,9 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   net::awaitable<std::shared_ptr<channel>> connect(bool& refused);
   void set_capacity(std::size_t remote_slots);
   void send_job(job& j, remote_slot& s);
+  // A job's message, to go in the next run frame.
+  void queue_run(std::uint64_t job_id, std::string_view message);
+  void flush_runs();
   // A job that could not be sent (its message cannot be made, or is too big) fails.
   void fail_unsent(job& j, bool was_defining, std::string_view type, std::string_view why);
   void forget_refs_defined_by(std::uint64_t job_id);
@@ -89,6 +92,12 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   std::unordered_set<std::uint64_t> refs_sent_;
   std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> defining_refs_;
   std::shared_ptr<channel> channel_;
+  std::string pending_runs_;  // "[job,job" for the run frame that the posted flush sends
+  std::vector<std::uint64_t> pending_ids_;  // its jobs
+  bool flush_posted_ = false;
+  // Jobs sent in a frame with others, until their result; those refused so go again alone.
+  std::unordered_set<std::uint64_t> batched_, alone_;
+  static constexpr std::size_t max_run_frame = max_frame_size - 1024;
   std::string last_error_;
   bool stopped_ = false;
   const bool joined_ = false;

@@ -324,8 +324,12 @@ class FakePeer:
     """The acceptor side of the peer protocol, played by the test: it proves the secret, offers
     one slot, and answers each job of a `run` message with whatever `answer(job)` returns."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, slots=1, answer_frame=None):
         self.answer = answer
+        self.slots = slots
+        # answer_frame(jobs) -> one (state, outcome) per job of a run frame (default: answer's)
+        self.answer_frame = answer_frame or (lambda jobs: [answer(job) for job in jobs])
+        self.frames = []  # the jobs of each run frame received
         self.jobs = []  # every job object received, in order
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(20)
@@ -350,7 +354,7 @@ class FakePeer:
             assert kind == PROOF and payload.decode() == proof(SECRET, "dialer", nonce_a, nonce_d)
             out = FrameAuth(SECRET, nonce_d, nonce_a, "acceptor")
             incoming = FrameAuth(SECRET, nonce_d, nonce_a, "dialer")
-            out.send(conn, WELCOME, b"1 3.11.2 fake-peer")
+            out.send(conn, WELCOME, b"%d 3.11.2 fake-peer" % self.slots)
             while True:
                 try:
                     kind, payload = incoming.read(conn)
@@ -361,9 +365,10 @@ class FakePeer:
                 if kind == PING:
                     out.send(conn, PONG, b"")
                 elif kind == RUN:
-                    for job in json.loads(payload):
-                        self.jobs.append(job)
-                        state, outcome = self.answer(job)
+                    jobs = json.loads(payload)
+                    self.frames.append(jobs)
+                    self.jobs.extend(jobs)
+                    for job, (state, outcome) in zip(jobs, self.answer_frame(jobs)):
                         out.send(conn, RESULT, ("%d %s 0.001\n%s" % (job["tag"], state, outcome)).encode())
 
     def close(self):
@@ -395,6 +400,38 @@ class TestPeerProtocolEdges(unittest.TestCase):
                 # The source went with the refused job and once more with the next; not again.
                 self.assertEqual(["source" in j for j in peer.jobs], [True, True, False])
                 self.assertNotEqual(peer.jobs[0]["fn_id"], peer.jobs[1]["fn_id"])
+        finally:
+            peer.close()
+
+
+    def test_a_frame_of_jobs_refused_for_one_bad_job_fails_only_that_job(self):
+        refused = '"error":{"type":"SubmitError","message":"job 13 is bad"},"stdout":"","stderr":""'
+
+        def answer(job):
+            return "done", '"result":%d,"stdout":"","stderr":""' % (job["args"][0] * job["args"][0])
+
+        def answer_frame(jobs):
+            # As a real acceptor refuses a batch: whole, when one of its jobs does not parse.
+            if any(job["args"][0] == 13 for job in jobs):
+                return [("refused", refused)] * len(jobs)
+            return [answer(job) for job in jobs]
+
+        peer = FakePeer(answer, slots=4, answer_frame=answer_frame)
+        try:
+            with Node("--peers", "127.0.0.1:%d" % peer.port, "--peer-heartbeat", "0.2", workers=0,
+                      env={"PPGATE_SECRET": SECRET}) as node:
+                node.token = SECRET
+                wait_connected(node, 1)
+                batch = [{"source": NAP, "function": "nap", "args": [i]} for i in range(10, 18)]
+                status, data, _ = node.request("POST", "/v1/jobs?wait=30", batch)
+                by_arg = {i: j for i, j in zip(range(10, 18), data["jobs"])}
+                self.assertEqual(by_arg[13]["status"], "failed")
+                self.assertEqual(by_arg[13]["error"]["message"], "job 13 is bad")
+                self.assertEqual({i: j.get("result") for i, j in by_arg.items() if i != 13},
+                                 {i: i * i for i in range(10, 18) if i != 13})
+                self.assertTrue(any(len(f) > 1 and any(j["args"][0] == 13 for j in f) for f in peer.frames),
+                                [len(f) for f in peer.frames])  # it did share a frame with others
+                self.assertEqual([len(f) for f in peer.frames if any(j["args"][0] == 13 for j in f)][-1], 1)
         finally:
             peer.close()
 
