@@ -1,16 +1,24 @@
 """Clusters (docs/clusters.md): nodes that join a head (ppgate serve --join) and the jobs the
-head runs on them, through kill -9, a head that restarts, and a wrong secret."""
+head runs on them, through kill -9, a head that restarts, a wrong secret and 16 nodes; and the
+drain on SIGTERM, with and without other nodes to take the rest."""
 
 import os
 import re
 import signal
 import socket
+import sys
 import threading
+import time
 import unittest
 from collections import Counter
 
-from harness import Node, run_ppgate
+from harness import ROOT, Node, run_ppgate
 from test_peers import HELLO, REFUSED, SECRET, VERSION, read_message, remote_nodes, send_message, submit_all
+
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+import ppgate as pp  # noqa: E402
+
+WAIT = 60
 
 
 def joining_node(head, *extra, workers=1, secret=SECRET, port=None):
@@ -184,6 +192,24 @@ class TestDrain(unittest.TestCase):
             self.assertEqual((handed_back, lost), (0, by_status["lost"]))
             self.assertLessEqual(finished, 2 * 8)  # at most what the two workers held then
             self.assertGreaterEqual(by_status["done"], 10)
+
+    def test_the_python_client_is_told_how_each_job_ended(self):
+        with Node("--drain-timeout", "10", workers=1, env={"PPGATE_SECRET": SECRET}) as node:
+            with pp.Server(url="http://127.0.0.1:%d" % node.port, token=SECRET) as server:
+                jobs = [server.submit(time.sleep, (0.5,)) for _ in range(4)]
+                node.wait_until(lambda: node.request("GET", "/v1/stats", headers={"Authorization": "Bearer " + SECRET})
+                                [1]["jobs"]["running"] == 1, what="the first job to run")
+                node.proc.send_signal(signal.SIGTERM)
+                node.wait_until(lambda: "draining" in node.log_text(), what="the drain")
+                late = server.submit(time.sleep, (0.1,))
+                self.assertIsNone(jobs[0](timeout=WAIT))
+                for job in jobs[1:]:
+                    with self.assertRaisesRegex(pp.JobLostError, "had not started"):
+                        job(timeout=WAIT)
+                with self.assertRaisesRegex(pp.SubmitError, "draining"):
+                    late(timeout=WAIT)
+            self.assertEqual(node.proc.wait(30), 0)
+            self.assertEqual(drained_counts(node), (1, 0, 3))
 
     def test_new_jobs_are_refused_while_running_ones_finish(self):
         with Node(workers=1) as node:
