@@ -112,8 +112,6 @@ peer_node::peer_node(net::any_io_executor ex, scheduler& sched, std::string host
   sched_.register_node(*this);
 }
 
-// The supervising coroutine takes the slots out of the scheduler before it ends; a node outlives
-// the scheduler only when the io_context is torn down, and must not touch it then.
 peer_node::peer_node(joined_node, net::any_io_executor ex, scheduler& sched, std::string name,
                      const peer_settings& settings, std::size_t inflight_per_slot)
     : ex_(ex),
@@ -126,6 +124,8 @@ peer_node::peer_node(joined_node, net::any_io_executor ex, scheduler& sched, std
   sched_.register_node(*this);
 }
 
+// The supervising coroutine takes the slots out of the scheduler before it ends; a node outlives
+// the scheduler only when the io_context is torn down, and must not touch it then.
 peer_node::~peer_node() = default;
 
 void peer_node::launch() {
@@ -143,7 +143,7 @@ void peer_node::adopt(peer_channel& authenticated) {
 net::awaitable<void> peer_node::serve_joined(std::shared_ptr<channel> c) {
   const auto welcome = co_await c->joined_welcome();
   if (!welcome || stopped_) {
-    log::warn("node ", name_, " joined but sent no welcome; closing its link");
+    if (!welcome) log::warn("node ", name_, " joined but sent no welcome; closing its link");
     c->close();
     co_return;
   }

@@ -243,3 +243,33 @@ TEST_CASE("per-node statistics count jobs and their time") {
   CHECK(s.failed == 1);
   CHECK(s.submitted == 4);
 }
+
+TEST_CASE("a drain hands queued jobs back, then ends what is left lost") {
+  scheduler sched({});
+  test_node home("local");
+  recording_slot a(home);
+  const auto running = sched.submit(make_spec()).id;
+  sched.slot_ready(a);
+  const auto queued1 = sched.submit(make_spec()).id;
+  const auto queued2 = sched.submit(make_spec()).id;
+  CHECK(sched.accepting());
+  sched.stop_accepting("draining");
+  CHECK_FALSE(sched.accepting());
+  CHECK(sched.refusal() == "draining");
+  // Only a queued job goes back.
+  CHECK_FALSE(sched.hand_back(running, "back"));
+  CHECK(sched.hand_back(queued1, "back"));
+  CHECK(sched.find(queued1)->state == job_state::cancelled);
+  CHECK(sched.find(queued1)->outcome.find("HandedBack") != std::string::npos);
+  // The queued ones first; the running one when asked, taken back from its slot.
+  CHECK(sched.lose_unfinished("not started", false) == 1);
+  CHECK(sched.find(queued2)->state == job_state::lost);
+  CHECK(sched.find(running)->state == job_state::running);
+  CHECK(sched.lose_unfinished("timed out", true) == 1);
+  CHECK(sched.find(running)->state == job_state::lost);
+  CHECK(sched.find(running)->outcome.find("NodeStopped") != std::string::npos);
+  CHECK(a.aborts == 1);
+  CHECK(sched.running() == 0);
+  CHECK(sched.queue_depth() == 0);
+  CHECK(sched.lose_unfinished("again", true) == 0);
+}
