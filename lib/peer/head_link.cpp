@@ -19,6 +19,7 @@ class head_link::channel : public serving_channel {
   }
 
   net::awaitable<bool> join(const local_pool& pool, std::string& why, bool& refused) {
+    // Stored first: `if (!co_await ...)` on an optional result crashed (SIGILL) under g++ 12.
     const auto head_welcome = co_await dial_handshake(/*join=*/true, why, refused);
     if (!head_welcome) co_return false;
     send(peer::msg::welcome, std::to_string(pool.size()) + " " + pool.python_version() + " " + settings_.name);
