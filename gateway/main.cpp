@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
                                    : python_info{cmd.serve.python, cmd.serve.python_version};
     workers.command.python = python.executable;
     workers.python_version = python.version;
-    workers.restart_after_each_job = cmd.serve.restart_workers;
+    workers.max_jobs_per_process = cmd.serve.max_jobs_per_worker;
     log::info("workers run Python ", python.version, " (", python.executable, ")");
     net::io_context io(1);
     node_server server(io, cmd.serve, std::move(workers));

@@ -125,6 +125,8 @@ serve options:
   --python-version V     skip that check: the caller vouches that --python is CPython V (the
                          Python client's private node passes its own interpreter's version)
   --restart              start a fresh worker process after every job (pp's restart=True)
+  --max-jobs-per-worker N  a fresh worker process after every N jobs (a leaking library is
+                         reset; no job waits behind the last one)
   --pid-file PATH        write the process id to PATH; removed at exit
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
   --drain-timeout SECONDS  on SIGTERM, how long running jobs may take to finish (default 30;
@@ -223,9 +225,11 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else if (flag == "--insecure") {
       no_value();
       o.insecure = true;
+    } else if (flag == "--max-jobs-per-worker") {
+      o.max_jobs_per_worker = parse_int<std::size_t>(flag, take_value(), 1, 1000000000);
     } else if (flag == "--restart") {
       no_value();
-      o.restart_workers = true;
+      o.max_jobs_per_worker = 1;
     } else if (flag == "--pid-file") {
       o.pid_file = take_value();
     } else if (flag == "--drain-timeout") {

@@ -23,7 +23,7 @@ struct serve_options {
   std::string secret;                  // bearer token; empty: none
   std::vector<std::string> secret_variables;  // the environment variables the secrets came from
   bool insecure = false;
-  bool restart_workers = false;
+  std::size_t max_jobs_per_worker = 0;  // a fresh worker process after this many jobs (0: never)
   std::string python = "python3";  // the interpreter workers run (--python)
   std::string python_version;      // --python-version: given, so the start-up probe is skipped
   std::string worker_dir;          // where the worker's files are; empty: found (locate_worker_script)

@@ -36,7 +36,7 @@ worker_slot::worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& 
       deadline_(ex),
       stall_timer_(ex),
       // A fresh process per job leaves nothing to place behind the running job.
-      max_in_flight_(opts.restart_after_each_job ? 1 : 16) {}
+      max_in_flight_(opts.max_jobs_per_process == 1 ? 1 : 16) {}
 
 node& worker_slot::owner() { return pool_; }
 
@@ -66,6 +66,7 @@ net::awaitable<void> worker_slot::supervise() {
       continue;
     }
     ++generation_;
+    process_jobs_ = 0;
     fn_ids_.clear();
     values_.clear();
     reader_ = frame_reader();
@@ -149,6 +150,10 @@ void worker_slot::ask_for_work() {
     return;
   }
   if (!accepting_) return;
+  if (spent()) {  // its last jobs are in flight; once they are done, a fresh process
+    if (in_flight_.empty()) replace_process();
+    return;
+  }
   if (in_flight_.empty()) {
     idle_ = true;
     sched_.slot_ready(*this);  // may call start() right away
@@ -205,6 +210,7 @@ void worker_slot::start(job& j) {
     return;
   }
   idle_ = false;
+  ++process_jobs_;
   in_flight_.push_back({j.id, &j});
   // The function's definition goes to each process once; later jobs name it by its fn_id.
   const auto [known, first_time] =
@@ -284,6 +290,7 @@ void worker_slot::on_reply(std::string_view frame) {
   deadline_.cancel();
   recently_finished_.push_back(id);
   if (recently_finished_.size() > 16) recently_finished_.pop_front();
+  if (word == "skipped") --process_jobs_;  // it never ran here: it does not count
   if (j != nullptr && word == "skipped") {
     sched_.requeue(*j);  // taken back by a stall check, and the worker did skip it
   } else if (j != nullptr) {
@@ -298,7 +305,9 @@ void worker_slot::on_reply(std::string_view frame) {
     return;
   }
   if (!in_flight_.empty() && in_flight_.front().j != nullptr) become_running(*in_flight_.front().j, true);
-  if (opts_.restart_after_each_job) {
+  if (spent() && in_flight_.empty()) {
+    // --max-jobs-per-worker (or --restart): nothing was placed behind its last job.
+    log::debug("worker ", proc_->pid(), " ran its ", process_jobs_, " jobs; a fresh one takes the slot");
     replace_process();  // serve() sees EOF; supervise() starts a fresh process
     return;
   }

@@ -1,5 +1,5 @@
 // A slot of the local node: one worker process at a time, replaced whenever it dies, is
-// timed out, is cancelled, or (with restart_after_each_job) finishes a job.
+// timed out, is cancelled, or has run --max-jobs-per-worker jobs (pp's restart=True: one).
 //
 // The worker runs one job at a time, in the order the jobs were written to it. Behind the running
 // job the link may place short jobs, up to about a millisecond of expected work
@@ -31,7 +31,8 @@ class local_pool;
 struct worker_options {
   worker_command command;                // how a worker process starts
   std::string python_version;            // of command.python, as probe_python found it
-  bool restart_after_each_job = false;   // pp's restart=True
+  // A fresh process after this many jobs (0: no limit; 1: pp's restart=True, after every job).
+  std::size_t max_jobs_per_process = 0;
 };
 
 enum class worker_state { starting, idle, busy, stopping };
@@ -81,6 +82,8 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   void on_stall_check(std::uint64_t serial);
   void take_back_waiting();
   void ask_for_work();
+  // The process has been sent all the jobs --max-jobs-per-worker allows it.
+  bool spent() const { return opts_.max_jobs_per_process != 0 && process_jobs_ >= opts_.max_jobs_per_process; }
   void release_forgotten_values();
   void send(std::string_view payload);
   void write_outbox();
@@ -95,6 +98,7 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   local_pool& pool_;
   const worker_options& opts_;
   std::unique_ptr<worker_process> proc_;
+  std::size_t process_jobs_ = 0;   // jobs sent to this process
   std::uint64_t generation_ = 0;  // counts processes, so stale callbacks can tell they are stale
   // The functions this process has been sent, by hash: the fn_id it knows each by.
   std::unordered_map<std::string, std::int64_t> fn_ids_;

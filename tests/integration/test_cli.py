@@ -27,7 +27,7 @@ class TestCommandLine(unittest.TestCase):
         for flag in ("--listen", "--workers", "--secret-file", "--secret-env", "--insecure", "--restart",
                      "--pid-file", "--idle-exit", "--max-body", "--max-header", "--max-connections",
                      "--idle-timeout", "--keep-finished", "--worker-dir", "--python", "--log-level", "--busy-poll",
-                     "--stats-interval", "--parent-pid"):
+                     "--stats-interval", "--parent-pid", "--drain-timeout", "--join", "--max-jobs-per-worker"):
             self.assertIn(flag, r.stdout)
 
     def test_bad_flags_get_a_clear_error(self):
@@ -44,6 +44,10 @@ class TestCommandLine(unittest.TestCase):
             (["serve", "--listen", "0.0.0.0:0"], "not a loopback address"),
             (["serve", "--python-version", "2.7"], "--python-version"),
             (["serve", "--python-version", "3.11; rm"], "--python-version"),
+            (["serve", "--drain-timeout", "-1"], "--drain-timeout"),
+            (["serve", "--drain-timeout", "soon"], "--drain-timeout"),
+            (["serve", "--max-jobs-per-worker", "0"], "--max-jobs-per-worker"),
+            (["serve", "--join", "nowhere"], "--join"),
             (["frobnicate"], "unknown command"),
             ([], "missing command"),
         ]

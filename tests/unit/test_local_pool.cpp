@@ -29,14 +29,14 @@ struct fixture {
   scheduler sched{scheduler::options{}};
   std::unique_ptr<local_pool> pool;
 
-  explicit fixture(std::size_t workers, bool restart = false) {
+  explicit fixture(std::size_t workers, std::size_t max_jobs_per_process = 0) {
     worker_options opts;
     // $PPGATE_TEST_WORKER_SCRIPT overrides the build's own worker: a sanitized build's extension
     // module cannot load into an interpreter built without the sanitizer.
     const char* script = std::getenv("PPGATE_TEST_WORKER_SCRIPT");
     opts.command = {PPGATE_TEST_PYTHON, script != nullptr && *script != '\0' ? script : PPGATE_TEST_WORKER_SCRIPT};
     opts.python_version = "3";
-    opts.restart_after_each_job = restart;
+    opts.max_jobs_per_process = max_jobs_per_process;
     pool = std::make_unique<local_pool>(io.get_executor(), sched, std::move(opts));
     pool->resize(workers);
   }
@@ -120,8 +120,8 @@ TEST_CASE("the pool grows and shrinks at run time") {
   CHECK(j.state == job_state::done);
 }
 
-TEST_CASE("with restart_after_each_job every job gets a fresh process") {
-  fixture f(1, true);
+TEST_CASE("with one job per process (pp's restart=True) every job gets a fresh process") {
+  fixture f(1, 1);
   std::vector<std::string> pids;
   for (int i = 0; i < 3; ++i) {
     auto& j = f.submit(R"({"source":"import os\ndef f():\n    return os.getpid()\n","function":"f"})");
@@ -130,6 +130,28 @@ TEST_CASE("with restart_after_each_job every job gets a fresh process") {
   }
   CHECK(pids[0] != pids[1]);
   CHECK(pids[1] != pids[2]);
+}
+
+TEST_CASE("with three jobs per process, jobs placed behind each other run three to a process") {
+  fixture f(1, 3);
+  // Short jobs, submitted together: the slot would place many behind the running one, but never
+  // past its process's third. Each job's result is its process's pid.
+  std::vector<job*> jobs;
+  for (int i = 0; i < 10; ++i)
+    jobs.push_back(&f.submit(R"({"source":"import os\ndef f(i):\n    return os.getpid()\n","function":"f","args":[)" +
+                             std::to_string(i) + "]}"));
+  std::vector<std::string> pids;
+  for (job* j : jobs) {
+    REQUIRE(f.wait_end(*j));
+    CHECK(j->state == job_state::done);
+    pids.push_back(j->outcome.substr(0, j->outcome.find(',')));
+  }
+  for (std::size_t i = 0; i < pids.size(); ++i) {
+    INFO("job " << i);
+    if (i % 3 != 0) CHECK(pids[i] == pids[i - 1]);  // the same process as the job before
+    else if (i > 0) CHECK(pids[i] != pids[i - 1]);  // a fresh one
+  }
+  CHECK(f.pool->workers().at(0).jobs_run == 10);
 }
 
 TEST_CASE("a repeated function is sent to a worker once, then referenced by its hash") {
