@@ -464,8 +464,8 @@ class Server:
         self._unfinished: Dict[str, int] = {}  # group -> number of unfinished jobs
         self._ending_lock = threading.Lock()
         self._functions: Dict[Any, FunctionSpec] = {}  # function key -> its FunctionSpec
-        # Big captured values and instances, sent once (to peers, or from another host).
-        self._sent_once = _SentOnce(through_shared_memory=bool(ppservers))
+        # Big captured values and instances, sent once when they would cross a link.
+        self._sent_once = _SentOnce(through_shared_memory=bool(ppservers or clusters))
         self._callbacks: Optional[queue.SimpleQueue[Optional[Job]]] = None
         self._rest_lock = threading.Lock()
         self._rest: Optional[http.client.HTTPConnection] = None
