@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "clients
 
 import ppgate as pp  # noqa: E402
 from harness import ROOT, Node, ppgate_binary  # noqa: E402
-from ppgate.slurm import SlurmCluster  # noqa: E402
+from ppgate.slurm import SlurmCluster, SlurmError  # noqa: E402
 from test_peers import submit_all  # noqa: E402
 
 TEMPLATE = os.path.join(ROOT, "deploy", "slurm", "ppgate-node.sbatch")
@@ -171,6 +171,14 @@ class TestSlurmCluster(unittest.TestCase):
         with self.assertRaises(TypeError):
             SlurmCluster(extra_directives="--comment=x")
         self.assertEqual(cluster.job_ids, [])  # nothing is submitted before a Server uses it
+        # Off a submit host: a clear error, and the Server does not stay half made.
+        saved = os.environ["PATH"]
+        os.environ["PATH"] = "/nonexistent"
+        try:
+            with self.assertRaisesRegex(SlurmError, "sbatch is not on PATH"):
+                pp.Server(0, ppservers=self.cluster(jobs=1))
+        finally:
+            os.environ["PATH"] = saved
 
     def test_two_batch_jobs_join_and_run_100_jobs_then_close_cancels_them(self):
         cluster = self.cluster(jobs=2, walltime="00:10:00")

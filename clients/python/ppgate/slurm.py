@@ -194,7 +194,7 @@ class SlurmCluster:
         self.scale(self.jobs)
 
     def _submit_one(self) -> None:
-        done = subprocess.run(["sbatch", "--parsable"], input=self.job_script(), capture_output=True, text=True)
+        done = _run(["sbatch", "--parsable"], self.job_script())
         if done.returncode != 0:
             raise SlurmError("sbatch failed: " + (done.stderr.strip() or "exit %d" % done.returncode))
         job_id = done.stdout.strip().split(";")[0]
@@ -203,6 +203,15 @@ class SlurmCluster:
 
     @staticmethod
     def _scancel(ids: Sequence[str]) -> None:
-        done = subprocess.run(["scancel"] + list(ids), capture_output=True, text=True)
+        done = _run(["scancel"] + list(ids))
         if done.returncode != 0:
             raise SlurmError("scancel failed: " + (done.stderr.strip() or "exit %d" % done.returncode))
+
+
+def _run(command: List[str], stdin: Optional[str] = None) -> "subprocess.CompletedProcess[str]":
+    try:
+        return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise SlurmError("%s is not on PATH: is this a Slurm submit host?" % command[0]) from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError("%s did not answer within 120 s" % command[0]) from None
