@@ -4,9 +4,6 @@
 #include "peer_stream.hpp"
 #include "serving_channel.hpp"
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-
 namespace ppgate {
 
 // The joining side of a link: the dialer's handshake offering to join, then its own welcome
@@ -67,22 +64,8 @@ void head_link::capacity_changed() {
 }
 
 net::awaitable<std::shared_ptr<head_link::channel>> head_link::connect(bool& refused) {
-  net::ip::tcp::resolver resolver(ex_);
-  auto [rec, endpoints] = co_await resolver.async_resolve(host_, std::to_string(port_), use_nothrow_awaitable);
-  if (rec) {
-    last_error_ = "cannot resolve " + host_ + ": " + rec.message();
-    co_return nullptr;
-  }
-  net::ip::tcp::socket socket(ex_);
-  auto [cec, endpoint] = co_await net::async_connect(socket, endpoints, use_nothrow_awaitable);
-  if (cec) {
-    last_error_ = "cannot connect: " + cec.message();
-    co_return nullptr;
-  }
-  boost::system::error_code ignored;
-  socket.set_option(net::ip::tcp::no_delay(true), ignored);
-  auto stream = tls_ ? std::make_unique<peer_stream>(std::move(socket), *tls_)
-                     : std::make_unique<peer_stream>(std::move(socket));
+  auto stream = co_await dial_peer(ex_, host_, port_, tls_.get(), last_error_);
+  if (!stream) co_return nullptr;
   auto c = std::make_shared<channel>(std::move(stream), settings_, sched_, head_name_);
   std::string why;
   if (!co_await c->join(pool_, why, refused)) {

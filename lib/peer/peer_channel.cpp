@@ -214,6 +214,19 @@ net::awaitable<void> peer_channel::run() {
   on_closed();
 }
 
+void peer_channel::dispatch(const peer::message& m) {
+  // Liveness and a goodbye mean the same to either role; the rest is the role's.
+  switch (m.type) {
+    case peer::msg::ping: send(peer::msg::pong, {}); break;
+    case peer::msg::pong: break;
+    case peer::msg::refused:
+      log::warn("peer ", peer_name_, " closed the link: ", m.payload);
+      close();
+      break;
+    default: on_message(m); break;
+  }
+}
+
 net::awaitable<void> peer_channel::read_loop() {
   // Messages that arrived with the end of the handshake are already buffered: they go first.
   for (;;) {
@@ -221,7 +234,7 @@ net::awaitable<void> peer_channel::read_loop() {
     try {
       while (!closed_ && reader_.next(frame)) {
         peer::message m;
-        if (open(frame, m)) on_message(m);
+        if (open(frame, m)) dispatch(m);
       }
     } catch (const frame_error& e) {
       log::warn("peer ", peer_name_, " sent a bad frame: ", e.what());

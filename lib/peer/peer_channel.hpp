@@ -51,6 +51,7 @@ class peer_channel : public std::enable_shared_from_this<peer_channel> {
   // After the handshake: serves until the connection ends, then calls on_closed().
   net::awaitable<void> run();
 
+  // A message of the link's role (ping, pong and refused are answered here, for both).
   virtual void on_message(const peer::message& m) = 0;
   virtual void on_closed() {}
 
@@ -60,6 +61,7 @@ class peer_channel : public std::enable_shared_from_this<peer_channel> {
 
  private:
   net::awaitable<bool> read_more();
+  void dispatch(const peer::message& m);
   net::awaitable<void> read_loop();
   void write_next();      // starts writing the outbox unless a write is in flight
   void heartbeat();       // one tick: cut off a silent peer, or ping it

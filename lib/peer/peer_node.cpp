@@ -5,7 +5,6 @@
 #include "job_message.hpp"
 #include "log.hpp"
 
-#include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
 #include <charconv>
@@ -86,12 +85,6 @@ class peer_node::channel : public peer_channel {
         node_.set_capacity(slots);
         break;
       }
-      case peer::msg::ping: send(peer::msg::pong, {}); break;
-      case peer::msg::pong: break;
-      case peer::msg::refused:
-        log::warn("peer ", peer_name_, " closed the link: ", m.payload);
-        close();
-        break;
       default: log::warn("peer ", peer_name_, " sent an unexpected message"); break;
     }
   }
@@ -188,22 +181,8 @@ void peer_node::stop() {
 }
 
 net::awaitable<std::shared_ptr<peer_node::channel>> peer_node::connect(bool& refused) {
-  net::ip::tcp::resolver resolver(ex_);
-  auto [rec, endpoints] = co_await resolver.async_resolve(host_, std::to_string(port_), use_nothrow_awaitable);
-  if (rec) {
-    last_error_ = "cannot resolve " + host_ + ": " + rec.message();
-    co_return nullptr;
-  }
-  net::ip::tcp::socket socket(ex_);
-  auto [cec, endpoint] = co_await net::async_connect(socket, endpoints, use_nothrow_awaitable);
-  if (cec) {
-    last_error_ = "cannot connect: " + cec.message();
-    co_return nullptr;
-  }
-  boost::system::error_code ignored;
-  socket.set_option(net::ip::tcp::no_delay(true), ignored);
-  auto stream = tls_ ? std::make_unique<peer_stream>(std::move(socket), *tls_)
-                     : std::make_unique<peer_stream>(std::move(socket));
+  auto stream = co_await dial_peer(ex_, host_, port_, tls_.get(), last_error_);
+  if (!stream) co_return nullptr;
   auto c = std::make_shared<channel>(std::move(stream), settings_, *this);
   std::string why;
   const std::size_t slots = co_await c->handshake(why, refused);

@@ -1,5 +1,6 @@
 #include "peer_stream.hpp"
 
+#include <boost/asio/connect.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/write.hpp>
 #include <openssl/err.h>
@@ -27,6 +28,28 @@ std::shared_ptr<net::ssl::context> make_tls_context(const tls_config& cfg, bool 
     ctx->set_verify_mode(net::ssl::verify_none);
   }
   return ctx;
+}
+
+net::awaitable<std::unique_ptr<peer_stream>> dial_peer(net::any_io_executor ex, const std::string& host,
+                                                       std::uint16_t port, net::ssl::context* tls,
+                                                       std::string& error) {
+  net::ip::tcp::resolver resolver(ex);
+  auto [rec, endpoints] = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow_awaitable);
+  if (rec) {
+    error = "cannot resolve " + host + ": " + rec.message();
+    co_return nullptr;
+  }
+  net::ip::tcp::socket socket(ex);
+  auto [cec, endpoint] = co_await net::async_connect(socket, endpoints, use_nothrow_awaitable);
+  if (cec) {
+    error = "cannot connect: " + cec.message();
+    co_return nullptr;
+  }
+  boost::system::error_code ignored;
+  socket.set_option(net::ip::tcp::no_delay(true), ignored);
+  std::unique_ptr<peer_stream> stream = tls ? std::make_unique<peer_stream>(std::move(socket), *tls)
+                                            : std::make_unique<peer_stream>(std::move(socket));
+  co_return stream;
 }
 
 peer_stream::peer_stream(net::ip::tcp::socket socket) : s_(std::move(socket)) {}

@@ -21,6 +21,14 @@ namespace ppgate {
 // Throws std::runtime_error naming the file that could not be used.
 std::shared_ptr<net::ssl::context> make_tls_context(const tls_config& cfg, bool server);
 
+class peer_stream;
+
+// Resolves and connects to host:port (TCP_NODELAY; TLS over it with `tls`, its handshake not done
+// yet): the stream, or null with `error` saying why.
+net::awaitable<std::unique_ptr<peer_stream>> dial_peer(net::any_io_executor ex, const std::string& host,
+                                                       std::uint16_t port, net::ssl::context* tls,
+                                                       std::string& error);
+
 class peer_stream {
  public:
   explicit peer_stream(net::ip::tcp::socket socket);

@@ -131,12 +131,6 @@ void serving_channel::on_message(const peer::message& m) {
       jobs_->cancel(tag);
       break;
     }
-    case peer::msg::ping: send(peer::msg::pong, {}); break;
-    case peer::msg::pong: break;
-    case peer::msg::refused:
-      log::warn("peer ", peer_name_, " closed the link: ", m.payload);
-      close();
-      break;
     default: log::warn("peer ", peer_name_, " sent an unexpected message"); break;
   }
 }
