@@ -3,12 +3,14 @@
 #include "log.hpp"
 #include "node_server.hpp"
 #include "options.hpp"
+#include "worker_memory.hpp"
 
 #include <boost/asio/io_context.hpp>
 
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 
 int main(int argc, char** argv) {
   using namespace ppgate;
@@ -44,6 +46,22 @@ int main(int argc, char** argv) {
     workers.python_version = python.version;
     workers.max_jobs_per_process = cmd.serve.max_jobs_per_worker;
     log::info("workers run Python ", python.version, " (", python.executable, ")");
+    std::unique_ptr<worker_cgroups> cgroups;
+    if (const auto limit = cmd.serve.max_worker_memory; limit != 0) {
+      workers.max_memory = limit;
+      workers.command.extra_args = {"--max-memory", std::to_string(limit)};
+      std::string why_not;
+      cgroups = worker_cgroups::prepare(why_not);
+      if (cgroups) {
+        workers.cgroups = cgroups.get();
+        log::info("--max-worker-memory: each worker runs in a cgroup under ", cgroups->dir().string(),
+                  " with memory.max ", limit);
+      } else {
+        workers.command.extra_args.push_back("--memory-rlimit");
+        log::info("--max-worker-memory: workers cap their address space (RLIMIT_AS), as no cgroup can be "
+                  "made: ", why_not);
+      }
+    }
     net::io_context io(1);
     node_server server(io, cmd.serve, std::move(workers));
     server.start();

@@ -57,6 +57,25 @@ std::string read_secret_file(const std::string& path) {
   return secret;
 }
 
+// "1073741824", "512M", "2G", "64KiB" (powers of 1024), from min to max bytes.
+std::uint64_t parse_bytes(std::string_view flag, std::string_view text, std::uint64_t min, std::uint64_t max) {
+  std::uint64_t value = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  std::string_view unit(p, static_cast<std::size_t>(text.data() + text.size() - p));
+  static constexpr std::pair<std::string_view, int> units[] = {
+      {"", 0},    {"B", 0},    {"K", 10},  {"k", 10},   {"KiB", 10}, {"KB", 10}, {"M", 20}, {"MiB", 20},
+      {"MB", 20}, {"G", 30},   {"GiB", 30}, {"GB", 30}, {"T", 40},   {"TiB", 40}, {"TB", 40}};
+  int shift = -1;
+  for (const auto& [name, bits] : units)
+    if (unit == name) shift = bits;
+  const bool fits = shift >= 0 && (value >> (64 - 1 - shift)) == 0;
+  if (ec != std::errc() || p == text.data() || !fits || (value << shift) < min || (value << shift) > max)
+    throw usage_error(std::string(flag) + " expects a size from " + std::to_string(min >> 20) + " MiB to " +
+                      std::to_string(max >> 30) + " GiB, in bytes or with K, M, G or T (powers of 1024), not '" +
+                      std::string(text) + "'");
+  return value << shift;
+}
+
 // "HOST:PORT" for a peer to dial: any host name.
 std::pair<std::string, std::uint16_t> parse_peer(std::string_view flag, std::string_view text) {
   std::string_view host, port;
@@ -127,6 +146,10 @@ serve options:
   --restart              start a fresh worker process after every job (pp's restart=True)
   --max-jobs-per-worker N  a fresh worker process after every N jobs (a leaking library is
                          reset; no job waits behind the last one)
+  --max-worker-memory SIZE  a worker whose resident memory is over SIZE after a job is replaced;
+                         a job that takes it over fails with WorkerMemoryError (SIZE in bytes,
+                         or 512M, 2G; at least 16M). A cgroup v2 limit where the node may make
+                         cgroups, else RLIMIT_AS (docs/cli.md)
   --pid-file PATH        write the process id to PATH; removed at exit
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
   --drain-timeout SECONDS  on SIGTERM, how long running jobs may take to finish (default 30;
@@ -227,6 +250,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.insecure = true;
     } else if (flag == "--max-jobs-per-worker") {
       o.max_jobs_per_worker = parse_int<std::size_t>(flag, take_value(), 1, 1000000000);
+    } else if (flag == "--max-worker-memory") {
+      o.max_worker_memory = parse_bytes(flag, take_value(), std::uint64_t(16) << 20, std::uint64_t(1) << 50);
     } else if (flag == "--restart") {
       no_value();
       o.max_jobs_per_worker = 1;

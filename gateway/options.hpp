@@ -24,6 +24,7 @@ struct serve_options {
   std::vector<std::string> secret_variables;  // the environment variables the secrets came from
   bool insecure = false;
   std::size_t max_jobs_per_worker = 0;  // a fresh worker process after this many jobs (0: never)
+  std::uint64_t max_worker_memory = 0;  // bytes a worker may hold (0: no limit)
   std::string python = "python3";  // the interpreter workers run (--python)
   std::string python_version;      // --python-version: given, so the start-up probe is skipped
   std::string worker_dir;          // where the worker's files are; empty: found (locate_worker_script)

@@ -48,6 +48,10 @@ void write_stats_json(json_writer& w, const scheduler_stats& s, std::size_t ncpu
       .member("queue_depth", s.queued)
       .member("worker_restarts", s.worker_restarts)
       .member("retried", s.retried);
+  w.key("worker_restarts_by_reason").begin_object();
+  for (std::size_t i = 0; i < restart_reason_count; ++i)
+    w.member(to_string(static_cast<restart_reason>(i)), s.restarts_by_reason[i]);
+  w.end_object();
   w.key("jobs")
       .begin_object()
       .member("submitted", s.submitted)
@@ -165,8 +169,10 @@ std::string format_metrics(const scheduler_stats& s, std::size_t workers, std::s
   metric_value(out, "ppgate_queue_depth", "", static_cast<double>(s.queued));
   metric_header(out, "ppgate_job_retries_total", "counter", "Attempts repeated after a worker died mid-job.");
   metric_value(out, "ppgate_job_retries_total", "", static_cast<double>(s.retried));
-  metric_header(out, "ppgate_worker_restarts_total", "counter", "Worker processes replaced.");
-  metric_value(out, "ppgate_worker_restarts_total", "", static_cast<double>(s.worker_restarts));
+  metric_header(out, "ppgate_worker_restarts_total", "counter", "Worker processes replaced, by reason.");
+  for (std::size_t i = 0; i < restart_reason_count; ++i)
+    metric_value(out, "ppgate_worker_restarts_total", label("reason", to_string(static_cast<restart_reason>(i))),
+                 static_cast<double>(s.restarts_by_reason[i]));
   metric_header(out, "ppgate_workers", "gauge", "Local worker slots, by state.");
   metric_value(out, "ppgate_workers", label("state", "busy"), static_cast<double>(busy_workers));
   metric_value(out, "ppgate_workers", label("state", "idle"), static_cast<double>(workers - busy_workers));

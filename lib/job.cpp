@@ -70,7 +70,8 @@ reported_end parse_reported_end(std::string_view message) {
   r.word = rest.substr(0, space);
   if (space != std::string_view::npos)
     std::from_chars(rest.data() + space + 1, rest.data() + rest.size(), r.seconds);
-  r.retire = head.ends_with(" retire");
+  r.over_memory = head.ends_with(" retire-memory");
+  r.retire = r.over_memory || head.ends_with(" retire");
   return r;
 }
 

@@ -120,6 +120,9 @@ struct reported_end {
   // A worker's header may end with " retire": the job left behind what the worker cannot undo
   // (threads, alarms, signal handlers, children), so it must be replaced before the next job.
   bool retire = false;
+  // Or with " retire-memory": the worker is over --max-worker-memory after the job (or the job
+  // crossed it); it is replaced too.
+  bool over_memory = false;
 };
 reported_end parse_reported_end(std::string_view message);
 

@@ -5,6 +5,19 @@
 
 namespace ppgate {
 
+std::string_view to_string(restart_reason r) {
+  switch (r) {
+    case restart_reason::died: return "died";
+    case restart_reason::timeout: return "timeout";
+    case restart_reason::cancelled: return "cancelled";
+    case restart_reason::max_jobs: return "max_jobs";
+    case restart_reason::memory: return "memory";
+    case restart_reason::job_state: return "job_state";
+    case restart_reason::protocol: return "protocol";
+  }
+  return "unknown";
+}
+
 namespace {
 
 constexpr std::size_t kept_failures = 20;

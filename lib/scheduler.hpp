@@ -75,10 +75,24 @@ struct failure_record {
   std::string outcome;  // the job's outcome members ("error":{...},"stdout":...)
 };
 
+// Why a worker process was replaced (ppgate_worker_restarts_total{reason}).
+enum class restart_reason : std::uint8_t {
+  died,       // it exited or crashed by itself, or its link broke
+  timeout,    // its job ran past its timeout
+  cancelled,  // its running job was cancelled
+  max_jobs,   // it ran --max-jobs-per-worker jobs (or --restart's one)
+  memory,     // over --max-worker-memory, after a job or during one
+  job_state,  // its job left threads, alarms, signal handlers or children behind
+  protocol,   // job code tampered with the worker's link
+};
+inline constexpr std::size_t restart_reason_count = 7;
+std::string_view to_string(restart_reason r);
+
 struct scheduler_stats {
   double elapsed_seconds = 0;
   std::uint64_t submitted = 0, queued = 0, running = 0, done = 0, failed = 0, cancelled = 0,
                 lost = 0, retried = 0, worker_restarts = 0;
+  std::array<std::uint64_t, restart_reason_count> restarts_by_reason{};
   std::vector<node_counters> nodes;
   latency_histogram latency;
 };
@@ -143,7 +157,10 @@ class scheduler {
   void interrupted(job& j, std::string_view why, bool node_lost = false);
   static constexpr int node_loss_retries = 3;
   void requeue(job& j);  // the slot gives back j, which never started: no attempt is counted
-  void count_worker_restart() { ++counters_.worker_restarts; }
+  void count_worker_restart(restart_reason why) {
+    ++counters_.worker_restarts;
+    ++counters_.restarts_by_reason[static_cast<std::size_t>(why)];
+  }
 
   void register_node(const node& n);
   scheduler_stats stats() const;

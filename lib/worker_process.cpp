@@ -65,8 +65,11 @@ worker_process::worker_process(net::any_io_executor ex, const worker_command& co
   char node_flag[] = "--node-pid";
   std::string node_pid = std::to_string(::getpid());
   std::string python = command.python, script = command.script;
-  char* argv[] = {python.data(), script.data(), fd_flag, fd_arg, node_flag, node_pid.data(), nullptr};
-  const int rc = ::posix_spawn(&pid_, python.c_str(), &actions, &attr, argv, environ);
+  std::vector<std::string> extra = command.extra_args;
+  std::vector<char*> argv = {python.data(), script.data(), fd_flag, fd_arg, node_flag, node_pid.data()};
+  for (std::string& arg : extra) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  const int rc = ::posix_spawn(&pid_, python.c_str(), &actions, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   ::close(child_fd);

@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 #include <sys/types.h>
 
 namespace ppgate {
@@ -24,6 +25,7 @@ namespace ppgate {
 struct worker_command {
   std::string python;  // an absolute path, as probe_python resolved it
   std::string script;
+  std::vector<std::string> extra_args;  // after the fd and node pid: --max-memory N, ...
 };
 
 // What probe_python learnt of an interpreter.

@@ -13,6 +13,8 @@
 #include <charconv>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <system_error>
+#include <unistd.h>
 
 
 namespace ppgate {
@@ -52,7 +54,19 @@ net::awaitable<void> worker_slot::supervise() {
   while (!retiring_) {
     std::string spawn_error;
     try {
+      if (opts_.cgroups != nullptr && !cgroup_) {
+        static std::uint64_t cgroups_made = 0;
+        cgroup_ = std::make_unique<worker_cgroup>(
+            *opts_.cgroups, "ppgate-worker-" + std::to_string(::getpid()) + "-" + std::to_string(++cgroups_made),
+            opts_.max_memory);
+      }
       proc_ = std::make_unique<worker_process>(ex_, opts_.command);
+      if (cgroup_ && !cgroup_->add(proc_->pid())) {
+        const int err = errno;
+        proc_.reset();
+        throw std::system_error(err, std::generic_category(), "cannot move the worker into its memory cgroup");
+      }
+      oom_kills_seen_ = cgroup_ ? cgroup_->oom_kills() : 0;
       consecutive_spawn_failures = 0;
     } catch (const std::exception& e) {
       spawn_error = e.what();
@@ -78,6 +92,7 @@ net::awaitable<void> worker_slot::supervise() {
     stall_armed_ = false;
     stalled_ = false;
     replied_ = false;
+    restart_reason_.reset();
     const auto spawned = steady_clock::now();
     log::debug("worker ", proc_->pid(), " started");
 
@@ -88,6 +103,8 @@ net::awaitable<void> worker_slot::supervise() {
 
     const std::string why = co_await proc_->wait_exit();
     log::debug("worker ", proc_->pid(), " ", why);
+    const bool killed_for_memory = cgroup_ && cgroup_->oom_kills() > oom_kills_seen_;
+    if (killed_for_memory) restart_reason_ = restart_reason::memory;
     // The front job was running when the process died; the ones behind it had not started.
     std::deque<in_flight> lost;
     lost.swap(in_flight_);
@@ -96,12 +113,20 @@ net::awaitable<void> worker_slot::supervise() {
       if (lost[i].j != nullptr) sched_.requeue(*lost[i].j);
     if (!lost.empty() && lost.front().j != nullptr) {
       job& j = *lost.front().j;
-      log::warn("worker ", proc_->pid(), " ", why, " while running job ", j.id);
-      sched_.interrupted(j, "the worker running this job " + why);
+      if (killed_for_memory) {
+        // Running it again would cross the limit again: it fails, and says why.
+        log::warn("worker ", proc_->pid(), " crossed --max-worker-memory while running job ", j.id);
+        ++jobs_run_;
+        sched_.finish(j, job_state::failed, memory_kill_outcome(),
+                      std::chrono::duration<double>(steady_clock::now() - j.started).count());
+      } else {
+        log::warn("worker ", proc_->pid(), " ", why, " while running job ", j.id);
+        sched_.interrupted(j, "the worker running this job " + why);
+      }
     }
     proc_.reset();
     if (retiring_) break;
-    sched_.count_worker_restart();
+    sched_.count_worker_restart(restart_reason_.value_or(restart_reason::died));
     // A process that ends by itself soon after it started, having answered nothing, cannot run
     // the worker (an interpreter that was not probed, a broken install): retry, slowly.
     if (exited_on_its_own && !replied_ && steady_clock::now() - spawned < std::chrono::seconds(2)) {
@@ -139,19 +164,19 @@ bool worker_slot::consume(const char* data, std::size_t n) {
     return true;
   } catch (const std::exception& e) {
     log::error("worker ", proc_->pid(), " sent a bad frame: ", e.what());
-    replace_process();
+    replace_process(restart_reason::protocol);
     return false;
   }
 }
 
 void worker_slot::ask_for_work() {
   if (retiring_) {
-    if (in_flight_.empty()) replace_process();
+    if (in_flight_.empty()) stop_process();
     return;
   }
   if (!accepting_) return;
   if (spent()) {  // its last jobs are in flight; once they are done, a fresh process
-    if (in_flight_.empty()) replace_process();
+    if (in_flight_.empty()) replace_process(restart_reason::max_jobs);
     return;
   }
   if (in_flight_.empty()) {
@@ -193,7 +218,7 @@ void worker_slot::write_outbox() {
                    [self = shared_from_this(), gen = generation_](boost::system::error_code ec, std::size_t) {
                      if (gen != self->generation_ || !self->proc_) return;  // an earlier process
                      if (ec) {
-                       self->replace_process();
+                       self->replace_process(restart_reason::died);
                        return;
                      }
                      self->writing_.clear();
@@ -265,11 +290,12 @@ void worker_slot::on_reply(std::string_view frame) {
     // the jobs still in flight has started; they go back to the queue, to a fresh process.
     log::error("worker ", proc_->pid(), " is replaced: its job ", reply.last_job,
                " read the worker's link (frames sent to it were taken)");
-    stop_process_and_requeue_waiting();
+    stop_process_and_requeue_waiting(restart_reason::protocol);
     return;
   }
   const std::uint64_t received = reply.received;
-  const auto& [id, word, seconds, outcome, retire] = reply.end;  // "<id> ok|error|skipped <s>[ retire]"
+  // "<id> ok|error|skipped <s>[ retire| retire-memory]"
+  const auto& [id, word, seconds, outcome, retire, over_memory] = reply.end;
   const bool ok = word == "ok";
   if (in_flight_.empty() || in_flight_.front().id != id) {
     // Replies come in the order the jobs went out; anything else is job code writing to the link.
@@ -279,9 +305,10 @@ void worker_slot::on_reply(std::string_view frame) {
     if (answered_twice) {
       // A job that forged its own reply: the real one arrives after it, when the job behind it
       // has barely started. That one did not fail; it goes back to the queue.
-      stop_process_and_requeue_waiting();
+      stop_process_and_requeue_waiting(restart_reason::protocol);
     } else {
-      replace_process();  // the running job wrote it: supervise() reports that job as failed
+      // The running job wrote it: supervise() reports that job as failed.
+      replace_process(restart_reason::protocol);
     }
     return;
   }
@@ -300,15 +327,18 @@ void worker_slot::on_reply(std::string_view frame) {
   if (retire) {
     // What the job left behind would reach the next job: a fresh process takes the slot, and the
     // jobs waiting behind this one go back to the queue unstarted.
-    log::info("worker ", proc_->pid(), " is replaced: job ", id, " left threads, alarms, signal handlers or children");
-    stop_process_and_requeue_waiting();
+    if (over_memory)
+      log::info("worker ", proc_->pid(), " is replaced: after job ", id, " it is over --max-worker-memory");
+    else
+      log::info("worker ", proc_->pid(), " is replaced: job ", id, " left threads, alarms, signal handlers or children");
+    stop_process_and_requeue_waiting(over_memory ? restart_reason::memory : restart_reason::job_state);
     return;
   }
   if (!in_flight_.empty() && in_flight_.front().j != nullptr) become_running(*in_flight_.front().j, true);
   if (spent() && in_flight_.empty()) {
     // --max-jobs-per-worker (or --restart): nothing was placed behind its last job.
     log::debug("worker ", proc_->pid(), " ran its ", process_jobs_, " jobs; a fresh one takes the slot");
-    replace_process();  // serve() sees EOF; supervise() starts a fresh process
+    replace_process(restart_reason::max_jobs);  // serve() sees EOF; supervise() starts a fresh process
     return;
   }
   // Frames written after the worker last read may still be on their way, or taken by the job
@@ -398,7 +428,12 @@ void worker_slot::leave_scheduler() {
   sched_.slot_gone(*this);
 }
 
-void worker_slot::replace_process() {
+void worker_slot::replace_process(restart_reason why) {
+  if (!restart_reason_) restart_reason_ = why;
+  stop_process();
+}
+
+void worker_slot::stop_process() {
   // Leave the scheduler before anything can be requeued: a job handed to this slot now would be
   // written to a process that is about to die. supervise() offers the slot again once a fresh
   // process serves.
@@ -408,10 +443,16 @@ void worker_slot::replace_process() {
   if (proc_) proc_->kill();
 }
 
-void worker_slot::stop_process_and_requeue_waiting() {
+std::string worker_slot::memory_kill_outcome() const {
+  return error_outcome("WorkerMemoryError",
+                       "the job's worker went over --max-worker-memory (" + std::to_string(opts_.max_memory) +
+                           " bytes) and the kernel stopped it; a fresh worker takes its place");
+}
+
+void worker_slot::stop_process_and_requeue_waiting(restart_reason why) {
   // The running job has been dealt with by the caller; the ones behind it never started, so they
   // go back to the queue (to another slot, or to this one's next process) with no attempt spent.
-  replace_process();
+  replace_process(why);
   std::deque<in_flight> waiting;
   waiting.swap(in_flight_);
   for (auto it = waiting.rbegin(); it != waiting.rend(); ++it)
@@ -422,7 +463,7 @@ void worker_slot::on_timeout(std::uint64_t job_id) {
   if (in_flight_.empty() || in_flight_.front().id != job_id || in_flight_.front().j == nullptr) return;
   job& j = *in_flight_.front().j;
   in_flight_.pop_front();
-  stop_process_and_requeue_waiting();
+  stop_process_and_requeue_waiting(restart_reason::timeout);
   const double ran = std::chrono::duration<double>(steady_clock::now() - j.started).count();
   const double limit = std::chrono::duration<double>(*j.spec.timeout).count();
   sched_.finish(j, job_state::failed,
@@ -437,7 +478,7 @@ void worker_slot::abort(job& j) {
     // It is running: only stopping the process stops it.
     in_flight_.pop_front();
     deadline_.cancel();
-    stop_process_and_requeue_waiting();
+    stop_process_and_requeue_waiting(restart_reason::cancelled);
     return;
   }
   for (auto& f : in_flight_) {
@@ -455,7 +496,7 @@ void worker_slot::retire() {
   // Neither idle nor offering to prefetch any more; the running job (and those behind it) finish.
   idle_ = false;
   sched_.slot_gone(*this);
-  if (in_flight_.empty()) replace_process();
+  if (in_flight_.empty()) stop_process();
 }
 
 void worker_slot::stop_now() {

@@ -16,11 +16,13 @@
 
 #include "frame.hpp"
 #include "scheduler.hpp"
+#include "worker_memory.hpp"
 #include "worker_protocol.hpp"
 #include "worker_process.hpp"
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -33,6 +35,11 @@ struct worker_options {
   std::string python_version;            // of command.python, as probe_python found it
   // A fresh process after this many jobs (0: no limit; 1: pp's restart=True, after every job).
   std::size_t max_jobs_per_process = 0;
+  // --max-worker-memory (0: none). The worker checks itself after each job and, without
+  // `cgroups`, caps its address space (command.extra_args say so); with them, each slot's worker
+  // runs in a cgroup of its own capped at this (worker_memory.hpp).
+  std::uint64_t max_memory = 0;
+  const worker_cgroups* cgroups = nullptr;  // borrowed; null: RLIMIT_AS in the worker
 };
 
 enum class worker_state { starting, idle, busy, stopping };
@@ -87,17 +94,25 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   void release_forgotten_values();
   void send(std::string_view payload);
   void write_outbox();
-  void stop_process_and_requeue_waiting();
+  void stop_process_and_requeue_waiting(restart_reason why);
   // Takes the slot out of the scheduler (no idle offer, no prefetch offer, start() refused).
   void leave_scheduler();
-  // Leaves the scheduler and kills the process; supervise() reaps it and starts a fresh one.
-  void replace_process();
+  // Leaves the scheduler and kills the process; supervise() reaps it and starts a fresh one and
+  // counts the restart under `why` (the first reason given for this process).
+  void replace_process(restart_reason why);
+  // The process is to stop for good (the slot retires): nothing is counted.
+  void stop_process();
+  // The outcome of a job whose worker the kernel killed for crossing the memory limit.
+  std::string memory_kill_outcome() const;
 
   net::any_io_executor ex_;
   scheduler& sched_;
   local_pool& pool_;
   const worker_options& opts_;
   std::unique_ptr<worker_process> proc_;
+  std::unique_ptr<worker_cgroup> cgroup_;  // with --max-worker-memory and cgroups: this slot's
+  std::uint64_t oom_kills_seen_ = 0;       // the cgroup's count when the current process started
+  std::optional<restart_reason> restart_reason_;  // why the current process is being replaced
   std::size_t process_jobs_ = 0;   // jobs sent to this process
   std::uint64_t generation_ = 0;  // counts processes, so stale callbacks can tell they are stale
   // The functions this process has been sent, by hash: the fn_id it knows each by.

@@ -9,7 +9,7 @@ set -eu
 packages=(g++ meson ninja-build pkg-config python3 python3-dev libboost1.81-dev libsimdjson-dev
           libssl-dev catch2 curl ca-certificates chromium openssl iproute2
           python3-numpy python3-dill python3-yaml python3-jsonschema mypy clang libclang-rt-14-dev
-          slurm-wlm munge systemd)
+          python3-prometheus-client libsqlite3-dev slurm-wlm munge systemd)
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
   exit 0

@@ -1,5 +1,5 @@
 """Starts a ppgate worker in this interpreter; the node runs it as
-`<python> ppgate_worker.py --fd 3 --node-pid PID`.
+`<python> ppgate_worker.py --fd 3 --node-pid PID [--max-memory BYTES [--memory-rlimit]]`.
 
 The worker loop is C++ (the extension module _ppgate_worker, stable ABI, beside this file) and the
 job runtime is Python (ppgate_worker_runtime.py, beside it too). Both are loaded from this folder
@@ -61,14 +61,21 @@ def main(argv):
                           "implementation": platform.python_implementation(),
                           "executable": sys.executable}))
         return 0
-    if (len(argv) != 5 or argv[1] != "--fd" or argv[3] != "--node-pid"
-            or not argv[2].isdigit() or not argv[4].isdigit()):
-        sys.stderr.write("usage: python ppgate_worker.py --fd N --node-pid PID | --check\n"
+    options = argv[5:]
+    memory = options[1] if options[:1] == ["--max-memory"] and len(options) > 1 else None
+    rlimit = options[2:] == ["--memory-rlimit"]
+    if (len(argv) < 5 or argv[1] != "--fd" or argv[3] != "--node-pid"
+            or not argv[2].isdigit() or not argv[4].isdigit()
+            or (options and (memory is None or not memory.isdigit() or options[2:] not in ([], ["--memory-rlimit"])))):
+        sys.stderr.write("usage: python ppgate_worker.py --fd N --node-pid PID [--max-memory BYTES [--memory-rlimit]]"
+                         " | --check\n"
                          "Runs Python jobs for the ppgate node PID over the socket on fd N; "
                          "it is started by `ppgate serve`, not by hand.\n")
         return 64
     fd = int(argv[2])
     runtime.own_link(fd)
+    if memory is not None:
+        runtime.limit_memory(int(memory), rlimit)
     loop.serve(fd, runtime.handle, int(argv[4]))
     return 0
 

@@ -132,6 +132,10 @@ def _error_parts(exc):
     module = _safe_text(lambda: kind.__module__, "")
     if module not in ("builtins", "__main__", _RUNTIME_MODULE, ""):
         name = module + "." + name
+    if _memory.limit and isinstance(exc, MemoryError):
+        _memory.crossed = True
+        return "WorkerMemoryError", _memory.describe(exc), _safe_text(
+            lambda: "".join(traceback.format_exception(kind, exc, exc.__traceback__)), "")
 
     def traceback_text():
         tb = exc.__traceback__
@@ -410,6 +414,62 @@ def own_link(fd):
     os.register_at_fork(after_in_child=close_in_child)  # nor kept open by forked ones
 
 
+class _MemoryCap:
+    """--max-worker-memory (lib/worker_memory.hpp). The node names the limit; with `rlimit` (no
+    cgroup could be made) the worker caps itself: before each job, its address space may grow by
+    what the limit leaves its resident memory, so an allocation past the limit raises MemoryError
+    (reported as WorkerMemoryError, and the worker is replaced). After each job, a worker whose
+    resident memory is over the limit is replaced."""
+
+    def __init__(self):
+        self.limit = 0
+        self.rlimit = False
+        self.crossed = False  # the job ran out of memory under the cap
+        self._statm = None
+        self._page = 4096
+
+    def set(self, limit, rlimit):
+        import resource
+        self.limit, self.rlimit = limit, rlimit
+        self._page = resource.getpagesize()
+        self._statm = os.open("/proc/self/statm", _O_READ)
+        self._setrlimit, self._RLIMIT_AS = resource.setrlimit, resource.RLIMIT_AS
+        self._unlimited = resource.getrlimit(resource.RLIMIT_AS)
+
+    def _pages(self):
+        size, resident = os.pread(self._statm, 128, 0).split()[:2]
+        return int(size), int(resident)
+
+    def before_job(self):
+        self.crossed = False
+        if self.rlimit:
+            size, resident = self._pages()
+            headroom = max(self.limit - resident * self._page, 0)
+            soft = size * self._page + headroom
+            hard = self._unlimited[1]
+            self._setrlimit(self._RLIMIT_AS, (soft if hard < 0 else min(soft, hard), hard))
+
+    def after_job(self):
+        """True when the worker must be replaced: the job crossed the limit, or the worker is
+        over it now."""
+        if self.rlimit:
+            self._setrlimit(self._RLIMIT_AS, self._unlimited)  # the reply must be made
+        return self.crossed or self._pages()[1] * self._page > self.limit
+
+    def describe(self, exc):
+        detail = _safe_text(lambda: str(exc), "")
+        return ("the job went over the worker memory limit of %d bytes (--max-worker-memory)%s; "
+                "its worker is replaced" % (self.limit, " (%s)" % detail if detail else ""))
+
+
+_memory = _MemoryCap()
+
+
+def limit_memory(limit, rlimit):
+    """Called once at start when the node gives --max-memory."""
+    _memory.set(limit, rlimit)
+
+
 # The largest reply the node takes (lib/frame.hpp max_frame_size), less room for the header.
 _MAX_REPLY = 256 * 1024 * 1024 - 4096
 _JOB_ID = re.compile(rb'\{"tag":(\d+)')
@@ -529,9 +589,13 @@ def _capped(text):
 
 
 def _reply(job_id, status, elapsed, body, stdout, stderr, retire):
+    suffix = " retire-memory" if retire is _OVER_MEMORY else " retire" if retire else ""
     return ("%d %s %r%s\n%s,\"stdout\":%s,\"stderr\":%s" % (
-        job_id, status, elapsed, " retire" if retire else "", body, _quote(stdout), _quote(stderr))
+        job_id, status, elapsed, suffix, body, _quote(stdout), _quote(stderr))
     ).encode("utf-8", "surrogatepass")
+
+
+_OVER_MEMORY = "the worker is over --max-worker-memory"
 
 
 def handle(payload):
@@ -554,6 +618,8 @@ def handle(payload):
         msg = _json_loads(payload)
         job_id = int(msg.get("tag", 0))
         sys.stdout, sys.stderr = out, err
+        if _memory.limit:
+            _memory.before_job()
         elapsed, encoded = _run(msg)
         status, body = "ok", '"result":' + encoded
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are job errors too
@@ -570,6 +636,8 @@ def handle(payload):
         sys.stdout, sys.stderr = saved
     try:
         retire = _baseline.restore(_perf_counter() - started)
+        if not retire and _memory.limit and _memory.after_job():
+            retire = _OVER_MEMORY
     except BaseException as exc:  # noqa: BLE001 - the job broke what restore() uses
         retire = "the job left the worker in a state it cannot restore (%s)" % _safe_text(lambda: repr(exc), "?")
     try:

@@ -372,7 +372,7 @@ void peer_node::cancel_job(job& j) {
 }
 
 void peer_node::on_result(std::string_view payload) {
-  const auto [tag, state, seconds, outcome, retire] = parse_reported_end(payload);  // "<tag> <state> <s>"
+  const auto [tag, state, seconds, outcome, retire, over_memory] = parse_reported_end(payload);  // "<tag> <state> <s>"
 
   // A refused (or handed back) message that defined a function or a value: the peer did not
   // keep it, so the next job that needs it carries it again.

@@ -64,8 +64,12 @@ class Node:
             [ppgate_binary()] + self.args, stdout=subprocess.PIPE, stderr=self.log, env=self.env)
         line = self.read_stdout_line(START_TIMEOUT)
         if not line.startswith("ppgate listening on http://127.0.0.1:"):
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(10)
+            log = self.log_text()
             self.kill()
-            raise RuntimeError("ppgate did not start: %r %r" % (line, self.log_text()))
+            raise RuntimeError("ppgate did not start: %r %r" % (line, log))
         self.port = int(line.rsplit(":", 1)[1])
         _live_nodes.add(self)
         self.peer_port = None

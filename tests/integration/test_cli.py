@@ -27,7 +27,8 @@ class TestCommandLine(unittest.TestCase):
         for flag in ("--listen", "--workers", "--secret-file", "--secret-env", "--insecure", "--restart",
                      "--pid-file", "--idle-exit", "--max-body", "--max-header", "--max-connections",
                      "--idle-timeout", "--keep-finished", "--worker-dir", "--python", "--log-level", "--busy-poll",
-                     "--stats-interval", "--parent-pid", "--drain-timeout", "--join", "--max-jobs-per-worker"):
+                     "--stats-interval", "--parent-pid", "--drain-timeout", "--join", "--max-jobs-per-worker",
+                     "--max-worker-memory"):
             self.assertIn(flag, r.stdout)
 
     def test_bad_flags_get_a_clear_error(self):
@@ -48,6 +49,9 @@ class TestCommandLine(unittest.TestCase):
             (["serve", "--drain-timeout", "soon"], "--drain-timeout"),
             (["serve", "--max-jobs-per-worker", "0"], "--max-jobs-per-worker"),
             (["serve", "--join", "nowhere"], "--join"),
+            (["serve", "--max-worker-memory", "1M"], "--max-worker-memory expects a size from 16 MiB"),
+            (["serve", "--max-worker-memory", "2X"], "--max-worker-memory"),
+            (["serve", "--max-worker-memory", "99999999999T"], "--max-worker-memory"),
             (["frobnicate"], "unknown command"),
             ([], "missing command"),
         ]

@@ -204,7 +204,8 @@ class TestMetrics(unittest.TestCase):
             self.assertEqual(value("ppgate_jobs_ended_total", state="done"), 5)
             self.assertEqual(value("ppgate_jobs_ended_total", state="failed"), 2)
             self.assertEqual(value("ppgate_queue_depth"), 0)
-            self.assertEqual(value("ppgate_worker_restarts_total"), 0)
+            for reason in ("died", "timeout", "cancelled", "max_jobs", "memory", "job_state", "protocol"):
+                self.assertEqual(value("ppgate_worker_restarts_total", reason=reason), 0)
             self.assertEqual(value("ppgate_node_jobs_total", node="local"), 7)
             self.assertEqual(value("ppgate_node_slots", node="local"), 1)
             buckets = [(l["le"], v) for n, l, v in samples if n == "ppgate_job_latency_seconds_bucket"]

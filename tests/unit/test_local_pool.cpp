@@ -7,7 +7,10 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <unistd.h>
 
 using namespace ppgate;
 
@@ -29,14 +32,16 @@ struct fixture {
   scheduler sched{scheduler::options{}};
   std::unique_ptr<local_pool> pool;
 
-  explicit fixture(std::size_t workers, std::size_t max_jobs_per_process = 0) {
+  explicit fixture(std::size_t workers, std::size_t max_jobs_per_process = 0,
+                   const std::function<void(worker_options&)>& tune = {}) {
     worker_options opts;
     // $PPGATE_TEST_WORKER_SCRIPT overrides the build's own worker: a sanitized build's extension
     // module cannot load into an interpreter built without the sanitizer.
     const char* script = std::getenv("PPGATE_TEST_WORKER_SCRIPT");
-    opts.command = {PPGATE_TEST_PYTHON, script != nullptr && *script != '\0' ? script : PPGATE_TEST_WORKER_SCRIPT};
+    opts.command = {PPGATE_TEST_PYTHON, script != nullptr && *script != '\0' ? script : PPGATE_TEST_WORKER_SCRIPT, {}};
     opts.python_version = "3";
     opts.max_jobs_per_process = max_jobs_per_process;
+    if (tune) tune(opts);
     pool = std::make_unique<local_pool>(io.get_executor(), sched, std::move(opts));
     pool->resize(workers);
   }
@@ -152,6 +157,109 @@ TEST_CASE("with three jobs per process, jobs placed behind each other run three 
     else if (i > 0) CHECK(pids[i] != pids[i - 1]);  // a fresh one
   }
   CHECK(f.pool->workers().at(0).jobs_run == 10);
+}
+
+std::uint64_t restarts(const scheduler& sched, restart_reason why) {
+  return sched.stats().restarts_by_reason[static_cast<std::size_t>(why)];
+}
+
+TEST_CASE("a job leaking memory hits --max-worker-memory (RLIMIT_AS), fails clearly, and the next job runs") {
+  constexpr std::uint64_t limit = 160u << 20;
+  fixture f(1, 0, [](worker_options& o) {
+    o.max_memory = limit;
+    o.command.extra_args = {"--max-memory", std::to_string(limit), "--memory-rlimit"};
+  });
+  // Each job keeps 50 MiB more in a module of the worker: the fourth cannot have it.
+  const std::string leak =
+      R"({"source":"import json\ndef f():\n    json.kept = getattr(json, 'kept', []) + [bytearray(50 << 20)]\n    return len(json.kept)\n","function":"f","retries":2})";
+  std::vector<std::string> outcomes;
+  for (int i = 0; i < 4; ++i) {
+    auto& j = f.submit(leak);
+    REQUIRE(f.wait_end(j));
+    outcomes.push_back(j.outcome);
+    if (j.state == job_state::failed) break;
+  }
+  REQUIRE(outcomes.size() >= 2);
+  CHECK(outcomes.front().starts_with(R"("result":1,)"));
+  const std::string& failed = outcomes.back();
+  INFO(failed);
+  CHECK(failed.starts_with(R"("error":{"type":"WorkerMemoryError")"));
+  CHECK(failed.find(std::to_string(limit) + " bytes") != std::string::npos);
+  CHECK(restarts(f.sched, restart_reason::memory) == 1);
+  // A fresh worker: the leak is gone, and the job runs again from nothing.
+  auto& next = f.submit(leak);
+  REQUIRE(f.wait_end(next));
+  CHECK(next.outcome.starts_with(R"("result":1,)"));
+}
+
+TEST_CASE("a worker the kernel kills in its memory cgroup fails its job with WorkerMemoryError, not retried") {
+  // A directory standing in for the node's cgroup v2 directory: the slot's own writes are
+  // checked, and the job plays the kernel (it bumps oom_kill, then dies by SIGKILL).
+  const auto root = std::filesystem::temp_directory_path() / ("ppgate-cgroup-test-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root);
+  { std::ofstream(root / "cgroup.controllers") << "cpu io memory pids\n"; }
+  { std::ofstream(root / "cgroup.subtree_control") << ""; }
+  std::string why_not;
+  auto cgroups = worker_cgroups::prepare_at(root, ::getpid(), why_not);
+  REQUIRE(cgroups);
+  CHECK(why_not.empty());
+  {
+    std::ifstream in(root / "cgroup.subtree_control");
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    CHECK(text == "+memory");
+  }
+  constexpr std::uint64_t limit = 1u << 30;
+  {
+    fixture f(1, 0, [&](worker_options& o) {
+      o.max_memory = limit;
+      o.cgroups = cgroups.get();
+      o.command.extra_args = {"--max-memory", std::to_string(limit)};
+    });
+    auto& pid_job = f.submit(R"({"source":"import os\ndef f():\n    return os.getpid()\n","function":"f"})");
+    REQUIRE(f.wait_end(pid_job));
+    std::filesystem::path slot_dir;
+    for (const auto& e : std::filesystem::directory_iterator(root))
+      if (e.is_directory()) slot_dir = e.path();
+    REQUIRE(!slot_dir.empty());
+    std::ifstream procs(slot_dir / "cgroup.procs"), max(slot_dir / "memory.max");
+    std::string pid, max_text;
+    procs >> pid;
+    max >> max_text;
+    CHECK(pid_job.outcome.starts_with("\"result\":" + pid + ","));
+    CHECK(max_text == std::to_string(limit));
+
+    auto& killed = f.submit(R"({"source":"import os, signal\ndef f(events):\n    open(events, 'w').write('low 0\\noom 1\\noom_kill 1\\n')\n    os.kill(os.getpid(), signal.SIGKILL)\n","function":"f","args":[")" +
+                            (slot_dir / "memory.events").string() + R"("],"retries":2})");
+    REQUIRE(f.wait_end(killed));
+    CHECK(killed.state == job_state::failed);
+    CHECK(killed.attempts == 1);
+    CHECK(killed.outcome.starts_with(R"("error":{"type":"WorkerMemoryError")"));
+    CHECK(restarts(f.sched, restart_reason::memory) == 1);
+    auto& next = f.submit(R"({"source":"def g():\n    return 'alive'\n","function":"g"})");
+    REQUIRE(f.wait_end(next));
+    CHECK(next.outcome.starts_with(R"("result":"alive")"));
+  }
+  // The slot removed its cgroup when it ended.
+  CHECK(std::distance(std::filesystem::directory_iterator(root), {}) == 2);
+  std::filesystem::remove_all(root);
+}
+
+TEST_CASE("restarts are counted by reason") {
+  fixture f(1, 2);
+  for (int i = 0; i < 2; ++i) {
+    auto& j = f.submit(R"({"source":"def f():\n    return 1\n","function":"f"})");
+    REQUIRE(f.wait_end(j));
+  }
+  auto& t = f.submit(R"({"source":"import time\ndef f():\n    time.sleep(30)\n","function":"f","timeout":0.2})");
+  REQUIRE(f.wait_end(t));
+  auto& c = f.submit(R"({"source":"import os\ndef f():\n    os._exit(3)\n","function":"f"})");
+  REQUIRE(f.wait_end(c));
+  REQUIRE(f.wait_idle(1));
+  CHECK(restarts(f.sched, restart_reason::max_jobs) == 1);
+  CHECK(restarts(f.sched, restart_reason::timeout) == 1);
+  CHECK(restarts(f.sched, restart_reason::died) == 1);
+  CHECK(f.sched.stats().worker_restarts == 3);
 }
 
 TEST_CASE("a repeated function is sent to a worker once, then referenced by its hash") {
