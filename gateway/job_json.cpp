@@ -10,6 +10,10 @@ void write_job_json(json_writer& w, const job& j) {
       .member("group", j.spec.group)
       .member("codec", to_string(j.spec.codec))
       .member("attempts", j.attempts);
+  if (j.spec.priority != 0) w.member("priority", j.spec.priority);
+  // Of its attempts, those that failed and were rerun, and those its worker died in.
+  if (j.failures > 0) w.member("failed_attempts", j.failures);
+  if (j.interruptions > 0) w.member("interrupted_attempts", j.interruptions);
   if (!j.node.empty()) w.member("node", j.node);
   if (j.attempts > 0) w.member("queue_seconds", std::chrono::duration<double>(j.started - j.submitted).count());
   if (is_terminal(j.state)) w.member("run_seconds", j.run_seconds).raw_items(j.outcome);

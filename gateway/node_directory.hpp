@@ -2,6 +2,7 @@
 // pool, the peers it dials and the nodes that joined it. node_server implements it; tests implement it with fakes.
 #pragma once
 
+#include "peer/peer_settings.hpp"
 #include "worker_slot.hpp"
 
 #include <cstddef>
@@ -23,6 +24,13 @@ struct node_summary {
   std::vector<worker_info> workers;  // the local node's
 };
 
+// The node's peer links, for /metrics.
+struct peer_link_summary {
+  peer_link_counters counters;
+  std::size_t nodes_connected = 0;  // remote nodes whose workers this node uses, link up
+  std::size_t heads_connected = 0;  // heads this node joined, link up
+};
+
 class node_directory {
  public:
   virtual ~node_directory() = default;
@@ -33,6 +41,7 @@ class node_directory {
   virtual std::size_t total_slots() const = 0;
   // Resizes the local pool; empty: one worker per usable CPU.
   virtual void resize_local(std::optional<std::size_t> workers) = 0;
+  virtual peer_link_summary peer_links() const { return {}; }
 };
 
 }  // namespace ppgate

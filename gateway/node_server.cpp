@@ -38,6 +38,7 @@ node_server::node_server(net::io_context& io, serve_options opts, worker_options
       drain_signals_(io, SIGTERM),
       stats_signal_(io, SIGUSR1),
       parent_watch_(io) {
+  scheduler_.set_executor(io.get_executor());
   // On a single CPU, polling would only hold up the client whose next message it waits for.
   if (local_pool::usable_cpus() > 1) busy_poll_ = opts_.busy_poll;
 }
@@ -120,6 +121,15 @@ std::vector<node_summary> node_server::nodes() const {
       n.last_error = peer->last_error();
     }
   return out;
+}
+
+peer_link_summary node_server::peer_links() const {
+  peer_link_summary s;
+  s.counters = opts_.peer.counters;
+  for (const auto* remote : {&peers_.dialed(), &peers_.joined()})
+    for (const auto& peer : *remote) s.nodes_connected += peer->connected();
+  for (const auto& head : peers_.heads()) s.heads_connected += head->connected();
+  return s;
 }
 
 void node_server::watch_parent() {

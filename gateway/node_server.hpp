@@ -52,6 +52,7 @@ class node_server : public node_directory {
   std::vector<node_summary> nodes() const override;
   std::size_t local_workers() const override { return pool_.size(); }
   std::size_t total_slots() const override { return pool_.size() + peers_.remote_slots(); }
+  peer_link_summary peer_links() const override;
   void resize_local(std::optional<std::size_t> workers) override;
 
  private:

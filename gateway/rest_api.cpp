@@ -107,8 +107,10 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
     if (path == "/metrics") {
       if (method != http::verb::get) co_return not_allowed("GET");
       const node_summary local = nodes_.nodes().front();
-      co_return make_response(http::status::ok, format_metrics(sched_.stats(), local.slots, local.busy),
-                              req.version(), "text/plain; version=0.0.4; charset=utf-8");
+      const metrics_context context{.workers = local.slots, .busy_workers = local.busy, .version = PPGATE_VERSION,
+                                    .python = local.python, .peers = nodes_.peer_links()};
+      co_return make_response(http::status::ok, format_metrics(sched_.stats(), context), req.version(),
+                              "text/plain; version=0.0.4; charset=utf-8");
     }
     if (path == "/healthz") {
       if (method != http::verb::get) co_return not_allowed("GET");

@@ -4,6 +4,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -151,10 +156,81 @@ std::string label(std::string_view name, std::string_view value) {
   return out;
 }
 
+
+void histogram_metric(std::string& out, const char* name, const char* help, const latency_histogram& h) {
+  metric_header(out, name, "histogram", help);
+  const std::string bucket = std::string(name) + "_bucket";
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < latency_histogram::bounds.size(); ++i) {
+    cumulative += h.counts[i];
+    metric_value(out, bucket, label("le", python_float_repr(latency_histogram::bounds[i])),
+                 static_cast<double>(cumulative));
+  }
+  metric_value(out, bucket, label("le", "+Inf"), static_cast<double>(h.count));
+  metric_value(out, std::string(name) + "_sum", "", h.sum);
+  metric_value(out, std::string(name) + "_count", "", static_cast<double>(h.count));
+}
+
+// The process_* metrics every Prometheus client library exports, from /proc/self.
+void process_metrics(std::string& out) {
+  std::string stat;
+  if (std::FILE* f = std::fopen("/proc/self/stat", "r")) {
+    char buf[1024];
+    const std::size_t n = std::fread(buf, 1, sizeof buf, f);
+    stat.assign(buf, n);
+    std::fclose(f);
+  }
+  // Fields after the command's closing parenthesis, from field 3 (state) on.
+  std::vector<std::string> fields;
+  if (const auto close = stat.rfind(')'); close != std::string::npos) {
+    std::size_t p = close + 2;
+    while (p < stat.size()) {
+      const auto space = stat.find(' ', p);
+      fields.push_back(stat.substr(p, space == std::string::npos ? std::string::npos : space - p));
+      if (space == std::string::npos) break;
+      p = space + 1;
+    }
+  }
+  const auto field = [&](std::size_t number) {  // man 5 proc numbering
+    return number >= 3 && number - 3 < fields.size() ? std::strtod(fields[number - 3].c_str(), nullptr) : 0.0;
+  };
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const double page = static_cast<double>(::sysconf(_SC_PAGESIZE));
+  double boot_time = 0;
+  if (std::FILE* f = std::fopen("/proc/stat", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f) != nullptr)
+      if (std::strncmp(line, "btime ", 6) == 0) boot_time = std::strtod(line + 6, nullptr);
+    std::fclose(f);
+  }
+  std::size_t open_fds = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec))
+    ++open_fds;
+  rlimit fds{};
+  ::getrlimit(RLIMIT_NOFILE, &fds);
+
+  metric_header(out, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+  metric_value(out, "process_cpu_seconds_total", "", (field(14) + field(15)) / ticks);
+  metric_header(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+  metric_value(out, "process_resident_memory_bytes", "", field(24) * page);
+  metric_header(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+  metric_value(out, "process_virtual_memory_bytes", "", field(23));
+  metric_header(out, "process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.");
+  metric_value(out, "process_start_time_seconds", "", boot_time + field(22) / ticks);
+  metric_header(out, "process_open_fds", "gauge", "Number of open file descriptors.");
+  metric_value(out, "process_open_fds", "", static_cast<double>(open_fds));
+  metric_header(out, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+  metric_value(out, "process_max_fds", "", static_cast<double>(fds.rlim_cur));
+}
+
 }  // namespace
 
-std::string format_metrics(const scheduler_stats& s, std::size_t workers, std::size_t busy_workers) {
+std::string format_metrics(const scheduler_stats& s, const metrics_context& c) {
   std::string out;
+  metric_header(out, "ppgate_build_info", "gauge", "ppgate's version and the Python its workers run; always 1.");
+  metric_value(out, "ppgate_build_info", label("version", c.version) + "," + label("python", c.python), 1);
   metric_header(out, "ppgate_jobs_submitted_total", "counter", "Jobs accepted.");
   metric_value(out, "ppgate_jobs_submitted_total", "", static_cast<double>(s.submitted));
   metric_header(out, "ppgate_jobs_ended_total", "counter", "Jobs that reached a terminal state, by state.");
@@ -167,26 +243,19 @@ std::string format_metrics(const scheduler_stats& s, std::size_t workers, std::s
   metric_value(out, "ppgate_jobs", label("state", "running"), static_cast<double>(s.running));
   metric_header(out, "ppgate_queue_depth", "gauge", "Jobs waiting for a slot.");
   metric_value(out, "ppgate_queue_depth", "", static_cast<double>(s.queued));
-  metric_header(out, "ppgate_job_retries_total", "counter", "Attempts repeated after a worker died mid-job.");
+  metric_header(out, "ppgate_job_retries_total", "counter",
+                "Attempts repeated: after a worker died mid-job, or after the job failed (retries).");
   metric_value(out, "ppgate_job_retries_total", "", static_cast<double>(s.retried));
   metric_header(out, "ppgate_worker_restarts_total", "counter", "Worker processes replaced, by reason.");
   for (std::size_t i = 0; i < restart_reason_count; ++i)
     metric_value(out, "ppgate_worker_restarts_total", label("reason", to_string(static_cast<restart_reason>(i))),
                  static_cast<double>(s.restarts_by_reason[i]));
   metric_header(out, "ppgate_workers", "gauge", "Local worker slots, by state.");
-  metric_value(out, "ppgate_workers", label("state", "busy"), static_cast<double>(busy_workers));
-  metric_value(out, "ppgate_workers", label("state", "idle"), static_cast<double>(workers - busy_workers));
-  metric_header(out, "ppgate_job_latency_seconds", "histogram",
-                "Time from submission to end of ended jobs.");
-  std::uint64_t cumulative = 0;
-  for (std::size_t i = 0; i < latency_histogram::bounds.size(); ++i) {
-    cumulative += s.latency.counts[i];
-    metric_value(out, "ppgate_job_latency_seconds_bucket",
-                 label("le", python_float_repr(latency_histogram::bounds[i])), static_cast<double>(cumulative));
-  }
-  metric_value(out, "ppgate_job_latency_seconds_bucket", label("le", "+Inf"), static_cast<double>(s.latency.count));
-  metric_value(out, "ppgate_job_latency_seconds_sum", "", s.latency.sum);
-  metric_value(out, "ppgate_job_latency_seconds_count", "", static_cast<double>(s.latency.count));
+  metric_value(out, "ppgate_workers", label("state", "busy"), static_cast<double>(c.busy_workers));
+  metric_value(out, "ppgate_workers", label("state", "idle"), static_cast<double>(c.workers - c.busy_workers));
+  histogram_metric(out, "ppgate_job_latency_seconds", "Time from submission to end of ended jobs.", s.latency);
+  histogram_metric(out, "ppgate_job_run_seconds", "Run time of each job run, as its worker measured it.",
+                   s.run_time);
   metric_header(out, "ppgate_node_jobs_total", "counter", "Jobs run to completion, by node (pp's job count).");
   for (const auto& n : s.nodes)
     metric_value(out, "ppgate_node_jobs_total", label("node", n.name), static_cast<double>(n.njobs));
@@ -195,8 +264,21 @@ std::string format_metrics(const scheduler_stats& s, std::size_t workers, std::s
   metric_header(out, "ppgate_node_slots", "gauge", "Slots (workers) of each node.");
   for (const auto& n : s.nodes)
     metric_value(out, "ppgate_node_slots", label("node", n.name), static_cast<double>(n.ncpus));
+  metric_header(out, "ppgate_peer_links_up", "gauge",
+                "Peer links up: to nodes whose workers this node uses, and to heads it joined.");
+  metric_value(out, "ppgate_peer_links_up", label("role", "node"), static_cast<double>(c.peers.nodes_connected));
+  metric_value(out, "ppgate_peer_links_up", label("role", "head"), static_cast<double>(c.peers.heads_connected));
+  metric_header(out, "ppgate_peer_links_established_total", "counter", "Peer links authenticated, either side dialing.");
+  metric_value(out, "ppgate_peer_links_established_total", "", static_cast<double>(c.peers.counters.established));
+  metric_header(out, "ppgate_peer_reconnects_total", "counter",
+                "Peer links made again to a node or head this node had a link to before.");
+  metric_value(out, "ppgate_peer_reconnects_total", "", static_cast<double>(c.peers.counters.reconnects));
+  metric_header(out, "ppgate_peer_auth_failures_total", "counter",
+                "Peer handshakes and frames that failed authentication (a wrong secret, forged or replayed frames).");
+  metric_value(out, "ppgate_peer_auth_failures_total", "", static_cast<double>(c.peers.counters.auth_failures));
   metric_header(out, "ppgate_uptime_seconds", "gauge", "Time since the node started.");
   metric_value(out, "ppgate_uptime_seconds", "", s.elapsed_seconds);
+  process_metrics(out);
   return out;
 }
 

@@ -19,7 +19,15 @@ std::string format_stats_json(const scheduler_stats& s, std::size_t ncpus);
 // The nodes and their workers, as a JSON array (GET /v1/nodes, the event stream).
 void write_nodes_json(json_writer& w, const std::vector<node_summary>& nodes);
 
-// The Prometheus text exposition format (version 0.0.4) for GET /metrics.
-std::string format_metrics(const scheduler_stats& s, std::size_t workers, std::size_t busy_workers);
+// What /metrics shows besides the scheduler's figures.
+struct metrics_context {
+  std::size_t workers = 0, busy_workers = 0;  // the local pool's
+  std::string_view version, python;           // ppgate's, and the Python its workers run
+  peer_link_summary peers;
+};
+
+// The Prometheus text exposition format (version 0.0.4) for GET /metrics, with the standard
+// process_* metrics of this process.
+std::string format_metrics(const scheduler_stats& s, const metrics_context& c);
 
 }  // namespace ppgate

@@ -70,7 +70,12 @@ struct job_spec {
   std::shared_ptr<const shared_memory::node_file> attachments;
   std::string group = "default";
   std::optional<std::chrono::milliseconds> timeout;  // running time allowed per attempt
-  int retries = 0;  // extra attempts after a worker dies mid-job
+  // Extra attempts, counted apart for the two ways a job can fail: its worker died mid-job, or
+  // the job itself failed (raised, timed out, went over --max-worker-memory).
+  int retries = 0;
+  // Before the first rerun of a job that failed, wait this long; twice as long before each later one.
+  std::chrono::milliseconds retry_backoff{0};
+  int priority = 0;  // higher first; first come, first served within one priority
   // A map job: `args` holds one argument list per call of the function, and its result one
   // outcome per call, in order; a call that raises keeps its error and the others go on.
   bool map = false;
@@ -96,7 +101,9 @@ struct job {
   std::uint64_t id = 0;
   job_spec spec;
   job_state state = job_state::queued;
-  int attempts = 0;
+  int attempts = 0;       // times it started
+  int interruptions = 0;  // of them, ended by its worker dying (or its node lost)
+  int failures = 0;       // of them, ended by the job failing and rerun
   steady_clock::time_point submitted{}, started{}, finished{};
   double run_seconds = 0;  // measured by the worker around the call itself
   std::string node;        // where the last attempt ran

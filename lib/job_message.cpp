@@ -59,6 +59,9 @@ void append_job_message(std::string& out, const job& j, const job_message_parts&
     if (!spec.shm_prefix.empty()) w.member("results_in_parts", true);
     if (spec.timeout) w.member("timeout", std::chrono::duration<double>(*spec.timeout).count());
     if (spec.retries > 0) w.member("retries", spec.retries);
+    if (spec.retry_backoff.count() > 0)
+      w.member("retry_backoff", std::chrono::duration<double>(spec.retry_backoff).count());
+    if (spec.priority != 0) w.member("priority", spec.priority);
     w.member("group", spec.group);
   }
   w.end_object();

@@ -17,6 +17,8 @@ namespace {
 
 constexpr double max_timeout_seconds = 30.0 * 24 * 3600;
 constexpr std::int64_t max_retries = 100;
+constexpr double max_retry_backoff_seconds = 3600;
+constexpr std::int64_t min_priority = -1000000000, max_priority = 1000000000;
 constexpr std::size_t max_group_length = 256;
 constexpr std::size_t max_name_length = 512;
 
@@ -366,6 +368,18 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_tables
       check(v.get_int64().get(n), key, "an integer");
       if (n < 0 || n > max_retries) fail("field 'retries' must be an integer from 0 to 100");
       spec.retries = static_cast<int>(n);
+    } else if (key == "retry_backoff") {
+      double seconds = 0;
+      check(v.get_double().get(seconds), key, "a number of seconds");
+      if (!(seconds >= 0) || seconds > max_retry_backoff_seconds)
+        fail("field 'retry_backoff' must be a number of seconds from 0 to 3600");
+      spec.retry_backoff = std::chrono::milliseconds(std::llround(seconds * 1000));
+    } else if (key == "priority") {
+      std::int64_t n = 0;
+      check(v.get_int64().get(n), key, "an integer");
+      if (n < min_priority || n > max_priority)
+        fail("field 'priority' must be an integer from -1000000000 to 1000000000");
+      spec.priority = static_cast<int>(n);
     } else {
       fail("unknown field '" + std::string(key) + "'");
     }

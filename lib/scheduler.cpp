@@ -74,7 +74,7 @@ job& scheduler::submit(job_spec spec) {
   jobs_.emplace(j.id, std::move(owned));
   ++counters_.submitted;
   ++counters_.queued;
-  queue_.push_back(j.id);
+  enqueue(j, false);
   if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
   dispatch_to_waiting_slot();
   return j;
@@ -118,37 +118,42 @@ job* scheduler::find(std::uint64_t id) {
   return it == jobs_.end() ? nullptr : it->second.get();
 }
 
+void scheduler::enqueue(job& j, bool at_front) {
+  auto& line = queue_[j.spec.priority];
+  if (at_front) line.push_front(j.id);
+  else line.push_back(j.id);
+}
+
 job* scheduler::peek_next_queued() {
   // Drop the ids of jobs cancelled while queued, so the head is a real queued job.
-  while (!queue_.empty()) {
-    job* j = find(queue_.front());
-    if (j != nullptr && j->state == job_state::queued) return j;
-    queue_.pop_front();
+  for (auto bucket = queue_.begin(); bucket != queue_.end();) {
+    auto& line = bucket->second;
+    while (!line.empty()) {
+      job* j = find(line.front());
+      if (j != nullptr && j->state == job_state::queued) return j;
+      line.pop_front();
+    }
+    bucket = bucket->first == 0 ? std::next(bucket) : queue_.erase(bucket);
   }
   return nullptr;
 }
 
 job* scheduler::pop_next_queued(bool for_remote) {
-  while (!queue_.empty()) {
-    const auto id = queue_.front();
-    job* j = find(id);
-    if (j == nullptr || j->state != job_state::queued) {
-      queue_.pop_front();
-      continue;
-    }
-    if (!for_remote || !j->spec.local_only) {
-      queue_.pop_front();
-      return j;
-    }
-    // A peer's slot skips jobs that must stay here and takes the first one that may leave.
-    for (auto it = queue_.begin() + 1; it != queue_.end(); ++it) {
+  job* next = peek_next_queued();
+  if (next == nullptr) return nullptr;
+  if (!for_remote || !next->spec.local_only) {
+    queue_[next->spec.priority].pop_front();
+    return next;
+  }
+  // A peer's slot skips jobs that must stay here and takes the first one that may leave.
+  for (auto& [priority, line] : queue_) {
+    for (auto it = line.begin(); it != line.end(); ++it) {
       job* candidate = find(*it);
       if (candidate != nullptr && candidate->state == job_state::queued && !candidate->spec.local_only) {
-        queue_.erase(it);
+        line.erase(it);
         return candidate;
       }
     }
-    return nullptr;
   }
   return nullptr;
 }
@@ -225,19 +230,60 @@ std::size_t scheduler::lose_unfinished(std::string_view why, bool running_too) {
   return lost;
 }
 
+void scheduler::count_run(job& j, double run_seconds) {
+  counters_.run_time.add(run_seconds);
+  auto& n = counters_for(j.node);
+  ++n.njobs;
+  n.job_time += run_seconds;
+  const function_def& f = *j.spec.function;
+  // A mean over the last ~16 runs: recent behaviour decides, one outlier does not.
+  f.runs += 1;
+  const double weight = f.runs < 16 ? 1.0 / static_cast<double>(f.runs) : 1.0 / 16;
+  f.mean_run_seconds += weight * (run_seconds - f.mean_run_seconds);
+}
+
+void scheduler::failed(job& j, std::string outcome, double run_seconds) {
+  if (j.state != job_state::running || j.failures >= j.spec.retries || !refusal_.empty()) {
+    // Its retries are spent (or the node is draining: a rerun would be lost): the last outcome stands.
+    finish(j, job_state::failed, std::move(outcome), run_seconds);
+    return;
+  }
+  // It ran: its time counts, as pp counts every run.
+  count_run(j, run_seconds);
+  --counters_.running;
+  ++counters_.queued;
+  ++counters_.retried;
+  ++j.failures;
+  j.state = job_state::queued;
+  j.running_on = nullptr;
+  if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
+  if (j.spec.retry_backoff.count() > 0 && executor_) {
+    rerun_after_backoff(j);
+    return;
+  }
+  enqueue(j, true);
+  dispatch_to_waiting_slot();
+}
+
+void scheduler::rerun_after_backoff(job& j) {
+  // backoff, 2 x backoff, 4 x ... before the first, second, third rerun; at most an hour.
+  const auto wait = std::min<std::chrono::milliseconds>(
+      j.spec.retry_backoff * (std::int64_t{1} << std::min(j.failures - 1, 20)), std::chrono::hours(1));
+  auto timer = std::make_shared<net::steady_timer>(*executor_, wait);
+  // The job waits in state queued: it may be cancelled (or lost in a drain) meanwhile, which the
+  // timer sees from its state and its attempt count.
+  timer->async_wait([this, timer, id = j.id, attempts = j.attempts](boost::system::error_code ec) {
+    job* waiting = find(id);
+    if (ec || waiting == nullptr || waiting->state != job_state::queued || waiting->attempts != attempts) return;
+    enqueue(*waiting, true);
+    dispatch_to_waiting_slot();
+  });
+}
+
 void scheduler::finish(job& j, job_state end, std::string outcome, double run_seconds) {
   if (j.state == job_state::running) {
     --counters_.running;
-    if (end == job_state::done || end == job_state::failed) {
-      auto& n = counters_for(j.node);
-      ++n.njobs;
-      n.job_time += run_seconds;
-      const function_def& f = *j.spec.function;
-      // A mean over the last ~16 runs: recent behaviour decides, one outlier does not.
-      f.runs += 1;
-      const double weight = f.runs < 16 ? 1.0 / static_cast<double>(f.runs) : 1.0 / 16;
-      f.mean_run_seconds += weight * (run_seconds - f.mean_run_seconds);
-    }
+    if (end == job_state::done || end == job_state::failed) count_run(j, run_seconds);
   } else if (j.state == job_state::queued) {
     --counters_.queued;  // its id stays in queue_ and is skipped when popped
   }
@@ -279,20 +325,20 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
 
 void scheduler::interrupted(job& j, std::string_view why, bool node_lost) {
   const int budget = node_lost ? std::max(j.spec.retries, node_loss_retries) : j.spec.retries;
-  if (j.attempts <= budget) {
+  if (++j.interruptions <= budget) {
     // Retries go to the front: the job was already at the head of the line once.
     --counters_.running;
     ++counters_.queued;
     ++counters_.retried;
     j.state = job_state::queued;
     j.running_on = nullptr;
-    queue_.push_front(j.id);
+    enqueue(j, true);
     if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
     dispatch_to_waiting_slot();
     return;
   }
   std::string message(why);
-  message += " (attempt " + std::to_string(j.attempts) + " of " + std::to_string(budget + 1) + ")";
+  message += " (attempt " + std::to_string(j.interruptions) + " of " + std::to_string(budget + 1) + ")";
   if (node_lost)
     finish(j, job_state::lost, error_outcome("NodeLost", message), 0);
   else
@@ -305,7 +351,7 @@ void scheduler::requeue(job& j) {
   --j.attempts;  // it never ran
   j.state = job_state::queued;
   j.running_on = nullptr;
-  queue_.push_front(j.id);
+  enqueue(j, true);
   if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
   dispatch_to_waiting_slot();
 }

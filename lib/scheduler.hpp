@@ -1,4 +1,5 @@
-// The scheduler: a FIFO of jobs and the nodes whose slots run them.
+// The scheduler: a queue of jobs and the nodes whose slots run them. Jobs go by priority, higher
+// first, and first come, first served within one priority.
 //
 // It sees only nodes with slots; the local worker pool is one node and each peer will be another.
 // A free slot pulls the next job (slot_ready), so faster slots take more work: pp's dynamic load
@@ -14,6 +15,8 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -95,6 +98,7 @@ struct scheduler_stats {
   std::array<std::uint64_t, restart_reason_count> restarts_by_reason{};
   std::vector<node_counters> nodes;
   latency_histogram latency;
+  latency_histogram run_time;  // of each run (reruns included), as its worker measured it
 };
 
 enum class job_event { queued, started, ended };
@@ -117,6 +121,9 @@ class scheduler {
   };
 
   explicit scheduler(options opts);
+  // The executor a job waits on before it is rerun after a failure (job_spec::retry_backoff).
+  // Without one, such jobs rerun at once.
+  void set_executor(net::any_io_executor ex) { executor_ = std::move(ex); }
   scheduler(const scheduler&) = delete;
   scheduler& operator=(const scheduler&) = delete;
 
@@ -151,6 +158,9 @@ class scheduler {
   void slot_can_prefetch(slot& s, double budget);
   void slot_gone(slot& s);   // s takes no more jobs (stopping or restarting)
   void finish(job& j, job_state end, std::string outcome, double run_seconds);
+  // The job ran here and failed (raised, timed out, went over its worker's memory): it is rerun,
+  // after its backoff, while its retries last; then it ends failed with this last outcome.
+  void failed(job& j, std::string outcome, double run_seconds);
   // The slot lost j mid-run: retry it or end it. A worker that died fails it once its retries are
   // spent; a lost node (`node_lost`) requeues it up to node_loss_retries times at least, then
   // it ends `lost`.
@@ -177,6 +187,9 @@ class scheduler {
 
  private:
   void dispatch(slot& s, job& j);
+  void enqueue(job& j, bool at_front);
+  void rerun_after_backoff(job& j);
+  void count_run(job& j, double run_seconds);
   void dispatch_to_waiting_slot();
   job* pop_next_queued(bool for_remote = false);
   job* peek_next_queued();
@@ -190,8 +203,11 @@ class scheduler {
   std::uint64_t next_id_ = 1;
   std::unordered_map<std::uint64_t, std::unique_ptr<job>> jobs_;
   std::vector<const node*> nodes_;
-  // Ids in submission order; cancelled entries are skipped when popped, not searched for.
-  std::deque<std::uint64_t> queue_;
+  // Ids by priority, highest first, in submission order within one (retries and jobs given back
+  // go to the front of theirs); cancelled entries are skipped when popped, not searched for.
+  // Buckets other than priority 0's are dropped when they empty.
+  std::map<int, std::deque<std::uint64_t>, std::greater<int>> queue_;
+  std::optional<net::any_io_executor> executor_;
   std::deque<std::uint64_t> finished_order_;
   std::size_t finished_bytes_ = 0;  // outcome bytes of the jobs in finished_order_
   std::deque<slot*> idle_;

@@ -114,11 +114,10 @@ net::awaitable<void> worker_slot::supervise() {
     if (!lost.empty() && lost.front().j != nullptr) {
       job& j = *lost.front().j;
       if (killed_for_memory) {
-        // Running it again would cross the limit again: it fails, and says why.
+        // Not a worker death that a rerun survives: the job failed, and says why.
         log::warn("worker ", proc_->pid(), " crossed --max-worker-memory while running job ", j.id);
         ++jobs_run_;
-        sched_.finish(j, job_state::failed, memory_kill_outcome(),
-                      std::chrono::duration<double>(steady_clock::now() - j.started).count());
+        sched_.failed(j, memory_kill_outcome(), std::chrono::duration<double>(steady_clock::now() - j.started).count());
       } else {
         log::warn("worker ", proc_->pid(), " ", why, " while running job ", j.id);
         sched_.interrupted(j, "the worker running this job " + why);
@@ -322,7 +321,8 @@ void worker_slot::on_reply(std::string_view frame) {
     sched_.requeue(*j);  // taken back by a stall check, and the worker did skip it
   } else if (j != nullptr) {
     ++jobs_run_;
-    sched_.finish(*j, ok ? job_state::done : job_state::failed, std::string(outcome), seconds);
+    if (ok) sched_.finish(*j, job_state::done, std::string(outcome), seconds);
+    else sched_.failed(*j, std::string(outcome), seconds);
   }
   if (retire) {
     // What the job left behind would reach the next job: a fresh process takes the slot, and the
@@ -466,7 +466,7 @@ void worker_slot::on_timeout(std::uint64_t job_id) {
   stop_process_and_requeue_waiting(restart_reason::timeout);
   const double ran = std::chrono::duration<double>(steady_clock::now() - j.started).count();
   const double limit = std::chrono::duration<double>(*j.spec.timeout).count();
-  sched_.finish(j, job_state::failed,
+  sched_.failed(j,
                 error_outcome("TimeoutError", "the job ran longer than its timeout of " +
                                                   python_float_repr(limit) +
                                                   " s; its worker was stopped and replaced"),

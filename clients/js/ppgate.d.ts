@@ -47,8 +47,15 @@ export interface JobOptions {
   group?: string;
   /** Seconds of running time after which the job is stopped (JobTimeoutError). */
   timeout?: number;
-  /** Attempts after a worker crash. */
+  /**
+   * Extra attempts when the job fails (raises, times out, goes over the node's worker memory);
+   * only the last error is reported. As many again when its worker dies.
+   */
   retries?: number;
+  /** Seconds before the first rerun of a failed job, doubled before each later one. */
+  retry_backoff?: number;
+  /** Higher runs first; first come, first served within one priority (default 0). */
+  priority?: number;
 }
 
 /** One job, as for POST /v1/jobs. */
@@ -85,7 +92,7 @@ export class Job<R = Json> implements PromiseLike<R> {
 /** A Python function defined once on a connection; calling it submits a job. */
 export interface DefinedFunction<A extends Json[] = Json[], R = Json> {
   (...args: A): Job<R>;
-  /** The same function with other group, timeout or retries for the calls it makes. */
+  /** The same function with other options (group, timeout, retries, priority...) for the calls it makes. */
   withOptions(options: JobOptions): (...args: A) => Job<R>;
   /** The same function called with keyword arguments. */
   withKwargs(kwargs: { [name: string]: Json }): (...args: A) => Job<R>;

@@ -54,7 +54,8 @@ function errorFromResult(r) {
 // --- jobs ---
 
 const MAX_BATCH = 5000;
-const JOB_FIELDS = ["args", "kwargs", "group", "timeout", "retries"];
+const OPTION_FIELDS = ["group", "timeout", "retries", "retry_backoff", "priority"];
+const JOB_FIELDS = ["args", "kwargs", ...OPTION_FIELDS];
 const FUNCTION_FIELDS = ["source", "function", "depfuncs", "modules"];
 
 /**
@@ -199,7 +200,7 @@ export class Client {
 
   /**
    * Submits one job: `{source, function, args, kwargs, depfuncs, modules, group, timeout,
-   * retries}` as for POST /v1/jobs (docs/rest.md). Returns a Job, which resolves to the result.
+   * retries, retry_backoff, priority}` as for POST /v1/jobs (docs/rest.md). Returns a Job, which resolves to the result.
    */
   submit(job) {
     if (typeof job !== "object" || job === null) throw new TypeError("submit() takes a job object");
@@ -210,14 +211,15 @@ export class Client {
   /**
    * Defines a Python function once for this connection and returns a JavaScript function that
    * submits a job of it: `f(...args)` returns a Job. `options`: depfuncs, modules (the function's
-   * imports), and defaults for group, timeout and retries. `f.withOptions({timeout})(...args)`
+   * imports), and defaults for group, timeout, retries, retry_backoff and priority.
+   * `f.withOptions({timeout})(...args)`
    * overrides them for one call; `f.withKwargs(kwargs)(...args)` passes keyword arguments.
    */
   define(source, functionName, options = {}) {
     if (typeof source !== "string") throw new TypeError("define() takes the function's Python source");
     if (typeof functionName !== "string") throw new TypeError("define() takes the function's name");
     const definition = { source, function: functionName, ...pick(options, ["depfuncs", "modules"]) };
-    const defaults = pick(options, ["group", "timeout", "retries"]);
+    const defaults = pick(options, OPTION_FIELDS);
     let fnId = null;
     const call = (extra, args) => {
       const fields = { ...defaults, ...extra, args };
@@ -230,7 +232,7 @@ export class Client {
       return job;
     };
     const f = (...args) => call({}, args);
-    f.withOptions = (opts) => (...args) => call(pick(opts, ["group", "timeout", "retries"]), args);
+    f.withOptions = (opts) => (...args) => call(pick(opts, OPTION_FIELDS), args);
     f.withKwargs = (kwargs) => (...args) => call({ kwargs }, args);
     // A map job (docs/rest.md, "Map jobs"): one call per item, one job; used by map().
     f._mapJob = (items) => call({ map: true }, items.map((item) => [item]));

@@ -4,6 +4,8 @@
 #include "peer_stream.hpp"
 #include "serving_channel.hpp"
 
+#include <utility>
+
 namespace ppgate {
 
 // The joining side of a link: the dialer's handshake offering to join, then its own welcome
@@ -84,6 +86,8 @@ net::awaitable<void> head_link::supervise() {
     auto c = co_await connect(refused);
     if (c && !stopped_) {
       log::info("joined head ", head_name_, " with ", pool_.size(), " workers");
+      ++settings_.counters.established;
+      if (std::exchange(linked_before_, true)) ++settings_.counters.reconnects;
       last_error_.clear();
       delay = std::chrono::milliseconds(250);
       channel_ = c;

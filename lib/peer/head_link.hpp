@@ -50,6 +50,7 @@ class head_link : public std::enable_shared_from_this<head_link> {
   std::shared_ptr<channel> channel_;
   std::string last_error_;
   bool stopped_ = false;
+  bool linked_before_ = false;  // a link came up before: the next one is a reconnect
   std::optional<net::steady_timer> backoff_;
 };
 

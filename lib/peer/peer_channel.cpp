@@ -55,6 +55,7 @@ void peer_channel::authenticate_frames(std::string_view nonce_d, std::string_vie
 bool peer_channel::open(std::string_view frame, peer::message& m) {
   if (!receiving_auth_) return peer::parse_message(frame, m);
   if (receiving_auth_->open(frame, m)) return true;
+  ++settings_.counters.auth_failures;
   log::warn("peer ", peer_name_, " sent a message that fails authentication (forged, replayed or "
             "relayed); closing the link");
   close();
@@ -179,6 +180,7 @@ net::awaitable<std::optional<peer::welcome>> peer_channel::dial_handshake(bool j
   }
   if (!peer::equal_in_constant_time(c->proof, peer::proof_of(settings_.secret, "acceptor", nonce_d, c->nonce))) {
     why = "authentication failed: the peer does not hold this cluster's secret";
+    ++settings_.counters.auth_failures;
     refused = true;
     send(peer::msg::refused, why);
     co_await flush();
@@ -193,6 +195,8 @@ net::awaitable<std::optional<peer::welcome>> peer_channel::dial_handshake(bool j
   auto welcome = co_await receive(storage);
   if (!welcome || welcome->type != peer::msg::welcome) {
     refused = welcome && welcome->type == peer::msg::refused;
+    // The acceptor found our proof wrong: the secrets differ.
+    if (refused && welcome->payload.starts_with("authentication failed")) ++settings_.counters.auth_failures;
     why = refused ? "the peer refused the connection: " + std::string(welcome->payload) : "no welcome from the peer";
     co_return std::nullopt;
   }

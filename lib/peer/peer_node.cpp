@@ -5,6 +5,7 @@
 #include "job_message.hpp"
 #include "log.hpp"
 
+#include <utility>
 #include <boost/asio/ip/tcp.hpp>
 
 #include <charconv>
@@ -160,6 +161,7 @@ net::awaitable<void> peer_node::serve_joined(std::shared_ptr<channel> c) {
 }
 
 void peer_node::link_up(std::shared_ptr<channel> c, std::size_t slots) {
+  if (std::exchange(linked_before_, true)) ++settings_.counters.reconnects;
   last_error_.clear();
   pending_runs_.clear();  // meant for a link that is gone
   pending_ids_.clear();
@@ -203,6 +205,7 @@ net::awaitable<void> peer_node::supervise() {
     auto c = co_await connect(refused);
     if (c && !stopped_) {
       log::info("peer ", name_, " connected with ", remote_slots_, " slots");
+      ++settings_.counters.established;  // (a joined node's link is counted by peer_server)
       delay = std::chrono::milliseconds(250);
       link_up(c, remote_slots_);
       co_await c->serve();

@@ -100,6 +100,7 @@ class peer_node : public node, public std::enable_shared_from_this<peer_node> {
   static constexpr std::size_t max_run_frame = max_frame_size - 1024;
   std::string last_error_;
   bool stopped_ = false;
+  bool linked_before_ = false;  // a link came up before: the next one is a reconnect
   const bool joined_ = false;
   std::optional<net::steady_timer> backoff_;
 };

@@ -51,6 +51,7 @@ class peer_server::connection : public serving_channel {
       close();
       co_return;
     }
+    ++settings_.counters.established;
     if (joining_) {
       server_.on_join_(*this);  // takes the link over
       co_return;
@@ -90,12 +91,15 @@ class peer_server::connection : public serving_channel {
       // The dialer found that our proof does not match its secret.
       log::warn("peer ", peer_name_, " refused the handshake: ", proof->payload,
                 " (authentication failed: the secrets differ)");
+      ++settings_.counters.auth_failures;
       co_return false;
     }
     if (!proof || proof->type != peer::msg::proof) co_return false;
     const std::string expected = peer::proof_of(settings_.secret, "dialer", nonce_a, nonce_d);
-    if (!peer::equal_in_constant_time(proof->payload, expected))
+    if (!peer::equal_in_constant_time(proof->payload, expected)) {
+      ++settings_.counters.auth_failures;
       co_return co_await refuse("authentication failed: the peer does not hold this cluster's secret");
+    }
     authenticate_frames(nonce_d, nonce_a, /*this_is_dialer=*/false);
     if (joining_ && !server_.on_join_)
       co_return co_await refuse("this node takes no joining nodes");

@@ -18,6 +18,13 @@ struct tls_config {
   bool enabled() const { return !cert_file.empty(); }
 };
 
+// What the links that use one peer_settings have seen (ppgate_peer_* in /metrics).
+struct peer_link_counters {
+  std::uint64_t established = 0;    // links authenticated, either side dialing
+  std::uint64_t reconnects = 0;     // of them, links to a peer or head this node had a link to before
+  std::uint64_t auth_failures = 0;  // handshakes or frames that failed authentication
+};
+
 struct peer_settings {
   std::string secret;             // the cluster secret: both sides must hold it
   std::string name;               // how this node names itself to peers (its advertised address)
@@ -25,6 +32,9 @@ struct peer_settings {
   std::chrono::milliseconds heartbeat{1000};
   int missed_heartbeats = 5;      // silence for this many intervals ends the connection
   std::chrono::milliseconds handshake_timeout{10000};
+  // Counted by every link made with these settings: they are shared by all of a node's links,
+  // on its one thread.
+  mutable peer_link_counters counters;
 };
 
 // Which peers this node has: its peer port, the nodes it dials, discovery (lib/peer/peers.hpp).

@@ -100,3 +100,30 @@ def fail_at(x, bad):
     if x == bad:
         raise ValueError("item %r is bad" % x)
     return x
+
+
+def flaky(counter, failures):
+    """Fails until it has been called `failures` times (counted in the file `counter`), then
+    returns how many calls it took."""
+    calls = (int(open(counter).read()) if os.path.exists(counter) else 0) + 1
+    open(counter, "w").write(str(calls))
+    if calls <= failures:
+        raise ConnectionError("flaky call %d" % calls)
+    return calls
+
+
+def hold(release, started=None):
+    """Holds its worker until the file `release` exists (at most 30 s); creates `started` first."""
+    if started:
+        open(started, "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(release)
+
+
+def mark(path, tag):
+    """Appends its tag to the file `path`: the file gives the order jobs ran in."""
+    with open(path, "a") as f:
+        f.write("%d\n" % tag)
+    return tag

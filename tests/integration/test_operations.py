@@ -1,16 +1,22 @@
 """Running a node for real (docs/cli.md): worker memory caps and recycling, retries, priorities,
 and what an operator watches (/metrics read with the Prometheus client's own parser)."""
 
+import inspect
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import textwrap
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "clients", "python"))
 
-from harness import Node  # noqa: E402
+import ppgate as pp  # noqa: E402
+from client_helpers import flaky, hold, mark  # noqa: E402
+from harness import Node, rss_bytes  # noqa: E402
 
 # Debian's python3 has python3-prometheus-client (tools/install-deps.sh); the tests themselves run
 # on whatever python3 is on PATH.
@@ -87,14 +93,207 @@ class TestWorkerMemory(unittest.TestCase):
             self.assertEqual(node.run(source, "total", [10])["result"], 10.0)
 
 
+# Their sources, for jobs sent over REST; the Python client sends the functions themselves.
+FLAKY, HOLD, MARK = ("import os, time\n" + textwrap.dedent(inspect.getsource(f)) for f in (flaky, hold, mark))
+
+
+def read_lines(path):
+    with open(path) as f:
+        return f.read().split()
+
+
+def expected_order(priorities):
+    """Tags by priority, higher first, in submission order within one."""
+    return [tag for tag, _ in sorted(enumerate(priorities), key=lambda tp: -tp[1])]
+
+
+class TestRetries(unittest.TestCase):
+    def test_a_job_that_fails_twice_then_succeeds_with_retries_2(self):
+        with tempfile.TemporaryDirectory() as tmp, Node(workers=1) as node:
+            job = node.run(FLAKY, "flaky", [os.path.join(tmp, "a"), 2], retries=2)
+            self.assertEqual((job["status"], job["result"]), ("done", 3), job)
+            self.assertEqual(job["attempts"], 3)
+            self.assertEqual(job["failed_attempts"], 2)
+            self.assertNotIn("interrupted_attempts", job)
+            # Out of retries: only the last exception is reported.
+            job = node.run(FLAKY, "flaky", [os.path.join(tmp, "b"), 5], retries=1)
+            self.assertEqual(job["status"], "failed")
+            self.assertEqual(job["error"]["type"], "ConnectionError")
+            self.assertEqual(job["error"]["message"], "flaky call 2")
+            self.assertEqual(job["attempts"], 2)
+            stats = node.request("GET", "/v1/stats")[1]
+            self.assertEqual((stats["retried"], stats["jobs"]["done"], stats["jobs"]["failed"]), (3, 1, 1))
+
+    def test_a_backoff_spaces_the_reruns(self):
+        source = ("import time\n"
+                  "def stamp(path):\n"
+                  "    with open(path, 'a') as f:\n"
+                  "        f.write('%r\\n' % time.monotonic())\n"
+                  "    raise RuntimeError('again')\n")
+        with tempfile.TemporaryDirectory() as tmp, Node(workers=1) as node:
+            path = os.path.join(tmp, "stamps")
+            job = node.run(source, "stamp", [path], retries=2, retry_backoff=0.2)
+            self.assertEqual((job["status"], job["attempts"]), ("failed", 3))
+            stamps = [float(line) for line in read_lines(path)]
+            self.assertEqual(len(stamps), 3)
+            # 0.2 s before the first rerun, 0.4 s before the second: waits, at least that long.
+            self.assertGreaterEqual(stamps[1] - stamps[0], 0.2)
+            self.assertGreaterEqual(stamps[2] - stamps[1], 0.4)
+
+    def test_bad_retry_fields_are_refused(self):
+        with Node(workers=1) as node:
+            for fields, fragment in (({"retry_backoff": -1}, "retry_backoff"), ({"retry_backoff": "soon"}, "retry_backoff"),
+                                     ({"priority": 1.5}, "priority"), ({"priority": 10 ** 12}, "priority"),
+                                     ({"retries": 101}, "retries")):
+                body = dict(source="def f():\n    return 1\n", function="f", **fields)
+                status, data, _ = node.request("POST", "/v1/jobs", body)
+                self.assertEqual(status, 400, fields)
+                self.assertIn(fragment, data["error"]["message"], fields)
+
+    def test_the_python_client_retries_per_submit_and_per_executor(self):
+        with tempfile.TemporaryDirectory() as tmp, pp.Server(1) as server:
+            job = server.submit(flaky, (os.path.join(tmp, "a"), 1), retries=1)
+            self.assertEqual(job(), 2)
+            job = server.submit(flaky, (os.path.join(tmp, "b"), 3), retries=1)
+            with self.assertRaises(pp.JobError) as raised:
+                job()
+            self.assertIn("flaky call 2", str(raised.exception))
+            with self.assertRaises(ValueError):
+                server.submit(flaky, (os.path.join(tmp, "c"), 0), retries=-1)
+        with tempfile.TemporaryDirectory() as tmp, pp.Executor(1, retries=2, retry_backoff=0.01) as executor:
+            self.assertEqual(executor.submit(flaky, os.path.join(tmp, "d"), 2).result(60), 3)
+
+
+class TestPriorities(unittest.TestCase):
+    def submit_held(self, node, tmp, priorities):
+        """A job holding the only worker, then one job per priority; returns the order they ran."""
+        release, marks = os.path.join(tmp, "release"), os.path.join(tmp, "marks")
+        status, held, _ = node.request("POST", "/v1/jobs", {"source": HOLD, "function": "hold", "args": [release]})
+        self.assertEqual(status, 202, held)
+        node.wait_until(lambda: node.request("GET", "/v1/jobs/%d" % held["id"])[1]["status"] == "running",
+                        what="the holding job to start")
+        batch = [{"source": MARK, "function": "mark", "args": [marks, tag], "priority": p}
+                 for tag, p in enumerate(priorities)]
+        status, queued, _ = node.request("POST", "/v1/jobs", batch)
+        self.assertEqual(status, 202, queued)
+        open(release, "w").close()
+        ids = [j["id"] for j in queued["jobs"]]
+        for job_id in ids:
+            status, job, _ = node.request("GET", "/v1/jobs/%d?wait=60" % job_id)
+            self.assertEqual(job["status"], "done", job)
+            if priorities[ids.index(job_id)]:
+                self.assertEqual(job["priority"], priorities[ids.index(job_id)])
+        return [int(line) for line in read_lines(marks)]
+
+    def test_priorities_reorder_a_queue_of_100(self):
+        priorities = [(i * 37) % 7 - 3 for i in range(100)]  # -3 .. 3, interleaved
+        with tempfile.TemporaryDirectory() as tmp, Node(workers=1) as node:
+            self.assertEqual(self.submit_held(node, tmp, priorities), expected_order(priorities))
+
+    def test_a_peer_runs_the_jobs_it_is_given_in_priority_order(self):
+        secret = "priority-peer-secret"
+        priorities = [(i * 5) % 4 for i in range(30)]
+        peer = Node("--peer-listen", "127.0.0.1:0", workers=1, env={"PPGATE_SECRET": secret})
+        with tempfile.TemporaryDirectory() as tmp, peer:
+            peer.token = secret
+            head = Node("--peers", "127.0.0.1:%d" % peer.peer_port, "--peer-inflight", "1", workers=0,
+                        env={"PPGATE_SECRET": secret})
+            with head:
+                head.token = secret
+                head.wait_until(lambda: any(n["connected"] for n in head.request("GET", "/v1/nodes")[1]["nodes"]
+                                            if n["kind"] == "remote"), what="the peer link")
+                self.assertEqual(self.submit_held(head, tmp, priorities), expected_order(priorities))
+
+    def test_the_python_client_sends_priorities(self):
+        priorities = [0, 5, 1, 5, -2, 9]
+        with tempfile.TemporaryDirectory() as tmp, pp.Server(1) as server:
+            release, marks = os.path.join(tmp, "release"), os.path.join(tmp, "marks")
+            started = os.path.join(tmp, "started")
+            held = server.submit(hold, (release, started))
+            deadline = time.monotonic() + 30
+            while not os.path.exists(started) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            jobs = [server.submit(mark, (marks, tag), priority=p) for tag, p in enumerate(priorities)]
+            open(release, "w").close()
+            self.assertTrue(held())
+            self.assertEqual([job() for job in jobs], list(range(len(priorities))))
+            self.assertEqual([int(line) for line in read_lines(marks)], expected_order(priorities))
+
+
 class TestOperatorMetrics(unittest.TestCase):
     def test_metrics_are_read_by_the_prometheus_parser(self):
         with Node(workers=1) as node:
             node.run("def f():\n    return 1\n", "f")
+            node.run("import time\ndef nap():\n    time.sleep(0.03)\n", "nap")
             samples = prometheus_samples(node.request("GET", "/metrics")[1])
-            self.assertEqual(metric(samples, "ppgate_jobs_ended_total", state="done"), 1)
+            self.assertEqual(metric(samples, "ppgate_jobs_ended_total", state="done"), 2)
             for reason in ("died", "timeout", "cancelled", "max_jobs", "memory", "job_state", "protocol"):
                 self.assertEqual(metric(samples, "ppgate_worker_restarts_total", reason=reason), 0)
+            info = [(labels, v) for n, labels, v, _ in samples if n == "ppgate_build_info"]
+            self.assertEqual(len(info), 1)
+            self.assertEqual(info[0][1], 1)
+            version = subprocess.run([os.environ.get("PPGATE_BINARY", "ppgate"), "--version"], capture_output=True,
+                                     text=True, timeout=30).stdout.split()[1]
+            python = node.request("GET", "/v1/nodes")[1]["nodes"][0]["python"]
+            self.assertEqual(info[0][0], {"version": version, "python": python})
+            # The run-time histogram: both runs, the nap in the bucket past 25 ms.
+            self.assertEqual(metric(samples, "ppgate_job_run_seconds_count"), 2)
+            self.assertGreaterEqual(metric(samples, "ppgate_job_run_seconds_sum"), 0.03)
+            self.assertEqual(metric(samples, "ppgate_job_run_seconds_bucket", le="0.025"), 1)
+            self.assertEqual(metric(samples, "ppgate_job_run_seconds_bucket", le="+Inf"), 2)
+            # The standard process metrics describe the node's own process.
+            rss = metric(samples, "process_resident_memory_bytes")
+            self.assertGreater(rss, 1 << 20)
+            self.assertLess(abs(rss - rss_bytes(node.proc.pid)), 64 << 20)
+            started = metric(samples, "process_start_time_seconds")
+            self.assertLessEqual(started, time.time() + 1)
+            self.assertGreater(started, time.time() - 300)
+            # The node's CPU time as the kernel counts it, read after the metrics were made.
+            with open("/proc/%d/stat" % node.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu_after = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            self.assertGreaterEqual(metric(samples, "process_cpu_seconds_total"), 0)
+            self.assertLessEqual(metric(samples, "process_cpu_seconds_total"), cpu_after)
+            self.assertGreater(metric(samples, "process_open_fds"), 3)
+            kinds = {n: k for n, _, _, k in samples}
+            self.assertEqual(kinds["process_cpu_seconds_total"], "counter")
+            self.assertEqual(kinds["ppgate_job_run_seconds_bucket"], "histogram")
+
+    def test_peer_link_counters(self):
+        secret, wrong = "metrics-peer-secret", "another-cluster-secret"
+        peer = Node("--peer-listen", "127.0.0.1:0", workers=1, env={"PPGATE_SECRET": secret})
+        with peer:
+            peer.token = secret
+            port = peer.peer_port
+            head = Node("--peers", "127.0.0.1:%d" % port, "--peer-heartbeat", "0.2", workers=0,
+                        env={"PPGATE_SECRET": secret})
+            with head:
+                head.token = secret
+
+                def head_metric(name, **labels):
+                    return metric(prometheus_samples(head.request("GET", "/metrics")[1]), name, **labels)
+
+                head.wait_until(lambda: head_metric("ppgate_peer_links_up", role="node") == 1, what="the link")
+                self.assertEqual(head_metric("ppgate_peer_links_established_total"), 1)
+                self.assertEqual(head_metric("ppgate_peer_reconnects_total"), 0)
+                # The peer restarts on its port: the head links again, and counts a reconnect.
+                peer.stop()
+                head.wait_until(lambda: head_metric("ppgate_peer_links_up", role="node") == 0, what="the loss")
+                peer.args[peer.args.index("--peer-listen") + 1] = "127.0.0.1:%d" % port
+                peer.start()
+                peer.token = secret
+                head.wait_until(lambda: head_metric("ppgate_peer_reconnects_total") == 1, timeout=30,
+                                what="the reconnect")
+                self.assertEqual(head_metric("ppgate_peer_links_up", role="node"), 1)
+                self.assertEqual(head_metric("ppgate_peer_links_established_total"), 2)
+            # A node with the wrong secret: both sides count the failed handshake.
+            stranger = Node("--peers", "127.0.0.1:%d" % port, workers=0, env={"PPGATE_SECRET": wrong})
+            with stranger:
+                stranger.token = wrong
+                stranger.wait_until(lambda: metric(prometheus_samples(stranger.request("GET", "/metrics")[1]),
+                                                   "ppgate_peer_auth_failures_total") >= 1, what="the refusal")
+                peer.wait_until(lambda: metric(prometheus_samples(peer.request("GET", "/metrics")[1]),
+                                               "ppgate_peer_auth_failures_total") >= 1, what="the refusal")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import {
   connect, JobCancelledError, JobError, JobLostError, JobTimeoutError, SubmitError, WorkerDiedError,
@@ -106,6 +108,49 @@ test("kwargs, modules, depfuncs and per-call options reach the function", LIMIT,
       await assert.rejects(within(nap.withOptions({ timeout: 0.3 })(30)), JobTimeoutError);
     } finally {
       node.close();
+    }
+  });
+});
+
+test("retries rerun a failing job; priorities order a queue", LIMIT, async () => {
+  await withNode(["--workers", "1"], {}, async (url) => {
+    const node = await connect(url);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ppgate-js-"));
+    try {
+      const flaky = node.define(
+        "import os\ndef flaky(counter, failures):\n" +
+        "    calls = (int(open(counter).read()) if os.path.exists(counter) else 0) + 1\n" +
+        "    open(counter, 'w').write(str(calls))\n" +
+        "    if calls <= failures:\n        raise ConnectionError('flaky call %d' % calls)\n" +
+        "    return calls\n", "flaky", { retries: 2, retry_backoff: 0.01 });
+      assert.equal(await within(flaky(path.join(dir, "a"), 2)), 3);
+      await assert.rejects(within(flaky.withOptions({ retries: 1 })(path.join(dir, "b"), 5)),
+                           (e) => e instanceof JobError && /flaky call 2/.test(e.message));
+      // One worker held by a job until a file appears; the jobs queued behind it run by priority.
+      const release = path.join(dir, "release"), marks = path.join(dir, "marks");
+      const hold = node.define("import os, time\ndef hold(release):\n    t = time.monotonic() + 30\n" +
+                               "    while not os.path.exists(release) and time.monotonic() < t:\n" +
+                               "        time.sleep(0.01)\n", "hold");
+      const held = hold(release);
+      const mark = node.define("def mark(path, tag):\n    open(path, 'a').write('%d\\n' % tag)\n", "mark");
+      const priorities = [0, 3, 1, 3, -1, 7];
+      // Once the holding job runs, the others queue; REST shows when it does.
+      const started = Date.now();
+      for (;;) {
+        const stats = await (await fetch(`${url}/v1/stats`)).json();
+        if (stats.jobs.running === 1) break;
+        assert.ok(Date.now() - started < WAIT, "the holding job did not start");
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const jobs = priorities.map((p, tag) => mark.withOptions({ priority: p })(marks, tag));
+      fs.writeFileSync(release, "");
+      await within(held);
+      await within(Promise.all(jobs));
+      const order = fs.readFileSync(marks, "utf8").trim().split("\n").map(Number);
+      assert.deepEqual(order, [5, 1, 3, 2, 0, 4]);
+    } finally {
+      node.close();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -4,6 +4,8 @@
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 using namespace ppgate;
 
 namespace {
@@ -272,4 +274,112 @@ TEST_CASE("a drain hands queued jobs back, then ends what is left lost") {
   CHECK(sched.running() == 0);
   CHECK(sched.queue_depth() == 0);
   CHECK(sched.lose_unfinished("again", true) == 0);
+}
+
+TEST_CASE("jobs go by priority, higher first, first come first served within one") {
+  scheduler sched({});
+  test_node home("local"), remote_home("peer");
+  recording_slot a(home);
+  std::vector<std::uint64_t> expected_order;
+  std::vector<std::pair<int, std::uint64_t>> submitted;
+  for (int i = 0; i < 100; ++i) {
+    auto spec = make_spec();
+    spec.priority = (i * 7) % 5 - 2;  // -2 .. 2, interleaved
+    submitted.emplace_back(spec.priority, sched.submit(std::move(spec)).id);
+  }
+  std::stable_sort(submitted.begin(), submitted.end(), [](auto& x, auto& y) { return x.first > y.first; });
+  for (auto& [priority, id] : submitted) expected_order.push_back(id);
+  for (int i = 0; i < 100; ++i) {
+    sched.slot_ready(a);
+    sched.finish(*a.current, job_state::done, "\"result\":1", 0);
+  }
+  CHECK(a.started == expected_order);
+}
+
+TEST_CASE("a job given back keeps its place at the head of its own priority") {
+  scheduler sched({});
+  test_node home("local");
+  recording_slot a(home);
+  auto high = make_spec();
+  high.priority = 5;
+  const auto first = sched.submit(std::move(high)).id;
+  const auto low = sched.submit(make_spec()).id;
+  sched.slot_ready(a);
+  CHECK(a.started.back() == first);
+  auto higher = make_spec();
+  higher.priority = 9;
+  const auto urgent = sched.submit(std::move(higher)).id;
+  sched.requeue(*sched.find(first));
+  sched.slot_ready(a);
+  CHECK(a.started.back() == urgent);
+  sched.finish(*a.current, job_state::done, "\"result\":1", 0);
+  sched.slot_ready(a);
+  CHECK(a.started.back() == first);
+  sched.finish(*a.current, job_state::done, "\"result\":1", 0);
+  sched.slot_ready(a);
+  CHECK(a.started.back() == low);
+}
+
+TEST_CASE("a job that failed is rerun while its retries last; only the last outcome is kept") {
+  scheduler sched({});
+  test_node home("local");
+  recording_slot a(home);
+  auto spec = make_spec();
+  spec.retries = 2;
+  const auto id = sched.submit(std::move(spec)).id;
+  sched.slot_ready(a);
+  sched.failed(*sched.find(id), R"("error":{"type":"ValueError","message":"1"})", 0.1);
+  CHECK(sched.find(id)->state == job_state::queued);
+  sched.slot_ready(a);
+  sched.failed(*sched.find(id), R"("error":{"type":"ValueError","message":"2"})", 0.1);
+  sched.slot_ready(a);
+  // A worker death in between spends the other budget, not this one.
+  sched.interrupted(*sched.find(id), "the worker died");
+  sched.slot_ready(a);
+  sched.failed(*sched.find(id), R"("error":{"type":"ValueError","message":"3"})", 0.1);
+  const job& j = *sched.find(id);
+  CHECK(j.state == job_state::failed);
+  CHECK(j.attempts == 4);
+  CHECK(j.failures == 2);
+  CHECK(j.interruptions == 1);
+  CHECK(j.outcome.find(R"("message":"3")") != std::string::npos);
+  CHECK(sched.stats().failed == 1);
+  CHECK(sched.stats().retried == 3);
+  CHECK(sched.stats().nodes.at(0).njobs == 3);  // each run counts, as pp counts them
+}
+
+TEST_CASE("a rerun after a failure waits its backoff, doubled each time, and may be cancelled meanwhile") {
+  net::io_context io;
+  scheduler sched({});
+  sched.set_executor(io.get_executor());
+  test_node home("local");
+  recording_slot a(home);
+  auto spec = make_spec();
+  spec.retries = 3;
+  spec.retry_backoff = std::chrono::milliseconds(40);
+  const auto id = sched.submit(std::move(spec)).id;
+  sched.slot_ready(a);
+  auto failed_at = steady_clock::now();
+  sched.failed(*sched.find(id), R"("error":{"type":"E"})", 0);
+  sched.slot_ready(a);
+  CHECK(a.started.size() == 1);  // waiting out the backoff, though a slot is free
+  io.run_one_for(std::chrono::seconds(5));
+  CHECK(a.started.size() == 2);
+  CHECK(steady_clock::now() - failed_at >= std::chrono::milliseconds(40));
+  failed_at = steady_clock::now();
+  sched.failed(*sched.find(id), R"("error":{"type":"E"})", 0);
+  sched.slot_ready(a);
+  io.restart();
+  io.run_one_for(std::chrono::seconds(5));
+  CHECK(a.started.size() == 3);
+  CHECK(steady_clock::now() - failed_at >= std::chrono::milliseconds(80));
+  // Cancelled while it waits: the timer finds it cancelled and starts nothing.
+  sched.failed(*sched.find(id), R"("error":{"type":"E"})", 0);
+  CHECK(sched.cancel(id) == scheduler::cancel_result::cancelled);
+  sched.slot_ready(a);
+  io.restart();
+  io.run_for(std::chrono::milliseconds(300));
+  CHECK(a.started.size() == 3);
+  CHECK(sched.find(id)->state == job_state::cancelled);
+  CHECK(sched.queue_depth() == 0);
 }

@@ -5,11 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Set, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set, Tuple, TypeVar
 
 from ._errors import JobError
 from ._refs import Ref
-from ._pp import Call, Job, Server
+from ._pp import Call, Job, Server, check_job_options
 
 T = TypeVar("T")
 
@@ -52,11 +52,17 @@ class Executor(concurrent.futures.Executor):
     to the cluster's nodes, which join the private node (then of ``max_workers`` workers, default 0). ``map`` sends its calls in chunks of ``chunksize``
     calls per job (by default as ``multiprocessing.Pool.map`` picks it: about four chunks per
     slot), yields results in order while later chunks run, and raises a call's exception (a
-    ``JobError``) when the iteration reaches that call.
+    ``JobError``) when the iteration reaches that call. ``retries``, ``retry_backoff`` and
+    ``priority`` apply to every call, as Server.submit takes them (a map chunk is rerun only when
+    the chunk as a whole fails, not when one of its calls raises).
     """
 
     def __init__(self, max_workers: Optional[int] = None, *, url: Optional[str] = None,
-                 token: Optional[str] = None, cluster: Any = None) -> None:
+                 token: Optional[str] = None, cluster: Any = None, retries: int = 0,
+                 retry_backoff: float = 0.0, priority: int = 0) -> None:
+        check_job_options(retries, retry_backoff, priority)
+        # For every call (Server.submit describes them).
+        self._retries, self._retry_backoff, self._priority = retries, retry_backoff, priority
         if cluster is not None:
             # The calls run on the cluster's nodes (ppgate.slurm.SlurmCluster), which join a
             # private node with max_workers workers of its own (default none).
@@ -72,7 +78,7 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
-        return self._submit_call(Call(fn, args, kwargs))
+        return self._submit_call(self._call(fn, args, kwargs))
 
     def put(self, value: Any) -> Ref:
         """Sends `value` to the node once; pass the returned Ref to jobs in its place (Server.put)."""
@@ -95,9 +101,15 @@ class Executor(concurrent.futures.Executor):
             chunks, extra = divmod(count, max(1, self._server.get_ncpus()) * 4)
             chunksize = chunks + 1 if extra else max(chunks, 1)
         # One map job per chunk; each future gives (values, errors).
-        futures = [self._submit_call(Call(fn, tuple(c[i:min(i + chunksize, count)] for c in columns), map=True))
+        futures = [self._submit_call(self._call(fn, tuple(c[i:min(i + chunksize, count)] for c in columns),
+                                                map=True))
                    for i in range(0, count, chunksize)]
         return self._results_in_order(futures, deadline)
+
+    def _call(self, fn: Callable[..., Any], args: Tuple[Any, ...], kwargs: Optional[Dict[str, Any]] = None,
+              map: bool = False) -> Call:
+        return Call(fn, args, kwargs, retries=self._retries, retry_backoff=self._retry_backoff,
+                    priority=self._priority, map=map)
 
     def _submit_call(self, call: Call) -> concurrent.futures.Future[Any]:
         """Sends `call` as a job and returns its future. A call that cannot be sent (its function

@@ -64,9 +64,21 @@ class Call:
     group: str = "default"
     timeout: Optional[float] = None
     retries: int = 0
+    retry_backoff: float = 0.0
+    priority: int = 0
     # A map job (docs/rest.md, "Map jobs"): `args` holds one column of arguments per parameter,
     # as map() takes them, and the result is (values, [(index, type, message, traceback)]).
     map: bool = False
+
+
+def check_job_options(retries: int, retry_backoff: float, priority: int) -> None:
+    """Refuses, before anything is sent, what the node would refuse (docs/rest.md)."""
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+        raise ValueError("retries must be an integer from 0 to 100")
+    if not isinstance(retry_backoff, (int, float)) or isinstance(retry_backoff, bool) or not 0 <= retry_backoff <= 3600:
+        raise ValueError("retry_backoff must be a number of seconds from 0 to 3600")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -10**9 <= priority <= 10**9:
+        raise ValueError("priority must be an integer from -1000000000 to 1000000000")
 
 
 class Job:
@@ -510,9 +522,13 @@ class Server:
                modules: Tuple[str, ...] = (), callback: Optional[Callable[..., Any]] = None,
                callbackargs: Tuple[Any, ...] = (), group: str = "default",
                globals: Optional[Dict[str, Any]] = None, *, timeout: Optional[float] = None,
-               retries: int = 0) -> Job:
-        """Submits func(*args) and returns a Job. ``timeout`` (seconds of running time) and
-        ``retries`` (attempts after a worker crash) are ppgate's additions."""
+               retries: int = 0, retry_backoff: float = 0.0, priority: int = 0) -> Job:
+        """Submits func(*args) and returns a Job. ppgate's additions: ``timeout`` (seconds of
+        running time per attempt); ``retries``, extra attempts when the job raises (or times out,
+        or goes over the node's worker memory), only the last exception being reported, and as
+        many again when its worker dies; ``retry_backoff``, seconds before the first rerun,
+        doubled before each later one; ``priority``, higher first (first come, first served
+        within one priority)."""
         if self._destroyed:
             raise DestroyedServerError("Cannot submit jobs: server instance has been destroyed")
         if not isinstance(args, tuple):
@@ -528,8 +544,10 @@ class Server:
         for module in modules:
             if not isinstance(module, str):
                 raise TypeError("modules argument must be a list of strings")
+        check_job_options(retries, retry_backoff, priority)
         job = Job(self, group, callback, callbackargs)
-        self.submit_call(job, Call(func, args, None, depfuncs, modules, globals, group, timeout, retries))
+        self.submit_call(job, Call(func, args, None, depfuncs, modules, globals, group, timeout, retries,
+                                   retry_backoff, priority))
         return job
 
     def wait(self, group: Optional[str] = None) -> None:
@@ -698,6 +716,10 @@ class Server:
             fields["timeout"] = timeout
         if retries:
             fields["retries"] = retries
+        if call.retry_backoff:
+            fields["retry_backoff"] = call.retry_backoff
+        if call.priority:
+            fields["priority"] = call.priority
         with self._cv:
             self._unfinished[group] = self._unfinished.get(group, 0) + 1
         try:
