@@ -4,6 +4,7 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +13,8 @@
 #include <sstream>
 #include <string_view>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 #ifndef PPGATE_VERSION
 #define PPGATE_VERSION "0.0.0"
@@ -118,6 +121,117 @@ void parse_listen(std::string_view text, serve_options& o) {
   o.listen_port = parse_int<std::uint16_t>("--listen port", port, 0, 65535);
 }
 
+// One flag or value, and where it came from: "FILE line N" for a --config file's, empty for
+// the command line's.
+struct config_setting {
+  std::string text;
+  std::string origin;
+};
+
+// A value of the config file: "text" (with \" \\ \n \t escapes), 'text', a bare word or number.
+std::string config_scalar(std::string_view v, const std::string& where) {
+  if (v.empty()) throw usage_error(where + ": a value is missing");
+  if (v.front() == '\'') {
+    if (v.size() < 2 || v.back() != '\'') throw usage_error(where + ": a quoted value does not end");
+    return std::string(v.substr(1, v.size() - 2));
+  }
+  if (v.front() != '"') {
+    if (v.find_first_of(" \t\"'") != std::string_view::npos)
+      throw usage_error(where + ": put a value with spaces or quotes in \"double quotes\"");
+    return std::string(v);
+  }
+  std::string out;
+  for (std::size_t i = 1; i < v.size(); ++i) {
+    const char c = v[i];
+    if (c == '"') {
+      if (i + 1 != v.size()) throw usage_error(where + ": text after a quoted value");
+      return out;
+    }
+    if (c == '\\' && i + 1 < v.size()) {
+      const char e = v[++i];
+      out += e == 'n' ? '\n' : e == 't' ? '\t' : e;
+      continue;
+    }
+    out += c;
+  }
+  throw usage_error(where + ": a quoted value does not end");
+}
+
+// --config FILE: "key = value" lines (TOML or INI): a key is a flag's name without its dashes
+// ("max-worker-memory", or "max_worker_memory"); true/false for flags that take no value; a
+// list ["a", "b"] or a comma-separated value for --peers and --join. '#' and ';' start comments;
+// a [serve] section header is allowed, no other.
+std::vector<config_setting> read_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw usage_error("--config: cannot read '" + path + "'");
+  std::vector<config_setting> out;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    const std::string where = path + " line " + std::to_string(number);
+    auto trim = [](std::string_view s) {
+      const auto b = s.find_first_not_of(" \t\r");
+      if (b == std::string_view::npos) return std::string_view{};
+      return s.substr(b, s.find_last_not_of(" \t\r") - b + 1);
+    };
+    std::string_view text = trim(line);
+    if (text.empty() || text.front() == '#' || text.front() == ';') continue;
+    if (text.front() == '[') {
+      if (text != "[serve]") throw usage_error(where + ": only a [serve] section is known, not " + std::string(text));
+      continue;
+    }
+    const auto eq = text.find('=');
+    if (eq == std::string_view::npos) throw usage_error(where + ": expected 'key = value'");
+    std::string key(trim(text.substr(0, eq)));
+    std::string_view value = trim(text.substr(eq + 1));
+    // A comment after a value, outside quotes.
+    bool quoted = false;
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      if (value[i] == '"' && (i == 0 || value[i - 1] != '\\')) quoted = !quoted;
+      if (!quoted && value[i] == '#' && (i == 0 || value[i - 1] == ' ' || value[i - 1] == '\t')) {
+        value = trim(value.substr(0, i));
+        break;
+      }
+    }
+    std::replace(key.begin(), key.end(), '_', '-');
+    if (key.empty() || key.starts_with("-") || key.find_first_of(" \t") != std::string::npos)
+      throw usage_error(where + ": '" + key + "' is not a key");
+    if (key == "config") throw usage_error(where + ": a config file cannot name another");
+    const std::string flag = "--" + key;
+    if (value == "true") {
+      out.push_back({flag, where});
+    } else if (value == "false") {
+      // Flags that take no value are off unless given: nothing to pass.
+    } else if (!value.empty() && value.front() == '[') {
+      if (value.back() != ']') throw usage_error(where + ": a list does not end with ]");
+      std::string joined;
+      std::string_view items = trim(value.substr(1, value.size() - 2));
+      while (!items.empty()) {
+        std::size_t end = 0;
+        if (items.front() == '"' || items.front() == '\'') {
+          end = items.find(items.front(), 1);
+          if (end == std::string_view::npos) throw usage_error(where + ": a quoted value does not end");
+          ++end;
+        } else {
+          end = std::min(items.find(','), items.size());
+        }
+        if (!joined.empty()) joined += ',';
+        joined += config_scalar(trim(items.substr(0, end)), where);
+        items = trim(items.substr(end));
+        if (!items.empty()) {
+          if (items.front() != ',') throw usage_error(where + ": list items go between commas");
+          items = trim(items.substr(1));
+        }
+      }
+      out.push_back({flag, where});
+      out.push_back({joined, where});
+    } else {
+      out.push_back({flag, where});
+      out.push_back({config_scalar(value, where), where});
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string help_text() {
@@ -128,7 +242,10 @@ usage:
   ppgate --help              this text
   ppgate --version           the version
 
-serve options:
+serve options (each may also be set in a --config file):
+  --config FILE          read settings from FILE first, "key = value" lines (TOML or INI): a
+                         key is an option's name without its dashes, true for options that
+                         take no value; options on the command line override the file's
   --listen HOST:PORT     address of the HTTP API (default 127.0.0.1:8080; port 0 picks a free
                          port, printed on the first line of standard output)
   --workers N|auto       local worker processes (default auto: one per usable CPU; 0 to 1024)
@@ -168,6 +285,8 @@ serve options:
                          found next to ppgate, in its build tree, or in ../libexec/ppgate;
                          also PPGATE_WORKER_DIR)
   --log-level LEVEL      debug, info, warn or error (default info)
+  --log-format FORMAT    text (default) or json: one object per line, with time, level, pid
+                         and message
   --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
   --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
   --busy-poll MICROSECONDS  after sending results to a job session, while no job runs, poll
@@ -211,9 +330,27 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
   if (cmd != "serve") throw usage_error("unknown command '" + std::string(cmd) + "'; try 'ppgate --help'");
   out.what = command::serve;
   serve_options& o = out.serve;
+  // --config FILE: its settings come first, as flags, so the command line's override them.
+  std::vector<config_setting> args;
+  std::vector<std::string> given(argv + 2, argv + argc);
+  for (std::size_t i = 0; i < given.size(); ++i) {
+    std::string_view a = given[i];
+    if (a == "--config" || a.starts_with("--config=")) {
+      std::string path = a == "--config" ? (i + 1 < given.size() ? given[i + 1] : "") : std::string(a.substr(9));
+      if (path.empty()) throw usage_error("--config needs a value");
+      args = read_config_file(path);
+      given.erase(given.begin() + static_cast<std::ptrdiff_t>(i),
+                  given.begin() + static_cast<std::ptrdiff_t>(a == "--config" ? i + 2 : i + 1));
+      break;
+    }
+  }
+  const std::size_t from_command_line = args.size();
+  for (auto& g : given) args.push_back({std::move(g), {}});
+  bool peers_from_file = false, join_from_file = false;
   std::string secret_file, secret_env, peer_secret_file, peer_secret_env;
-  for (int i = 2; i < argc; ++i) {
-    std::string_view flag = argv[i];
+  for (std::size_t i = 0; i < args.size(); ++i) try {
+    const bool in_file = i < from_command_line;
+    std::string_view flag = args[i].text;
     std::string_view value;
     bool has_inline_value = false;
     if (const auto eq = flag.find('='); flag.starts_with("--") && eq != std::string_view::npos) {
@@ -223,15 +360,22 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     }
     auto take_value = [&]() -> std::string_view {
       if (has_inline_value) return value;
-      if (i + 1 >= argc) throw usage_error(std::string(flag) + " needs a value");
-      return argv[++i];
+      if (i + 1 >= args.size()) throw usage_error(std::string(flag) + " needs a value");
+      return args[++i].text;
     };
+    // A list the command line gives replaces the file's, as any other setting does.
+    if (!in_file && flag == "--peers" && std::exchange(peers_from_file, false)) o.peers.dial.clear();
+    if (!in_file && flag == "--join" && std::exchange(join_from_file, false)) o.peers.join.clear();
+    if (in_file && flag == "--peers") peers_from_file = true;
+    if (in_file && flag == "--join") join_from_file = true;
     auto no_value = [&]() {
       if (has_inline_value) throw usage_error(std::string(flag) + " takes no value");
     };
     if (flag == "--help" || flag == "-h") {
       out.what = command::help;
       return out;
+    } else if (flag == "--config") {
+      throw usage_error(in_file ? "a config file cannot name another" : "--config may be given once");
     } else if (flag == "--listen") {
       parse_listen(take_value(), o);
     } else if (flag == "--workers") {
@@ -333,6 +477,10 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.busy_poll = std::chrono::microseconds(parse_int<long>(flag, take_value(), 0, 10000));
     } else if (flag == "--parent-pid") {
       o.parent_pid = parse_int<long>(flag, take_value(), 1, 1L << 30);
+    } else if (flag == "--log-format") {
+      o.log_format = take_value();
+      if (o.log_format != "text" && o.log_format != "json")
+        throw usage_error("--log-format expects text or json");
     } else if (flag == "--log-level") {
       o.log_level = take_value();
       if (o.log_level != "debug" && o.log_level != "info" && o.log_level != "warn" &&
@@ -341,6 +489,9 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else {
       throw usage_error("unknown option '" + std::string(flag) + "'; try 'ppgate serve --help'");
     }
+  } catch (const usage_error& e) {
+    if (args[i].origin.empty()) throw;
+    throw usage_error(args[i].origin + ": " + e.what());
   }
 
   if (!peer_secret_file.empty()) o.peer.secret = read_secret_file(peer_secret_file);

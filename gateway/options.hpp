@@ -40,6 +40,7 @@ struct serve_options {
   std::size_t keep_finished = 100000;
   std::size_t keep_finished_bytes = 512u * 1024 * 1024;
   std::string log_level = "info";
+  std::string log_format = "text";  // or "json": one JSON object per line
   long parent_pid = 0;  // stop when this process exits (0: no such watch)
   std::chrono::milliseconds stats_interval{1000};  // between snapshots on /v1/events
   // How long the event loop polls after results went to a job session, while no job runs

@@ -12,6 +12,11 @@ enum class level { debug = 0, info = 1, warn = 2, error = 3 };
 
 level& threshold();
 bool parse_level(std::string_view name, level& out);
+
+// text: "2026-12-02T05:31:44Z ppgate info: message"; json: one object per line,
+// {"time":"2026-12-02T05:31:44.123Z","level":"info","pid":123,"message":"message"} (--log-format).
+enum class format { text, json };
+format& output_format();
 void write(level l, const std::string& line);
 
 template <class... Parts>

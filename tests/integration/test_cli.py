@@ -1,6 +1,7 @@
 """ppgate's command line, limits and authentication, each with its own node."""
 
 import http.client
+import json
 import os
 import socket
 import tempfile
@@ -28,7 +29,7 @@ class TestCommandLine(unittest.TestCase):
                      "--pid-file", "--idle-exit", "--max-body", "--max-header", "--max-connections",
                      "--idle-timeout", "--keep-finished", "--worker-dir", "--python", "--log-level", "--busy-poll",
                      "--stats-interval", "--parent-pid", "--drain-timeout", "--join", "--max-jobs-per-worker",
-                     "--max-worker-memory"):
+                     "--max-worker-memory", "--config", "--log-format"):
             self.assertIn(flag, r.stdout)
 
     def test_bad_flags_get_a_clear_error(self):
@@ -49,6 +50,7 @@ class TestCommandLine(unittest.TestCase):
             (["serve", "--drain-timeout", "soon"], "--drain-timeout"),
             (["serve", "--max-jobs-per-worker", "0"], "--max-jobs-per-worker"),
             (["serve", "--join", "nowhere"], "--join"),
+            (["serve", "--log-format", "xml"], "--log-format expects text or json"),
             (["serve", "--max-worker-memory", "1M"], "--max-worker-memory expects a size from 16 MiB"),
             (["serve", "--max-worker-memory", "2X"], "--max-worker-memory"),
             (["serve", "--max-worker-memory", "99999999999T"], "--max-worker-memory"),
@@ -59,6 +61,59 @@ class TestCommandLine(unittest.TestCase):
             r = run_ppgate(*args)
             self.assertEqual(r.returncode, 2, args)
             self.assertIn(fragment, r.stderr, args)
+
+    def test_a_config_file_sets_options_and_the_command_line_overrides_it(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "ppgate.toml")
+            with open(path, "w") as f:
+                f.write("# a node for the tests\n"
+                        "[serve]\n"
+                        "workers = 1              # the command line says 2\n"
+                        "keep_finished = 2\n"
+                        "log-format = \"json\"\n"
+                        "insecure = false\n"
+                        "; an INI comment\n"
+                        "drain-timeout = 5\n")
+            with Node("--config", path, workers=2) as node:
+                self.assertEqual(node.request("GET", "/v1/workers")[1]["count"], 2)
+                ids = [node.run(SQ, "sq", [i])["id"] for i in range(3)]
+                self.assertEqual(node.request("GET", "/v1/jobs/%d" % ids[0])[0], 404)  # kept: 2
+                self.assertEqual(node.request("GET", "/v1/jobs/%d" % ids[2])[0], 200)
+                lines = [line for line in node.log_text().splitlines() if line]
+            # --log-format json from the file: every line of the log is one JSON object.
+            self.assertGreater(len(lines), 1)
+            for line in lines:
+                record = json.loads(line)
+                self.assertEqual(set(record), {"time", "level", "pid", "message"}, record)
+                self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+                self.assertIn(record["level"], ("debug", "info", "warn", "error"))
+
+    def test_a_bad_config_file_is_refused_naming_the_line(self):
+        cases = [
+            ("workers = many\n", "line 1: --workers expects a whole number"),
+            ("\n# fine\nbogus = 1\n", "line 3: unknown option '--bogus'"),
+            ("secret = \"hunter2hunter2\"\n", "line 1: --secret is not accepted"),
+            ("[peers]\n", "line 1: only a [serve] section"),
+            ("listen\n", "line 1: expected 'key = value'"),
+            ("python = \"/usr/bin/python3\n", "line 1: a quoted value does not end"),
+            ("config = \"other.toml\"\n", "a config file cannot name another"),
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "bad.ini")
+            for text, fragment in cases:
+                with open(path, "w") as f:
+                    f.write(text)
+                r = run_ppgate("serve", "--config", path)
+                self.assertEqual(r.returncode, 2, text)
+                self.assertIn(path, r.stderr, text)
+                self.assertIn(fragment, r.stderr, text)
+            r = run_ppgate("serve", "--config", os.path.join(tmp, "missing.toml"))
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("--config: cannot read", r.stderr)
+            with open(path, "w") as f:
+                f.write("peers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n")
+            r = run_ppgate("serve", "--config", path, "--config", path)
+            self.assertIn("--config may be given once", r.stderr)
 
     def test_a_blank_secret_is_refused(self):
         r = run_ppgate("serve", "--workers", "0", env={"PPGATE_SECRET": " " * 8})
