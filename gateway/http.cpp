@@ -2,6 +2,9 @@
 
 #include "json_writer.hpp"
 
+#include <charconv>
+#include <stdexcept>
+
 namespace ppgate {
 
 http_response make_response(http::status status, std::string body, unsigned version,
@@ -42,6 +45,28 @@ std::optional<std::string_view> query_param(std::string_view query, std::string_
     query.remove_prefix(amp + 1);
   }
   return std::nullopt;
+}
+
+std::optional<std::string> query_text(std::string_view query, std::string_view name) {
+  const auto raw = query_param(query, name);
+  if (!raw) return std::nullopt;
+  std::string out;
+  for (std::size_t i = 0; i < raw->size(); ++i) {
+    const char c = (*raw)[i];
+    if (c == '+') {
+      out += ' ';
+    } else if (c == '%') {
+      unsigned value = 0;
+      if (i + 2 >= raw->size()) throw std::invalid_argument("a truncated %-escape");
+      auto [p, ec] = std::from_chars(raw->data() + i + 1, raw->data() + i + 3, value, 16);
+      if (ec != std::errc() || p != raw->data() + i + 3) throw std::invalid_argument("a malformed %-escape");
+      out += static_cast<char>(value);
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 
 }  // namespace ppgate

@@ -44,5 +44,8 @@ target_parts split_target(std::string_view target);
 
 // The raw value of `name` in a query string ("" for a bare name), if present.
 std::optional<std::string_view> query_param(std::string_view query, std::string_view name);
+// The same, percent-decoded ('+' is a space), for values that are text: a group's name. Throws
+// std::invalid_argument for a malformed escape.
+std::optional<std::string> query_text(std::string_view query, std::string_view name);
 
 }  // namespace ppgate

@@ -2,9 +2,10 @@
 
 namespace ppgate {
 
-void write_job_json(json_writer& w, const job& j) {
-  w.begin_object()
-      .member("id", j.id)
+namespace {
+
+void write_job_fields(json_writer& w, const job& j) {
+  w.member("id", j.id)
       .member("status", to_string(j.state))
       .member("function", j.spec.function->entry)
       .member("group", j.spec.group)
@@ -15,8 +16,23 @@ void write_job_json(json_writer& w, const job& j) {
   if (j.failures > 0) w.member("failed_attempts", j.failures);
   if (j.interruptions > 0) w.member("interrupted_attempts", j.interruptions);
   if (!j.node.empty()) w.member("node", j.node);
+  if (j.spec.detach) w.member("detached", true);
   if (j.attempts > 0) w.member("queue_seconds", std::chrono::duration<double>(j.started - j.submitted).count());
+}
+
+}  // namespace
+
+void write_job_json(json_writer& w, const job& j) {
+  w.begin_object();
+  write_job_fields(w, j);
   if (is_terminal(j.state)) w.member("run_seconds", j.run_seconds).raw_items(j.outcome);
+  w.end_object();
+}
+
+void write_job_summary_json(json_writer& w, const job& j) {
+  w.begin_object();
+  write_job_fields(w, j);
+  if (is_terminal(j.state)) w.member("run_seconds", j.run_seconds);
   w.end_object();
 }
 

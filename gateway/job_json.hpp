@@ -9,6 +9,8 @@
 namespace ppgate {
 
 void write_job_json(json_writer& w, const job& j);
+// The same without the result, error and output (GET /v1/jobs lists jobs so).
+void write_job_summary_json(json_writer& w, const job& j);
 std::string format_job_json(const job& j);
 
 }  // namespace ppgate

@@ -14,6 +14,7 @@
 #include <simdjson.h>
 
 #include <charconv>
+#include <limits>
 
 namespace ppgate {
 
@@ -78,7 +79,8 @@ net::awaitable<http_response> rest_api::handle(http_request& req) {
 
   try {
     if (path == "/v1/jobs") {
-      if (method != http::verb::post) co_return not_allowed("POST");
+      if (method == http::verb::get) co_return list_jobs(req, query);
+      if (method != http::verb::post) co_return not_allowed("GET, POST");
       co_return co_await submit_jobs(req, parse_wait(query));
     }
     if (path.starts_with("/v1/jobs/")) {
@@ -134,6 +136,8 @@ net::awaitable<http_response> rest_api::submit_jobs(http_request& req, std::opti
     co_return make_error(http::status::service_unavailable, sched_.refusal(), req.version());
   job_submission submission = parse_job_submission(
       req.body(), [this](function_def def) { return sched_.intern(std::move(def)); });
+  if (const std::string taken = sched_.ids_taken(submission.jobs); !taken.empty())
+    co_return make_error(http::status::conflict, taken, req.version());
 
   std::vector<std::uint64_t> ids;
   ids.reserve(submission.jobs.size());
@@ -171,6 +175,44 @@ net::awaitable<http_response> rest_api::get_job(const http_request& req, std::ui
   if (j == nullptr)
     co_return make_error(http::status::not_found, "no job " + std::to_string(id), req.version());
   co_return make_response(http::status::ok, format_job_json(*j), req.version());
+}
+
+http_response rest_api::list_jobs(const http_request& req, std::string_view query) {
+  scheduler::listing_filter filter;
+  try {
+    filter.group = query_text(query, "group");
+  } catch (const std::invalid_argument& e) {
+    throw request_error(std::string("query parameter 'group': ") + e.what());
+  }
+  if (const auto status = query_param(query, "status")) {
+    for (auto s : {job_state::queued, job_state::running, job_state::done, job_state::failed, job_state::cancelled,
+                   job_state::lost})
+      if (*status == to_string(s)) filter.state = s;
+    if (!filter.state)
+      throw request_error("query parameter 'status' must be queued, running, done, failed, cancelled or lost");
+  }
+  const auto number = [&](const char* name, std::uint64_t min, std::uint64_t max) -> std::optional<std::uint64_t> {
+    const auto text = query_param(query, name);
+    if (!text) return std::nullopt;
+    std::uint64_t n = 0;
+    auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), n);
+    if (ec != std::errc() || p != text->data() + text->size() || n < min || n > max)
+      throw request_error("query parameter '" + std::string(name) + "' must be a whole number from " +
+                          std::to_string(min) + " to " + std::to_string(max));
+    return n;
+  };
+  filter.limit = number("limit", 1, 10000).value_or(100);
+  filter.after = number("after", 0, std::numeric_limits<std::uint64_t>::max()).value_or(0);
+  const auto jobs = sched_.list(filter);
+  std::string body;
+  json_writer w(body);
+  w.begin_object().key("jobs").begin_array();
+  for (const job* j : jobs) write_job_summary_json(w, *j);
+  w.end_array();
+  // A full page: the next one starts after its last job.
+  if (jobs.size() == filter.limit) w.member("next_after", jobs.back()->seq);
+  w.end_object();
+  return make_response(http::status::ok, std::move(body), req.version());
 }
 
 http_response rest_api::cancel_job(const http_request& req, std::uint64_t id) {

@@ -32,6 +32,7 @@ class rest_api {
   net::awaitable<http_response> submit_jobs(http_request& req, std::optional<double> wait);
   net::awaitable<http_response> get_job(const http_request& req, std::uint64_t id, std::optional<double> wait);
   http_response cancel_job(const http_request& req, std::uint64_t id);
+  http_response list_jobs(const http_request& req, std::string_view query);
   http_response stats(const http_request& req);
   http_response nodes(const http_request& req);
   http_response resize_workers(http_request& req);

@@ -50,6 +50,7 @@ struct shared_value {
   std::uint64_t key = 0;  // node-wide: a worker unpickles the value once, and keeps it under this
   std::string value;      // the pickle's JSON text, as for a pickled argument
   std::shared_ptr<const shared_memory::node_file> file;  // the file it is in, if the node wrote it
+  bool in_client_memory = false;  // in a file the session's client wrote: gone with the session
 };
 std::uint64_t next_shared_value_key();
 
@@ -76,6 +77,12 @@ struct job_spec {
   // Before the first rerun of a job that failed, wait this long; twice as long before each later one.
   std::chrono::milliseconds retry_backoff{0};
   int priority = 0;  // higher first; first come, first served within one priority
+  // The id the submitter chose, so it is known before any answer (0: the node picks one). Ids
+  // the node picks stay below client_id_min, so the two never meet.
+  std::uint64_t requested_id = 0;
+  // Survives the session that submitted it: closing the session does not cancel it, and its
+  // result stays on the node for anyone to collect (GET /v1/jobs/{id}).
+  bool detach = false;
   // A map job: `args` holds one argument list per call of the function, and its result one
   // outcome per call, in order; a call that raises keeps its error and the others go on.
   bool map = false;
@@ -86,6 +93,11 @@ struct job_spec {
   // worker may return a big result as a file under it.
   std::string shm_prefix;
 };
+
+// The range of job ids a submitter may choose (job_spec::requested_id): 2^32 to 2^53 - 1, so
+// they are exact in a JavaScript number too, and never ids the node picks itself.
+inline constexpr std::uint64_t client_id_min = std::uint64_t{1} << 32;
+inline constexpr std::uint64_t client_id_max = (std::uint64_t{1} << 53) - 1;
 
 class slot;
 struct job;
@@ -99,6 +111,7 @@ class job_observer {
 
 struct job {
   std::uint64_t id = 0;
+  std::uint64_t seq = 0;  // submission order on this node (the job listing's order)
   job_spec spec;
   job_state state = job_state::queued;
   int attempts = 0;       // times it started

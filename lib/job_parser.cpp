@@ -138,7 +138,7 @@ constexpr std::size_t max_pickled_parts = 4096;
 // Only a session offered shared memory may use the second form. The third is returned as the
 // second, naming the file the node wrote the attachments to; the others come back empty.
 std::string check_pickled_parts(std::string_view raw, std::string_view field, std::string_view shm_prefix,
-                                const shared_memory::node_file* attached) {
+                                const shared_memory::node_file* attached, bool* in_client_memory = nullptr) {
   const std::string f(field);
   const simdjson::dom::element doc = check_strict_json(raw, field);
   const auto shape = "field '" + f + "' with codec \"pickle\" must be a base64 string, " +
@@ -176,6 +176,7 @@ std::string check_pickled_parts(std::string_view raw, std::string_view field, st
   }
   if (in_attachments && attached == nullptr)
     fail("field '" + f + "' refers to attachments, which only a binary message has");
+  if (in_client_memory != nullptr) *in_client_memory = in_shm;
   std::string rewritten;
   json_writer w(rewritten);
   if (in_attachments) w.begin_object().member("shm", attached->name()).key("parts").begin_array();
@@ -209,7 +210,8 @@ constexpr std::size_t max_refs_per_job = 1024;
 // A pickle field's value (base64, or in parts) given as raw JSON: checked, returned as its text
 // (parts in attachments as the file the node wrote them to).
 std::string checked_pickle_value(od::value& v, std::string_view field, std::string_view shm_prefix,
-                                 const shared_memory::node_file* attached) {
+                                 const shared_memory::node_file* attached, bool& in_client_memory) {
+  in_client_memory = false;
   od::json_type type{};
   check(v.type().get(type), field, "a base64 string or a pickle in parts");
   if (type == od::json_type::string) {
@@ -222,7 +224,7 @@ std::string checked_pickle_value(od::value& v, std::string_view field, std::stri
   std::string_view raw;
   check(v.get_object().get(o), field, "a base64 string or a pickle in parts");
   check(o.raw_json().get(raw), field, "a base64 string or a pickle in parts");
-  std::string rewritten = check_pickled_parts(raw, field, shm_prefix, attached);
+  std::string rewritten = check_pickled_parts(raw, field, shm_prefix, attached, &in_client_memory);
   return rewritten.empty() ? std::string(raw) : std::move(rewritten);
 }
 
@@ -243,7 +245,7 @@ void parse_refs(od::value& v, batch_tables& tables, job_spec& spec) {
       od::object def;
       check(item.get_object().get(def), "refs", "an array of value numbers");
       std::string value;
-      bool have_id = false, have_value = false;
+      bool have_id = false, have_value = false, in_client_memory = false;
       for (auto field : def) {
         std::string_view key;
         check(field.unescaped_key().get(key), "refs", "{\"put\": ID, \"value\": ...}");
@@ -253,7 +255,7 @@ void parse_refs(od::value& v, batch_tables& tables, job_spec& spec) {
           check(fv.get_int64().get(id), "refs", "{\"put\": ID, \"value\": ...} with an integer ID");
           have_id = true;
         } else if (key == "value") {
-          value = checked_pickle_value(fv, "refs", tables.shm_prefix(), tables.attached());
+          value = checked_pickle_value(fv, "refs", tables.shm_prefix(), tables.attached(), in_client_memory);
           have_value = true;
         } else {
           fail("a definition in 'refs' is {\"put\": ID, \"value\": ...}; '" + std::string(key) +
@@ -262,7 +264,7 @@ void parse_refs(od::value& v, batch_tables& tables, job_spec& spec) {
       }
       if (!have_id || !have_value) fail("a definition in 'refs' is {\"put\": ID, \"value\": ...}");
       tables.staged_refs[id] = std::make_shared<const shared_value>(
-          shared_value{next_shared_value_key(), std::move(value), tables.session->attached});
+          shared_value{next_shared_value_key(), std::move(value), tables.session->attached, in_client_memory});
     } else {
       check(item.get_int64().get(id), "refs", "an array of value numbers");
     }
@@ -374,6 +376,14 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_tables
       if (!(seconds >= 0) || seconds > max_retry_backoff_seconds)
         fail("field 'retry_backoff' must be a number of seconds from 0 to 3600");
       spec.retry_backoff = std::chrono::milliseconds(std::llround(seconds * 1000));
+    } else if (key == "id") {
+      std::uint64_t n = 0;
+      check(v.get_uint64().get(n), key, "an integer");
+      if (n < client_id_min || n > client_id_max)
+        fail("field 'id' must be an integer from 4294967296 to 9007199254740991 (2^32 to 2^53 - 1)");
+      spec.requested_id = n;
+    } else if (key == "detach") {
+      check(v.get_bool().get(spec.detach), key, "true or false");
     } else if (key == "priority") {
       std::int64_t n = 0;
       check(v.get_int64().get(n), key, "an integer");
@@ -400,11 +410,20 @@ job_spec parse_one(od::object obj, const function_interner& intern, batch_tables
              (is_args ? "tuple" : "dict") + " with codec \"pickle\" (or its parts, docs/rest.md)");
       // (A peer gets the parts of one in shared memory inline: job_message_parts.)
       if (a->kind == argument_field::object) {
-        a->rewritten = check_pickled_parts(a->raw, name, shm_prefix, functions.attached());
+        bool in_client_memory = false;
+        a->rewritten = check_pickled_parts(a->raw, name, shm_prefix, functions.attached(), &in_client_memory);
         if (!a->rewritten.empty()) spec.attachments = functions.session->attached;
+        if (in_client_memory && spec.detach)
+          fail("a detached job's '" + std::string(name) + "' cannot be in the session's shared memory, "
+               "which goes with the session: send it inline or as attachments");
       }
     }
   }
+  if (spec.detach)
+    for (const auto& ref : spec.refs)
+      if (ref->in_client_memory)
+        fail("a detached job cannot take a value put in the session's shared memory, which goes "
+             "with the session");
   spec.args = args.text();
   spec.kwargs = kwargs.text();
   spec.globals = globals.text();
@@ -517,7 +536,8 @@ session_control parse_control_message(std::string& body, const session_tables& s
     od::value v;
     if (field.value().get(v)) fail(std::string(expected));
     if (key == "value") {
-      out.value = checked_pickle_value(v, "value", session.shm_prefix, session.attached.get());
+      out.value = checked_pickle_value(v, "value", session.shm_prefix, session.attached.get(),
+                                       out.value_in_client_memory);
       have_value = true;
       continue;
     }

@@ -60,6 +60,7 @@ struct session_control {
   enum class kind { cancel, put, release } what = kind::cancel;
   std::int64_t id = 0;  // the job's tag (cancel) or the value's number (put, release)
   std::string value;    // put: the pickle's JSON text, checked (a base64 string, or in parts)
+  bool value_in_client_memory = false;  // in the client's shared memory (the session's files)
 };
 // With `session`: its shared-memory prefix and, for a binary message, its attachments.
 session_control parse_control_message(std::string& body, const session_tables& session = {});

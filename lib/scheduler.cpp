@@ -68,7 +68,14 @@ std::shared_ptr<const function_def> scheduler::intern(function_def def) {
 job& scheduler::submit(job_spec spec) {
   auto owned = std::make_unique<job>();
   job& j = *owned;
-  j.id = next_id_++;
+  if (spec.requested_id != 0) {
+    j.id = spec.requested_id;
+  } else {
+    // Past 2^32 jobs the node's ids reach the range submitters choose from: skip one taken.
+    while (jobs_.contains(next_id_)) ++next_id_;
+    j.id = next_id_++;
+  }
+  j.seq = next_seq_++;
   j.spec = std::move(spec);
   j.submitted = steady_clock::now();
   jobs_.emplace(j.id, std::move(owned));
@@ -111,6 +118,34 @@ void scheduler::dispatch_to_waiting_slot() {
 bool scheduler::prefetchable(const job& j, double budget) {
   const function_def& f = *j.spec.function;
   return !j.spec.timeout && f.runs > 0 && f.mean_run_seconds < budget;
+}
+
+std::string scheduler::ids_taken(const std::vector<job_spec>& specs) const {
+  std::vector<std::uint64_t> chosen;
+  for (const auto& s : specs) {
+    if (s.requested_id == 0) continue;
+    if (jobs_.contains(s.requested_id) || std::find(chosen.begin(), chosen.end(), s.requested_id) != chosen.end())
+      return "job id " + std::to_string(s.requested_id) + " is already in use";
+    chosen.push_back(s.requested_id);
+  }
+  return {};
+}
+
+std::vector<const job*> scheduler::list(const listing_filter& f) const {
+  std::vector<const job*> out;
+  for (const auto& [id, j] : jobs_) {
+    if (j->seq <= f.after) continue;
+    if (f.group && j->spec.group != *f.group) continue;
+    if (f.state && j->state != *f.state) continue;
+    out.push_back(j.get());
+  }
+  const auto by_seq = [](const job* a, const job* b) { return a->seq < b->seq; };
+  if (out.size() > f.limit) {
+    std::nth_element(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(f.limit), out.end(), by_seq);
+    out.resize(f.limit);
+  }
+  std::sort(out.begin(), out.end(), by_seq);
+  return out;
 }
 
 job* scheduler::find(std::uint64_t id) {

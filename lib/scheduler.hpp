@@ -130,8 +130,24 @@ class scheduler {
   // Returns the shared definition for `def`, reusing one already known with the same hash.
   std::shared_ptr<const function_def> intern(function_def def);
 
+  // With spec.requested_id, the job gets that id: the caller has checked that it is free
+  // (ids_taken); otherwise the next of the node's own.
   job& submit(job_spec spec);
   job* find(std::uint64_t id);
+  // Why these jobs cannot be submitted as they are: an id one of them chooses
+  // (job_spec::requested_id) is a job's this node knows, or comes twice. Empty when all are free.
+  std::string ids_taken(const std::vector<job_spec>& specs) const;
+
+  // GET /v1/jobs: the jobs known here (finished ones up to --keep-finished) in submission order,
+  // those of `group` and `state` when given, from after the one with sequence number `after`;
+  // at most `limit` of them.
+  struct listing_filter {
+    std::optional<std::string> group;
+    std::optional<job_state> state;
+    std::uint64_t after = 0;
+    std::size_t limit = 100;
+  };
+  std::vector<const job*> list(const listing_filter& f) const;
 
   // Drain (SIGTERM): from now on submitters are refused with `why` before they call submit().
   void stop_accepting(std::string why) { refusal_ = std::move(why); }
@@ -201,6 +217,7 @@ class scheduler {
   std::string refusal_;  // while draining: why no job is accepted
   steady_clock::time_point created_ = steady_clock::now();
   std::uint64_t next_id_ = 1;
+  std::uint64_t next_seq_ = 1;
   std::unordered_map<std::uint64_t, std::unique_ptr<job>> jobs_;
   std::vector<const node*> nodes_;
   // Ids by priority, highest first, in submission order within one (retries and jobs given back

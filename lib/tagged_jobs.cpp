@@ -20,11 +20,13 @@ void tagged_jobs::submit_batch(std::string& text, std::shared_ptr<const shared_m
   try {
     auto submission = parse_job_submission(
         text, [this](function_def def) { return sched_.intern(std::move(def)); }, &tables_);
+    if (const std::string taken = sched_.ids_taken(submission.jobs); !taken.empty()) throw request_error(taken);
     for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
       submission.jobs[i].local_only = encoding_.local_only();
-      if (results_in_files_ == results_in_files::always ||
-          (results_in_files_ == results_in_files::when_asked && submission.jobs[i].results_in_parts))
-        submission.jobs[i].shm_prefix = files_prefix_;
+      // A detached job's result stays on the node, inline: the session's files go with it.
+      const bool to_file = results_in_files_ == results_in_files::always ||
+                           (results_in_files_ == results_in_files::when_asked && submission.jobs[i].results_in_parts);
+      if (to_file && !submission.jobs[i].detach) submission.jobs[i].shm_prefix = files_prefix_;
       job& j = sched_.submit(std::move(submission.jobs[i]));
       // submit() may already have started it, but it cannot have ended: that takes a worker's reply.
       j.observer = weak_from_this();
@@ -52,8 +54,9 @@ void tagged_jobs::control(std::string& text, std::shared_ptr<const shared_memory
       case session_control::kind::cancel: cancel(c.id); break;
       case session_control::kind::put:
         // (The value holds the attachments' file only if it is in it: then its text names it.)
-        tables_.refs[c.id] = std::make_shared<const shared_value>(shared_value{
-            next_shared_value_key(), c.value, c.value.starts_with("{") ? tables_.attached : nullptr});
+        tables_.refs[c.id] = std::make_shared<const shared_value>(
+            shared_value{next_shared_value_key(), c.value, c.value.starts_with("{") ? tables_.attached : nullptr,
+                         c.value_in_client_memory});
         break;
       case session_control::kind::release: tables_.refs.erase(c.id); break;
     }
@@ -69,9 +72,10 @@ void tagged_jobs::cancel(std::int64_t tag) {
 
 void tagged_jobs::cancel_all() {
   closed_ = true;
-  // Copy: each cancel ends a job, and job_ended() erases it from open_.
+  // Copy: each cancel ends a job, and job_ended() erases it from open_. Detached jobs live on.
   std::vector<std::uint64_t> ids;
-  for (const auto& [id, tag] : open_) ids.push_back(id);
+  for (const auto& [id, tag] : open_)
+    if (const job* j = sched_.find(id); j != nullptr && !j->spec.detach) ids.push_back(id);
   for (const auto id : ids) sched_.cancel(id);
   // The client's arguments and the results it did not read: nobody maps them any more.
   tables_.refs.clear();

@@ -56,6 +56,8 @@ export interface JobOptions {
   retry_backoff?: number;
   /** Higher runs first; first come, first served within one priority (default 0). */
   priority?: number;
+  /** The job outlives this connection; its result stays on the node (GET /v1/jobs/{id}). */
+  detach?: boolean;
 }
 
 /** One job, as for POST /v1/jobs. */

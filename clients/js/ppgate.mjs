@@ -54,7 +54,7 @@ function errorFromResult(r) {
 // --- jobs ---
 
 const MAX_BATCH = 5000;
-const OPTION_FIELDS = ["group", "timeout", "retries", "retry_backoff", "priority"];
+const OPTION_FIELDS = ["group", "timeout", "retries", "retry_backoff", "priority", "detach"];
 const JOB_FIELDS = ["args", "kwargs", ...OPTION_FIELDS];
 const FUNCTION_FIELDS = ["source", "function", "depfuncs", "modules"];
 

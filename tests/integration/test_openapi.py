@@ -75,7 +75,14 @@ class TestOpenAPI(unittest.TestCase):
             self.assertEqual(x("POST", "/v1/jobs", "/v1/jobs", job, headers={"Origin": "http://evil.example"})[0], 403)
             self.assertEqual(x("POST", "/v1/jobs", "/v1/jobs", dict(job, source="#" * 8000))[0], 413)
             self.assertEqual(x("POST", "/v1/jobs", "/v1/jobs", job, headers={"X-Filler": "f" * 4000})[0], 431)
-            self.assertEqual(x("GET", "/v1/jobs", "/v1/jobs")[0], 405)
+            self.assertEqual(x("PUT", "/v1/jobs", "/v1/jobs", "{}")[0], 405)
+            self.assertEqual(x("POST", "/v1/jobs", "/v1/jobs", dict(job, id=1 << 33))[0], 202)
+            self.assertEqual(x("POST", "/v1/jobs", "/v1/jobs", dict(job, id=1 << 33))[0], 409)
+            # The listing.
+            self.assertEqual(x("GET", "/v1/jobs", "/v1/jobs")[0], 200)
+            self.assertEqual(x("GET", "/v1/jobs", "/v1/jobs?status=done&limit=2")[0], 200)
+            self.assertEqual(x("GET", "/v1/jobs", "/v1/jobs?status=bored")[0], 400)
+            self.assertEqual(x("GET", "/v1/jobs", "/v1/jobs", token=False)[0], 401)
             # One job: polled, long-polled, cancelled while it runs, cancelled once ended, unknown.
             self.assertEqual(x("GET", "/v1/jobs/{id}", "/v1/jobs/%d?wait=10" % first)[0], 200)
             self.assertEqual(x("GET", "/v1/jobs/{id}", "/v1/jobs/%d?wait=-1" % first)[0], 400)

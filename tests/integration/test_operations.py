@@ -220,6 +220,106 @@ class TestPriorities(unittest.TestCase):
             self.assertEqual([int(line) for line in read_lines(marks)], expected_order(priorities))
 
 
+CLIENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "clients", "python")
+
+# A first process: submits to the node, detached and not, prints the ids and exits at once.
+SUBMITTER = """
+import json, os, sys
+sys.path[:0] = [%(clients)r, %(here)r]
+import ppgate as pp
+from client_helpers import hold, nap
+server = pp.Server(url=sys.argv[1], token=sys.argv[2])
+release = sys.argv[3]
+detached = [server.submit(nap, (0.01 * i,), group="batch-7", detach=True) for i in range(5)]
+held = server.submit(hold, (release,), group="batch-7", detach=True)
+plain = server.submit(hold, (release,), group="plain")
+print(json.dumps({"detached": [j.id for j in detached], "held": held.id, "plain": plain.id}))
+sys.stdout.flush()
+# The script ends: the Server closes its connection at exit.
+"""
+
+
+class TestDetachedJobs(unittest.TestCase):
+    def test_a_second_process_collects_the_detached_jobs_of_a_first_that_exited(self):
+        secret = "detach-test-secret"
+        with tempfile.TemporaryDirectory() as tmp, Node(workers=2, env={"PPGATE_SECRET": secret}) as node:
+            node.token = secret
+            url = "http://127.0.0.1:%d" % node.port
+            release = os.path.join(tmp, "release")
+            script = os.path.join(tmp, "submit.py")
+            with open(script, "w") as f:
+                f.write(SUBMITTER % {"clients": CLIENTS_DIR, "here": HERE})
+            done = subprocess.run([sys.executable, script, url, secret, release], capture_output=True,
+                                  text=True, timeout=60)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            ids = json.loads(done.stdout)
+            # Known at submit time, in the range clients choose from.
+            for job_id in ids["detached"] + [ids["held"], ids["plain"]]:
+                self.assertGreaterEqual(job_id, 1 << 32)
+            # The session is gone: its plain job was cancelled, the detached ones live on.
+            node.wait_until(lambda: node.request("GET", "/v1/jobs/%d" % ids["plain"])[1]["status"] == "cancelled",
+                            what="the plain job cancelled")
+            status, held, _ = node.request("GET", "/v1/jobs/%d" % ids["held"])
+            self.assertIn(held["status"], ("queued", "running"))
+            self.assertTrue(held["detached"])
+            open(release, "w").close()
+            with pp.Server(url=url, token=secret) as server:
+                self.assertEqual([server.job(i)(timeout=60) for i in ids["detached"]],
+                                 [0.01 * i for i in range(5)])
+                self.assertTrue(server.job(ids["held"])(timeout=60))
+                group = server.group("batch-7")
+                self.assertEqual([j.id for j in group], ids["detached"] + [ids["held"]])
+                self.assertEqual([j(timeout=60) for j in group][:5], [0.01 * i for i in range(5)])
+                with self.assertRaises(pp.JobError) as cancelled:
+                    server.job(ids["plain"])(timeout=60)
+                self.assertEqual(cancelled.exception.type, "Cancelled")
+                with self.assertRaises(pp.JobLostError):
+                    server.job(12345678)
+
+    def test_the_job_listing_filters_and_pages(self):
+        with Node(workers=1) as node:
+            batch = [{"source": "def f(x):\n    return x\n", "function": "f", "args": [i],
+                      "group": "odd" if i % 2 else "even"} for i in range(25)]
+            batch.append({"source": "def g():\n    raise ValueError('no')\n", "function": "g", "group": "odd"})
+            status, data, _ = node.request("POST", "/v1/jobs?wait=60", batch)
+            self.assertEqual(status, 200, data)
+            ids = [j["id"] for j in data["jobs"]]
+            status, page, _ = node.request("GET", "/v1/jobs?group=odd&limit=5")
+            self.assertEqual(status, 200)
+            self.assertEqual([j["id"] for j in page["jobs"]], ids[1:10:2])
+            self.assertNotIn("result", page["jobs"][0])  # summaries: results are at /v1/jobs/{id}
+            seen = [j["id"] for j in page["jobs"]]
+            while "next_after" in page:
+                page = node.request("GET", "/v1/jobs?group=odd&limit=5&after=%d" % page["next_after"])[1]
+                seen += [j["id"] for j in page["jobs"]]
+            self.assertEqual(seen, ids[1:25:2] + [ids[25]])
+            failed = node.request("GET", "/v1/jobs?status=failed")[1]["jobs"]
+            self.assertEqual([j["id"] for j in failed], [ids[25]])
+            spaced = node.request("POST", "/v1/jobs", {"source": "def f():\n    return 1\n", "function": "f",
+                                                       "group": "a b/c"})[1]
+            listed = node.request("GET", "/v1/jobs?group=a+b%2Fc")[1]["jobs"]
+            self.assertEqual([j["id"] for j in listed], [spaced["id"]])
+            for query, fragment in (("status=sleeping", "status"), ("limit=0", "limit"), ("after=x", "after"),
+                                    ("group=%zz", "group")):
+                status, err, _ = node.request("GET", "/v1/jobs?" + query)
+                self.assertEqual(status, 400, query)
+                self.assertIn(fragment, err["error"]["message"], query)
+
+    def test_a_chosen_id_is_kept_and_a_taken_one_refused(self):
+        with Node(workers=1) as node:
+            job_id = (1 << 40) + 7
+            job = node.run("def f():\n    return 1\n", "f", id=job_id)
+            self.assertEqual(job["id"], job_id)
+            status, err, _ = node.request("POST", "/v1/jobs", {"source": "def f():\n    return 1\n",
+                                                               "function": "f", "id": job_id})
+            self.assertEqual(status, 409)
+            self.assertIn("already in use", err["error"]["message"])
+            for bad in (5, 1 << 53, -1, "x"):
+                status, err, _ = node.request("POST", "/v1/jobs", {"source": "def f():\n    return 1\n",
+                                                                   "function": "f", "id": bad})
+                self.assertEqual(status, 400, bad)
+
+
 class TestOperatorMetrics(unittest.TestCase):
     def test_metrics_are_read_by_the_prometheus_parser(self):
         with Node(workers=1) as node:

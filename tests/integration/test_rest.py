@@ -170,9 +170,9 @@ class TestErrors(SharedNode):
     def test_unknown_route_is_404_and_wrong_method_is_405(self):
         status, data, _ = self.node.request("GET", "/v2/nothing")
         self.assertError(status, 404, data)
-        status, data, res = self.node.request("GET", "/v1/jobs")
+        status, data, res = self.node.request("PUT", "/v1/jobs", "{}")
         self.assertError(status, 405, data)
-        self.assertEqual(res.getheader("Allow"), "POST")
+        self.assertEqual(res.getheader("Allow"), "GET, POST")
         status, data, _ = self.node.request("POST", "/v1/stats", "{}")
         self.assertError(status, 405, data)
 

@@ -8,11 +8,13 @@ import collections
 import concurrent.futures
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import pickle
 import platform
 import queue
+import random
 import secrets
 import sys
 import threading
@@ -66,6 +68,7 @@ class Call:
     retries: int = 0
     retry_backoff: float = 0.0
     priority: int = 0
+    detach: bool = False
     # A map job (docs/rest.md, "Map jobs"): `args` holds one column of arguments per parameter,
     # as map() takes them, and the result is (values, [(index, type, message, traceback)]).
     map: bool = False
@@ -95,7 +98,7 @@ class Job:
     # through the server's condition.
     __slots__ = ("id", "group", "stdout", "stderr", "callback_error", "finished", "_server",
                  "_callback", "_callbackargs", "_future", "_raw", "_result", "_error", "_printed",
-                 "_tag", "_ending", "_lock", "_shared_files", "_refs")
+                 "_tag", "_ending", "_lock", "_shared_files", "_refs", "_attached")
 
     id: Optional[int]
     group: str
@@ -107,7 +110,7 @@ class Job:
 
     def __init__(self, server: Server, group: str = "default", callback: Optional[Callable[..., Any]] = None,
                  callbackargs: Tuple[Any, ...] = (), future: Optional[concurrent.futures.Future[Any]] = None) -> None:
-        self.id = None  # the node's job id, known once the job has ended
+        self.id = None  # the node's job id: chosen by this client as it submits the job
         self.group = group
         self.stdout = ""
         self.stderr = ""
@@ -126,11 +129,14 @@ class Job:
         self._lock: Optional[threading.Lock] = None  # made on demand (see `lock`)
         self._shared_files: Optional[List[str]] = None  # its arguments in shared memory
         self._refs: Optional[List[Ref]] = None  # the values put once that it takes, kept until it ends
+        self._attached = False  # re-attached (Server.job): its end is asked of the node over REST
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Waits for the job to end; returns True if it has ended."""
         if self.finished:
             return True
+        if self._attached:
+            return self._server._poll_job(self, timeout)
         if self._callback is None and self._future is None and self._server._session is not None:
             # Its end arrives as a message: read it on this thread (see _session.py).
             return self._server._session.wait_for(lambda: self.finished, timeout)
@@ -481,6 +487,11 @@ class Server:
         self._callbacks: Optional[queue.SimpleQueue[Optional[Job]]] = None
         self._rest_lock = threading.Lock()
         self._rest: Optional[http.client.HTTPConnection] = None
+        # The ids this client gives its jobs: a random start in the range submitters choose from
+        # (2^32 to 2^53: docs/rest.md), then one by one, so two clients' ranges meet only by a
+        # one-in-a-billion chance; itertools.count is atomic under the GIL.
+        self._last_detached: Optional[Job] = None  # see _confirm_detached
+        self._job_ids = itertools.count(random.SystemRandom().randrange(1 << 32, (1 << 53) - (1 << 40)))
         self._clusters: List[Any] = []
         if url is None:
             listen = {c._peer_listen_host() for c in clusters}
@@ -522,13 +533,15 @@ class Server:
                modules: Tuple[str, ...] = (), callback: Optional[Callable[..., Any]] = None,
                callbackargs: Tuple[Any, ...] = (), group: str = "default",
                globals: Optional[Dict[str, Any]] = None, *, timeout: Optional[float] = None,
-               retries: int = 0, retry_backoff: float = 0.0, priority: int = 0) -> Job:
+               retries: int = 0, retry_backoff: float = 0.0, priority: int = 0, detach: bool = False) -> Job:
         """Submits func(*args) and returns a Job. ppgate's additions: ``timeout`` (seconds of
         running time per attempt); ``retries``, extra attempts when the job raises (or times out,
         or goes over the node's worker memory), only the last exception being reported, and as
         many again when its worker dies; ``retry_backoff``, seconds before the first rerun,
         doubled before each later one; ``priority``, higher first (first come, first served
-        within one priority)."""
+        within one priority); ``detach``, the job outlives this Server's connection: destroy()
+        does not cancel it, and its result stays on the node for ``Server(url=...).job(job.id)``
+        in any process (its arguments then travel in the message, not in shared memory)."""
         if self._destroyed:
             raise DestroyedServerError("Cannot submit jobs: server instance has been destroyed")
         if not isinstance(args, tuple):
@@ -547,8 +560,39 @@ class Server:
         check_job_options(retries, retry_backoff, priority)
         job = Job(self, group, callback, callbackargs)
         self.submit_call(job, Call(func, args, None, depfuncs, modules, globals, group, timeout, retries,
-                                   retry_backoff, priority))
+                                   retry_backoff, priority, bool(detach)))
         return job
+
+    def job(self, job_id: int) -> Job:
+        """The job `job_id` of the node, whoever submitted it (a detached job of a process that has
+        exited, say): ``job()`` waits for its end and returns its result, or raises its error.
+        Raises JobLostError when the node does not know the job (never submitted, or forgotten
+        past its --keep-finished)."""
+        if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id < 1:
+            raise ValueError("a job id is a positive integer")
+        data = self._job_record(job_id, 0)
+        job = Job(self, data.get("group", "default"))
+        job.id = job_id
+        job._attached = True
+        if data["status"] in _ENDED:
+            job._complete(data, notify=False)
+        return job
+
+    def group(self, name: str) -> List[Job]:
+        """Every job of the node in group `name` (the node's listing: those it still keeps), in the
+        order they were submitted, re-attached as by ``job(id)``."""
+        jobs: List[Job] = []
+        after = 0
+        while True:
+            page = self._request("GET", "/v1/jobs?group=%s&limit=1000&after=%d" % (urllib.parse.quote(name, safe=""), after))
+            for summary in page["jobs"]:
+                job = Job(self, name)
+                job.id = summary["id"]
+                job._attached = True
+                jobs.append(job)
+            if "next_after" not in page:
+                return jobs
+            after = page["next_after"]
 
     def wait(self, group: Optional[str] = None) -> None:
         """Waits until every job of `group` (every job, when None) has finished."""
@@ -627,7 +671,8 @@ class Server:
             atexit.unregister(at_exit)
         if self._session is not None:
             # Unfinished jobs are cancelled on the node when their session closes, and end here
-            # as lost.
+            # as lost; detached ones carry on, once the node surely has them.
+            self._confirm_detached()
             self._session.close()
         if self._callbacks is not None:
             self._callbacks.put(None)
@@ -681,6 +726,8 @@ class Server:
             else:
                 args = (instance,) + args
         pickles = _Pickles(session)
+        if call.detach:
+            pickles.shm_prefix = None  # the session's files go with it; a detached job may outlive it
         try:
             fields: Dict[str, Any] = {"codec": "pickle", "args": pickles.field(args) if args else _EMPTY_ARGS}
             if kwargs:
@@ -720,6 +767,11 @@ class Server:
             fields["retry_backoff"] = call.retry_backoff
         if call.priority:
             fields["priority"] = call.priority
+        # Known from now on (Job.id): the node takes the id this client picks.
+        job.id = fields["id"] = next(self._job_ids)
+        if call.detach:
+            fields["detach"] = True
+            self._last_detached = job
         with self._cv:
             self._unfinished[group] = self._unfinished.get(group, 0) + 1
         try:
@@ -777,7 +829,8 @@ class Server:
         # As in pp, a job counts as finished only after its callback ran: wait() covers callbacks.
         with self._cv:
             job.finished = True
-            self._unfinished[job.group] -= 1
+            if not job._attached:  # (a re-attached job was never counted: it was not sent from here)
+                self._unfinished[job.group] -= 1
             if job._lock is not None:
                 job._lock.release()
             if notify and self._waiters:
@@ -823,6 +876,63 @@ class Server:
             finally:
                 job._server._job_finished(job)
 
+    def _confirm_detached(self) -> None:
+        """Before the connection closes: the last detached job not yet ended has reached the node
+        (and so have the jobs sent before it), so closing loses none. Bounded: 10 s."""
+        job = self._last_detached
+        if job is None or job.finished or self._session is None:
+            return
+        deadline = time.monotonic() + 10
+        if self._session.flush(10):
+            while time.monotonic() < deadline and not job.finished:
+                try:
+                    self._job_record(job.id or 0, 0)
+                    return
+                except JobLostError:  # not there yet: the node reads the session on its own time
+                    time.sleep(0.01)
+                except (OSError, RuntimeError, http.client.HTTPException):
+                    break
+        if not job.finished:
+            warnings.warn("detached job %s may not have reached the node before the connection closed" % job.id)
+
+    def _job_record(self, job_id: int, wait: float) -> Dict[str, Any]:
+        """GET /v1/jobs/{id}?wait=S on a connection of its own (a long poll must not hold up the
+        other requests). JobLostError when the node does not know the job."""
+        parts = urllib.parse.urlsplit(self.url)
+        headers = {"Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = "Bearer " + self._token
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=wait + 30)
+        try:
+            conn.request("GET", "/v1/jobs/%d?wait=%s" % (job_id, wait), headers=headers)
+            res = conn.getresponse()
+            text = res.read().decode()
+        finally:
+            conn.close()
+        if res.status == 404:
+            raise JobLostError("JobLost", "the node does not know job %d: never submitted, or forgotten "
+                               "(it keeps --keep-finished finished jobs)" % job_id, job_id=job_id)
+        if res.status != 200:
+            raise RuntimeError("GET /v1/jobs/%d: HTTP %d: %s" % (job_id, res.status, text))
+        data: Dict[str, Any] = json.loads(text)
+        return data
+
+    def _poll_job(self, job: Job, timeout: Optional[float]) -> bool:
+        """Waits for a re-attached job's end by long polls; True once it has ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not job.finished:
+            left = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            try:
+                data = self._job_record(job.id or 0, round(left, 3))
+            except JobLostError as lost:
+                job._fail(lost)
+                break
+            if data["status"] in _ENDED:
+                job._complete(data, notify=False)
+        return True
+
     def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
         if self._destroyed:
             raise DestroyedServerError("server instance has been destroyed")
@@ -853,6 +963,9 @@ class Server:
                 message = text
             raise RuntimeError("%s %s: HTTP %d: %s" % (method, path, res.status, message))
         return text if accept == "text/plain" else json.loads(text)
+
+
+_ENDED = ("done", "failed", "cancelled", "lost")
 
 
 def _check_ncpus(ncpus: object) -> None:

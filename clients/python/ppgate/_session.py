@@ -153,6 +153,17 @@ class Session:
             self._outgoing.append(("cancel", job))
             self._wake.notify()
 
+    def flush(self, timeout: float) -> bool:
+        """Waits until everything queued has been written to the socket; False after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (self._outgoing or self._sending) and self._error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._turn.wait(min(left, 0.05))
+            return self._error is None
+
     def close(self) -> None:
         with self._lock:
             if self._error is None:
