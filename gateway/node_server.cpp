@@ -39,6 +39,7 @@ node_server::node_server(net::io_context& io, serve_options opts, worker_options
       stats_signal_(io, SIGUSR1),
       parent_watch_(io) {
   scheduler_.set_executor(io.get_executor());
+  if (!opts_.journal.empty()) journal_ = std::make_unique<journal>(opts_.journal, io.get_executor());
   // On a single CPU, polling would only hold up the client whose next message it waits for.
   if (local_pool::usable_cpus() > 1) busy_poll_ = opts_.busy_poll;
 }
@@ -56,6 +57,11 @@ void node_server::start() {
   }
 
   watch_parent();
+  if (journal_) {
+    const auto taken_up = journal_->restore(scheduler_);
+    log::info("journal ", opts_.journal, ": ", taken_up.finished, " finished jobs kept, ", taken_up.requeued,
+              " unfinished ones queued again, ", taken_up.ended, " ended (lost with their session, or failed)");
+  }
   scheduler_.set_event_sink(events_.get());
   events_->start();
   resize_local(opts_.workers);
@@ -87,6 +93,11 @@ void node_server::stop() {
   parent_watch_.close(ec);
   events_->stop();
   scheduler_.set_event_sink(nullptr);
+  if (journal_) {
+    // What runs now is cut short by this stop: the journal keeps it as it is, to take it up again.
+    scheduler_.flush_records();
+    scheduler_.set_recorder(nullptr);
+  }
   peers_.stop();
   pool_.shutdown();
   shared_memory::remove_files(shared_memory::node_prefix());  // what sessions left behind
@@ -180,7 +191,7 @@ void node_server::drain() {
   // Jobs that came from other nodes go back to them, to run elsewhere; this node's own clients'
   // jobs that had not started end lost, saying so (there is nowhere else for them here).
   drain_->handed_back = peers_.drain("the node is draining (SIGTERM)");
-  drain_->lost_queued = scheduler_.lose_unfinished("the node is stopping (SIGTERM): the job had not started", false);
+  drain_->lost_queued = lose_unfinished("the node is stopping (SIGTERM): the job had not started", false);
   pool_.resize(0);  // each worker stops after its job
   net::co_spawn(io_, drain_watch(), log::on_failure("drain"));
 }
@@ -198,10 +209,22 @@ net::awaitable<void> node_server::drain_watch() {
                                           : "");
 }
 
+std::size_t node_server::lose_unfinished(std::string_view why, bool running_too) {
+  if (!journal_) return scheduler_.lose_unfinished(why, running_too);
+  // With a journal they are not lost for good: the journal keeps them unfinished, and the node
+  // takes them up when it starts again. Their clients here hear of the stop all the same.
+  scheduler_.flush_records();
+  scheduler_.set_recorder(nullptr);
+  const std::size_t lost = scheduler_.lose_unfinished(
+      std::string(why) + "; the journal keeps it, to run when the node starts again", running_too);
+  scheduler_.set_recorder(journal_.get());
+  return lost;
+}
+
 void node_server::finish_drain(std::string_view why) {
   if (drain_->finishing) return;
   drain_->finishing = true;
-  const std::size_t lost = why.empty() ? 0 : scheduler_.lose_unfinished(why, true);
+  const std::size_t lost = why.empty() ? 0 : lose_unfinished(why, true);
   const auto stats = scheduler_.stats();
   log::info("drained: ", stats.done + stats.failed - drain_->ended_before, " jobs finished, ", drain_->handed_back,
             " handed back, ", drain_->lost_queued + lost, " lost (", drain_->lost_queued, " not started, ", lost,

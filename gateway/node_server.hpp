@@ -11,6 +11,7 @@
 #include "node_directory.hpp"
 #include "options.hpp"
 #include "peer/peers.hpp"
+#include "journal.hpp"
 #include "scheduler.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -59,6 +60,8 @@ class node_server : public node_directory {
   net::awaitable<void> idle_watch();
   net::awaitable<void> drain_watch();
   void finish_drain(std::string_view why);
+  // scheduler::lose_unfinished, but with a journal the journal keeps those jobs unfinished.
+  std::size_t lose_unfinished(std::string_view why, bool running_too);
   void wait_for_signals();
   void wait_for_drain_signal();
   void wait_for_stats_signal();
@@ -67,6 +70,7 @@ class node_server : public node_directory {
   net::io_context& io_;
   serve_options opts_;
   scheduler scheduler_;
+  std::unique_ptr<journal> journal_;  // --journal; destroyed after the pool, which may still record
   local_pool pool_;
   peers peers_;
   std::shared_ptr<activity> activity_ = std::make_shared<activity>();

@@ -267,6 +267,10 @@ serve options (each may also be set in a --config file):
                          a job that takes it over fails with WorkerMemoryError (SIZE in bytes,
                          or 512M, 2G; at least 16M). A cgroup v2 limit where the node may make
                          cgroups, else RLIMIT_AS (docs/cli.md)
+  --journal PATH         record accepted jobs, their progress and results in the SQLite database
+                         PATH (created if missing): after a crash or restart the node queues
+                         again what had not finished and serves the results of what had
+                         (--keep-finished of them); docs/cli.md, "Journal"
   --pid-file PATH        write the process id to PATH; removed at exit
   --idle-exit SECONDS    exit after SECONDS with no connection and no queued or running job
   --drain-timeout SECONDS  on SIGTERM, how long running jobs may take to finish (default 30;
@@ -399,6 +403,9 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     } else if (flag == "--restart") {
       no_value();
       o.max_jobs_per_worker = 1;
+    } else if (flag == "--journal") {
+      o.journal = take_value();
+      if (o.journal.empty()) throw usage_error("--journal: give the path of the journal's database file");
     } else if (flag == "--pid-file") {
       o.pid_file = take_value();
     } else if (flag == "--drain-timeout") {

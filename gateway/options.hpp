@@ -29,6 +29,7 @@ struct serve_options {
   std::string python_version;      // --python-version: given, so the start-up probe is skipped
   std::string worker_dir;          // where the worker's files are; empty: found (locate_worker_script)
   std::string pid_file;
+  std::string journal;  // --journal: the SQLite database jobs are recorded in; empty: none
   std::optional<std::chrono::seconds> idle_exit;
   // SIGTERM: how long running jobs may take to finish before the node stops anyway.
   std::chrono::milliseconds drain_timeout{30000};

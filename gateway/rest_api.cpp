@@ -142,6 +142,7 @@ net::awaitable<http_response> rest_api::submit_jobs(http_request& req, std::opti
   std::vector<std::uint64_t> ids;
   ids.reserve(submission.jobs.size());
   for (auto& spec : submission.jobs) ids.push_back(sched_.submit(std::move(spec)).id);
+  sched_.flush_records();  // with --journal: acknowledged only once recorded
   if (wait) co_await wait_for_jobs(ids, *wait);
 
   bool all_finished = true;

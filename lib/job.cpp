@@ -1,5 +1,7 @@
 #include "job.hpp"
 
+#include <algorithm>
+
 #include "json_writer.hpp"
 
 #include <openssl/evp.h>
@@ -9,9 +11,14 @@
 
 namespace ppgate {
 
-std::uint64_t next_shared_value_key() {
-  static std::uint64_t last = 0;  // one event-loop thread makes them
-  return ++last;
+namespace {
+std::uint64_t last_shared_value_key = 0;  // one event-loop thread makes them
+}  // namespace
+
+std::uint64_t next_shared_value_key() { return ++last_shared_value_key; }
+
+void reserve_shared_value_keys(std::uint64_t up_to) {
+  last_shared_value_key = std::max(last_shared_value_key, up_to);
 }
 
 std::string_view to_string(job_state s) {

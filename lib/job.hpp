@@ -53,6 +53,8 @@ struct shared_value {
   bool in_client_memory = false;  // in a file the session's client wrote: gone with the session
 };
 std::uint64_t next_shared_value_key();
+// Keys up to `up_to` are taken (values restored from a journal keep theirs).
+void reserve_shared_value_keys(std::uint64_t up_to);
 
 // What a submitter asked for.
 struct job_spec {
@@ -83,6 +85,9 @@ struct job_spec {
   // Survives the session that submitted it: closing the session does not cancel it, and its
   // result stays on the node for anyone to collect (GET /v1/jobs/{id}).
   bool detach = false;
+  // Came on a session or a peer link, which goes when the node stops: after a restart from the
+  // journal, such a job is not run again unless it is detached (nobody would collect it).
+  bool from_link = false;
   // A map job: `args` holds one argument list per call of the function, and its result one
   // outcome per call, in order; a call that raises keeps its error and the others go on.
   bool map = false;

@@ -82,6 +82,7 @@ job& scheduler::submit(job_spec spec) {
   ++counters_.submitted;
   ++counters_.queued;
   enqueue(j, false);
+  if (recorder_ != nullptr) recorder_->job_submitted(j);
   if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
   dispatch_to_waiting_slot();
   return j;
@@ -201,6 +202,7 @@ void scheduler::dispatch(slot& s, job& j) {
   j.started = steady_clock::now();
   j.node = s.owner().name();
   ++j.attempts;
+  if (recorder_ != nullptr) recorder_->job_changed(j);
   if (events_ != nullptr) events_->on_job_event(j, job_event::started);
   s.start(j);
 }
@@ -291,6 +293,7 @@ void scheduler::failed(job& j, std::string outcome, double run_seconds) {
   ++j.failures;
   j.state = job_state::queued;
   j.running_on = nullptr;
+  if (recorder_ != nullptr) recorder_->job_changed(j);
   if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
   if (j.spec.retry_backoff.count() > 0 && executor_) {
     rerun_after_backoff(j);
@@ -353,6 +356,7 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
   for (auto& w : j.waiters)
     if (auto timer = w.lock()) timer->cancel();
   j.waiters.clear();
+  if (recorder_ != nullptr) recorder_->job_ended(j);
   if (auto o = j.observer.lock()) o->job_ended(j);
   if (events_ != nullptr) events_->on_job_event(j, job_event::ended);
   remember_finished(j);
@@ -368,6 +372,7 @@ void scheduler::interrupted(job& j, std::string_view why, bool node_lost) {
     j.state = job_state::queued;
     j.running_on = nullptr;
     enqueue(j, true);
+    if (recorder_ != nullptr) recorder_->job_changed(j);
     if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
     dispatch_to_waiting_slot();
     return;
@@ -387,8 +392,38 @@ void scheduler::requeue(job& j) {
   j.state = job_state::queued;
   j.running_on = nullptr;
   enqueue(j, true);
+  if (recorder_ != nullptr) recorder_->job_changed(j);
   if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
   dispatch_to_waiting_slot();
+}
+
+job& scheduler::restore(job_spec spec, const restored_job& r) {
+  auto owned = std::make_unique<job>();
+  job& j = *owned;
+  j.id = r.id;
+  j.seq = r.seq;
+  j.spec = std::move(spec);
+  j.state = r.state;
+  j.attempts = r.attempts;
+  j.interruptions = r.interruptions;
+  j.failures = r.failures;
+  j.node = r.node;
+  j.submitted = j.started = j.finished = steady_clock::now();
+  if (r.id < client_id_min) next_id_ = std::max(next_id_, r.id + 1);
+  next_seq_ = std::max(next_seq_, r.seq + 1);
+  jobs_.emplace(j.id, std::move(owned));
+  if (is_terminal(r.state)) {
+    j.outcome = r.outcome;
+    j.run_seconds = r.run_seconds;
+    j.spec.refs.clear();
+    remember_finished(j);
+  } else {
+    j.state = job_state::queued;
+    ++counters_.submitted;
+    ++counters_.queued;
+    enqueue(j, false);
+  }
+  return j;
 }
 
 void scheduler::notify_on_end(job& j, const std::shared_ptr<net::steady_timer>& waiter) {
@@ -403,6 +438,7 @@ void scheduler::remember_finished(job& j) {
          (finished_bytes_ > opts_.keep_finished_bytes && finished_order_.size() > 1)) {
     if (auto it = jobs_.find(finished_order_.front()); it != jobs_.end()) {
       finished_bytes_ -= it->second->outcome.size();
+      if (recorder_ != nullptr) recorder_->job_forgotten(*it->second);
       jobs_.erase(it);
     }
     finished_order_.pop_front();

@@ -111,6 +111,29 @@ class job_event_sink {
   virtual void on_job_event(const job& j, job_event what) = 0;
 };
 
+// Told of every accepted job, of each start and each return to the queue, of each end, and of
+// finished jobs forgotten: the durable journal (--journal, lib/journal.hpp). Calls come from
+// inside the scheduler, so an implementation batches its writes.
+class job_recorder {
+ public:
+  virtual ~job_recorder() = default;
+  virtual void job_submitted(const job& j) = 0;
+  virtual void job_changed(const job& j) = 0;  // started, or queued again (a retry)
+  virtual void job_ended(const job& j) = 0;
+  virtual void job_forgotten(const job& j) = 0;
+  // Makes what was recorded durable now (before a submission is acknowledged).
+  virtual void flush() = 0;
+};
+
+// A job as a journal kept it, to take up again after a restart (scheduler::restore).
+struct restored_job {
+  std::uint64_t id = 0, seq = 0;
+  job_state state = job_state::queued;
+  int attempts = 0, interruptions = 0, failures = 0;
+  std::string node, outcome;  // ended ones
+  double run_seconds = 0;
+};
+
 class scheduler {
  public:
   struct options {
@@ -193,6 +216,14 @@ class scheduler {
   // The last failed jobs, newest last.
   const std::deque<failure_record>& recent_failures() const { return recent_failures_; }
   void set_event_sink(job_event_sink* sink) { events_ = sink; }  // borrowed; null for none
+  void set_recorder(job_recorder* r) { recorder_ = r; }           // borrowed; null for none
+  void flush_records() {
+    if (recorder_ != nullptr) recorder_->flush();
+  }
+  // Takes up a job from the journal, before any other: an ended one is kept for its record; an
+  // unfinished one goes to the queue (the caller counted an interrupted attempt if it ran).
+  // Neither is recorded again.
+  job& restore(job_spec spec, const restored_job& r);
   std::size_t queue_depth() const { return counters_.queued; }
   std::size_t running() const { return counters_.running; }
   std::size_t idle_slots() const { return idle_.size(); }
@@ -237,6 +268,7 @@ class scheduler {
   scheduler_stats counters_;
   std::deque<failure_record> recent_failures_;
   job_event_sink* events_ = nullptr;
+  job_recorder* recorder_ = nullptr;
 };
 
 }  // namespace ppgate

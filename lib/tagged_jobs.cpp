@@ -23,6 +23,7 @@ void tagged_jobs::submit_batch(std::string& text, std::shared_ptr<const shared_m
     if (const std::string taken = sched_.ids_taken(submission.jobs); !taken.empty()) throw request_error(taken);
     for (std::size_t i = 0; i < submission.jobs.size(); ++i) {
       submission.jobs[i].local_only = encoding_.local_only();
+      submission.jobs[i].from_link = true;
       // A detached job's result stays on the node, inline: the session's files go with it.
       const bool to_file = results_in_files_ == results_in_files::always ||
                            (results_in_files_ == results_in_files::when_asked && submission.jobs[i].results_in_parts);

@@ -116,9 +116,11 @@ TEST_CASE("the REST router answers each route, and a wrong method with 405 and A
   res = r.call(http::verb::post, "/healthz");
   CHECK(res.result() == http::status::method_not_allowed);
   CHECK(res[http::field::allow] == "GET");
-  res = r.call(http::verb::get, "/v1/jobs");
+  res = r.call(http::verb::put, "/v1/jobs");
   CHECK(res.result() == http::status::method_not_allowed);
-  CHECK(res[http::field::allow] == "POST");
+  CHECK(res[http::field::allow] == "GET, POST");
+  res = r.call(http::verb::get, "/v1/jobs");
+  CHECK(res.result() == http::status::ok);
   res = r.call(http::verb::put, "/v1/jobs/1");
   CHECK(res[http::field::allow] == "GET, DELETE");
   res = r.call(http::verb::get, "/v1/nothing");
