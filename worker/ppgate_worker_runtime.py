@@ -270,6 +270,18 @@ def _taken_values(refs):
     return load
 
 
+def _keep_definitions(payload):
+    """A job the node took back (skipped here) may carry what later jobs name without sending it
+    again: its function's definition and values put once. They are kept, the job is not run."""
+    msg = _json_loads(payload)
+    fn_id = msg.get("fn_id")
+    if "function" in msg and fn_id not in _functions:
+        _functions[fn_id] = _Function(msg)
+    for entry in msg.get("refs") or ():
+        if isinstance(entry, dict) and entry["put"] not in _values:
+            _fields[entry["put"]] = entry["value"]
+
+
 def _release(payload):
     for key in payload.split()[1:]:
         _values.pop(int(key), None)
@@ -603,11 +615,18 @@ def handle(payload):
 
     The reply's header ends with " retire" when the job left something behind that cannot be
     undone (threads, alarms, signal handlers, children): the node replaces this worker.
-    A "release <key> ..." note is no job: it gets no reply (b"")."""
+    A "release <key> ..." note is no job: it gets no reply (b""); nor does "skipped <job>", a job
+    the node took back, of which only the definitions it carries are kept."""
     if payload.startswith(b"release "):
         try:
             _release(payload)
         except BaseException:  # noqa: BLE001 - a note the node made; nothing to answer
+            pass
+        return b""
+    if payload.startswith(b"skipped "):
+        try:
+            _keep_definitions(payload[8:])
+        except BaseException:  # noqa: BLE001 - the job is not run; a later one reports any problem
             pass
         return b""
     started = _perf_counter()

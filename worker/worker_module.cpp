@@ -24,7 +24,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <unordered_set>
 #include <utility>
 
 #define PY_SSIZE_T_CLEAN
@@ -129,10 +128,12 @@ void run_job(int fd, PyObject* handle, std::string_view frame, const link_state&
   const std::string_view text(data, static_cast<std::size_t>(size));
   ppgate::append_frame(out, link.prefix(), text);
   write_all(fd, out);
-  // "<id> <status> <seconds> retire": the job left behind what this process cannot undo. No
-  // further job may run here (the node requeues those waiting); leave at once, without waiting
-  // for the job's threads as a normal interpreter exit would.
-  if (text.substr(0, text.find('\n')).ends_with(" retire")) ::_exit(0);
+  // "<id> <status> <seconds> retire": the job left behind what this process cannot undo (or
+  // "retire-memory": it is over --max-worker-memory). No further job may run here (the node
+  // requeues those waiting); leave at once, without waiting for the job's threads as a normal
+  // interpreter exit would.
+  const std::string_view header = text.substr(0, text.find('\n'));
+  if (header.ends_with(" retire") || header.ends_with(" retire-memory")) ::_exit(0);
 }
 
 // Reads "<seq> " off the front of a frame from the node; a seq out of order means job code read
@@ -155,9 +156,14 @@ std::string_view take_seq(std::string_view frame, link_state& link) {
 // before the job it names.
 void serve_frames(int fd, PyObject* handle, link_state& link) {
   ppgate::frame_reader reader;
-  std::deque<std::string> pending;
-  std::unordered_set<std::uint64_t> skip;
-  std::deque<std::uint64_t> recently_done;  // a skip note for one of these came too late
+  // Frames received and not yet taken up, in order. A skip note marks the run messages of its
+  // job that are here: only those, since the node may send the same job again later (it was
+  // taken back and came back to this worker, or it is rerun), and that later one must run.
+  struct pending_frame {
+    std::string body;
+    bool skip = false;
+  };
+  std::deque<pending_frame> pending;
   std::string out;
   std::string buf(64 * 1024, '\0');
   for (;;) {
@@ -176,12 +182,13 @@ void serve_frames(int fd, PyObject* handle, link_state& link) {
       while (reader.next(frame)) {
         const std::string_view body = take_seq(frame, link);
         if (body.starts_with("skip ")) {
+          // A note for a job that has started (or ended) here came too late: it finds nothing.
           std::uint64_t id = 0;
           std::from_chars(body.data() + 5, body.data() + body.size(), id);
-          if (std::find(recently_done.begin(), recently_done.end(), id) == recently_done.end())
-            skip.insert(id);
+          for (auto& p : pending)
+            if (!p.body.starts_with("release ") && job_id_of(p.body) == id) p.skip = true;
         } else if (body != "sync") {
-          pending.emplace_back(body);
+          pending.push_back({std::string(body)});
         }
       }
     } catch (const ppgate::frame_error&) {
@@ -189,20 +196,25 @@ void serve_frames(int fd, PyObject* handle, link_state& link) {
     }
     if (pending.empty()) continue;
 
-    const std::string frame_text = std::move(pending.front());
+    const std::string frame_text = std::move(pending.front().body);
+    const bool skipped = pending.front().skip;
     pending.pop_front();
-    if (frame_text.starts_with("release ")) {
-      py_ref payload(PyBytes_FromStringAndSize(frame_text.data(), static_cast<Py_ssize_t>(frame_text.size())));
+    const auto note = [&](std::string_view text) {  // handled in Python, no reply
+      py_ref payload(PyBytes_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size())));
       if (!payload) throw python_error{};
       py_ref ignored(PyObject_CallFunctionObjArgs(handle, payload.get(), nullptr));
       if (!ignored) throw python_error{};
+    };
+    if (frame_text.starts_with("release ")) {
+      note(frame_text);
       continue;
     }
     const std::uint64_t id = job_id_of(frame_text);
-    recently_done.push_back(id);
-    if (recently_done.size() > 16) recently_done.pop_front();
     out.clear();
-    if (skip.erase(id) > 0) {
+    if (skipped) {
+      // Not run; but the function's definition and the values it carries are kept, since the
+      // node sends those once per process and later jobs name them alone.
+      note("skipped " + frame_text);
       ppgate::append_frame(out, link.prefix(), std::to_string(id) + " skipped 0\n");
       write_all(fd, out);
       continue;

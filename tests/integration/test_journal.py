@@ -75,16 +75,18 @@ class TestJournal(unittest.TestCase):
         with journal_node(self.path, workers=4) as node:
             for job_id, tag in zip(held_ids, range(50)):
                 status, job, _ = node.request("GET", "/v1/jobs/%d?wait=120" % job_id)
-                self.assertEqual((status, job["status"], job["result"]), (200, "done", tag), job)
+                self.assertEqual((status, job["status"], job.get("result")), (200, "done", tag),
+                                 (job, node.log_text()[-3000:]))
                 self.assertEqual(job["attempts"], 2)  # the one the kill cut short, and this one
                 self.assertEqual(job["interrupted_attempts"], 1)
             for job_id, tag in zip(queued_ids, range(1000)):
                 status, job, _ = node.request("GET", "/v1/jobs/%d?wait=120" % job_id)
-                self.assertEqual((status, job["status"], job["result"]), (200, "done", tag * tag), job)
+                self.assertEqual((status, job["status"], job.get("result")), (200, "done", tag * tag),
+                                 (job, node.log_text()[-3000:]))
                 self.assertEqual(job["attempts"], 1)
             # Each queued job ran exactly once; each held one started twice (before and after).
-            self.assertEqual(sorted(read_tags(marks)), list(range(1000)))
-            self.assertEqual(sorted(read_tags(starts)), sorted(list(range(50)) * 2))
+            self.assertEqual(sorted(read_tags(marks)), list(range(1000)), node.log_text()[-6000:])
+            self.assertEqual(sorted(read_tags(starts)), sorted(list(range(50)) * 2), node.log_text()[-6000:])
             self.assertIn("1050 unfinished ones queued again", node.log_text())
             # New jobs get ids after the journal's.
             fresh = node.run(MARK, "mark", [marks, 5000, 3])

@@ -1,6 +1,9 @@
 // The local pool with real worker processes: supervision, timeouts, cancel, resize.
 #include "job_parser.hpp"
+#include "frame.hpp"
 #include "local_pool.hpp"
+#include "worker_process.hpp"
+#include "worker_protocol.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <catch2/catch.hpp>
@@ -10,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <poll.h>
 #include <unistd.h>
 
 using namespace ppgate;
@@ -298,4 +302,46 @@ TEST_CASE("a result that cannot be encoded fails that job and the worker lives o
   REQUIRE(f.wait_end(k));
   CHECK(k.state == job_state::done);
   CHECK(f.sched.stats().worker_restarts == 0);
+}
+
+TEST_CASE("a job skipped by a worker and sent to it again runs, with the definitions the skipped one carried") {
+  // The worker's own protocol, without a slot: a long job, a job of another function behind it
+  // (carrying that function's definition), a skip note for it while the first runs, then the
+  // same job again naming the function by its fn_id alone, as a node sends it once it took the
+  // job back and gave it to this worker again.
+  net::io_context io;
+  const char* script = std::getenv("PPGATE_TEST_WORKER_SCRIPT");
+  worker_process proc(io.get_executor(),
+                      {PPGATE_TEST_PYTHON, script != nullptr && *script != '\0' ? script : PPGATE_TEST_WORKER_SCRIPT, {}});
+  std::string out;
+  append_worker_frame(out, 1, R"({"tag":1,"fn_id":1,"function":"f","source":"import time\ndef f():\n    time.sleep(0.5)\n    return 1\n","modules":[],"codec":"json"})");
+  append_worker_frame(out, 2, R"({"tag":2,"fn_id":2,"function":"g","source":"def g(x):\n    return x * 2\n","modules":[],"codec":"json","args":[21]})");
+  const int fd = proc.socket().native_handle();
+  REQUIRE(::write(fd, out.data(), out.size()) == static_cast<ssize_t>(out.size()));
+  ::usleep(200 * 1000);  // job 1 runs; job 2 waits in the worker
+  out.clear();
+  append_worker_frame(out, 3, "skip 2");
+  append_worker_frame(out, 4, R"({"tag":2,"fn_id":2,"codec":"json","args":[4]})");
+  REQUIRE(::write(fd, out.data(), out.size()) == static_cast<ssize_t>(out.size()));
+  frame_reader reader;
+  std::vector<std::string> replies;
+  const auto deadline = steady_clock::now() + std::chrono::seconds(20);
+  char buf[4096];
+  while (replies.size() < 3 && steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    reader.feed(buf, static_cast<std::size_t>(n));
+    std::string_view frame;
+    while (reader.next(frame)) {
+      const auto reply = parse_worker_reply(frame);
+      replies.push_back(std::to_string(reply.end.id) + " " + std::string(reply.end.word) + " " +
+                        std::string(reply.end.outcome.substr(0, reply.end.outcome.find(','))));
+    }
+  }
+  REQUIRE(replies.size() == 3);
+  CHECK(replies[0] == R"(1 ok "result":1)");
+  CHECK(replies[1].starts_with("2 skipped"));
+  CHECK(replies[2] == R"(2 ok "result":8)");
 }
