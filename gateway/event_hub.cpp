@@ -10,10 +10,6 @@ namespace ppgate {
 
 namespace {
 
-double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 std::string_view event_name(const job& j, job_event what) {
   switch (what) {
     case job_event::queued: return "queued";

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);  // a closed peer is an error code on write, not a death
   log::parse_level(cmd.serve.log_level, log::threshold());
   if (cmd.serve.log_format == "json") log::output_format() = log::format::json;
+  for (const auto& warning : cmd.serve.warnings) log::warn(warning);
   try {
     worker_options workers;
     workers.command.script = locate_worker_script(cmd.serve.worker_dir);

@@ -26,7 +26,7 @@ http_limits limits_of(const serve_options& o) {
 node_server::node_server(net::io_context& io, serve_options opts, worker_options workers)
     : io_(io),
       opts_(std::move(opts)),
-      scheduler_(scheduler::options{opts_.keep_finished, opts_.keep_finished_bytes}),
+      scheduler_(scheduler::options{opts_.keep_finished, opts_.keep_finished_bytes, opts_.keep_finished_for}),
       pool_(io.get_executor(), scheduler_, std::move(workers)),
       peers_(io.get_executor(), scheduler_, pool_, opts_.peers, opts_.peer),
       api_(std::make_unique<rest_api>(scheduler_, *this, opts_.secret, opts_.insecure)),
@@ -69,6 +69,8 @@ void node_server::start() {
   wait_for_signals();
   if (opts_.idle_exit)
     net::co_spawn(io_, idle_watch(), log::on_failure("idle watch"));
+  if (opts_.keep_finished_for)
+    net::co_spawn(io_, expiry_watch(), log::on_failure("finished jobs' expiry"));
 
   // Tests and scripts read the real port from this first line when they ask for port 0.
   const bool v6 = endpoint.address().is_v6();
@@ -194,6 +196,15 @@ void node_server::drain() {
   drain_->lost_queued = lose_unfinished("the node is stopping (SIGTERM): the job had not started", false);
   pool_.resize(0);  // each worker stops after its job
   net::co_spawn(io_, drain_watch(), log::on_failure("drain"));
+}
+
+net::awaitable<void> node_server::expiry_watch() {
+  net::steady_timer tick(io_);
+  while (!stopped_) {
+    scheduler_.expire_finished();
+    tick.expires_after(std::chrono::seconds(1));
+    co_await tick.async_wait(use_nothrow_awaitable);
+  }
 }
 
 net::awaitable<void> node_server::drain_watch() {

@@ -59,6 +59,7 @@ class node_server : public node_directory {
  private:
   net::awaitable<void> idle_watch();
   net::awaitable<void> drain_watch();
+  net::awaitable<void> expiry_watch();  // --keep-finished-for
   void finish_drain(std::string_view why);
   // scheduler::lose_unfinished, but with a journal the journal keeps those jobs unfinished.
   std::size_t lose_unfinished(std::string_view why, bool running_too);

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <sys/stat.h>
 #include <string_view>
 #include <unistd.h>
 #include <utility>
@@ -48,9 +49,17 @@ std::chrono::milliseconds parse_seconds(std::string_view flag, std::string_view 
   return std::chrono::milliseconds(static_cast<long>(seconds * 1000));
 }
 
-std::string read_secret_file(const std::string& path) {
+std::string read_secret_file(const std::string& path, std::vector<std::string>& warnings) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw usage_error("--secret-file: cannot read '" + path + "'");
+  // As ssh does for keys, though only as a warning: a secret others can read is no secret.
+  struct stat st{};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    warnings.push_back("the secret file '" + path + "' can be read by other users (mode " + mode +
+                       "); chmod 600 it");
+  }
   std::stringstream s;
   s << in.rdbuf();
   std::string secret = s.str();
@@ -285,6 +294,7 @@ serve options (each may also be set in a --config file):
   --keep-finished N      finished jobs kept for GET /v1/jobs/{id} (default 100000)
   --keep-finished-bytes BYTES  at most this much of their results and output (default 536870912);
                          the oldest finished jobs are forgotten first
+  --keep-finished-for SECONDS  and each for at most SECONDS after it ended (default: no limit)
   --worker-dir DIR       the folder of ppgate_worker.py and its extension module (default:
                          found next to ppgate, in its build tree, or in ../libexec/ppgate;
                          also PPGATE_WORKER_DIR)
@@ -425,6 +435,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.header_timeout = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400));
     } else if (flag == "--keep-finished") {
       o.keep_finished = parse_int<std::size_t>(flag, take_value(), 1, 100000000);
+    } else if (flag == "--keep-finished-for") {
+      o.keep_finished_for = std::chrono::seconds(parse_int<long>(flag, take_value(), 1, 86400L * 3650));
     } else if (flag == "--keep-finished-bytes") {
       o.keep_finished_bytes = parse_int<std::size_t>(flag, take_value(), 1024 * 1024, std::size_t(1) << 40);
     } else if (flag == "--worker-dir") {
@@ -501,7 +513,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     throw usage_error(args[i].origin + ": " + e.what());
   }
 
-  if (!peer_secret_file.empty()) o.peer.secret = read_secret_file(peer_secret_file);
+  if (!peer_secret_file.empty()) o.peer.secret = read_secret_file(peer_secret_file, o.warnings);
   if (!peer_secret_env.empty()) {
     const char* v = std::getenv(peer_secret_env.c_str());
     if (v == nullptr || *v == '\0') throw usage_error("--peer-secret-env: " + peer_secret_env + " is not set");
@@ -511,7 +523,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
   if (!secret_file.empty() && !secret_env.empty())
     throw usage_error("give either --secret-file or --secret-env, not both");
   if (!secret_file.empty()) {
-    o.secret = read_secret_file(secret_file);
+    o.secret = read_secret_file(secret_file, o.warnings);
   } else {
     const std::string name = secret_env.empty() ? "PPGATE_SECRET" : secret_env;
     const char* v = std::getenv(name.c_str());

@@ -22,6 +22,7 @@ struct serve_options {
   std::optional<std::size_t> workers;  // empty: one per usable CPU
   std::string secret;                  // bearer token; empty: none
   std::vector<std::string> secret_variables;  // the environment variables the secrets came from
+  std::vector<std::string> warnings;  // about the options, for the log once it is set up
   bool insecure = false;
   std::size_t max_jobs_per_worker = 0;  // a fresh worker process after this many jobs (0: never)
   std::uint64_t max_worker_memory = 0;  // bytes a worker may hold (0: no limit)
@@ -40,6 +41,7 @@ struct serve_options {
   std::chrono::seconds header_timeout{10};  // a request head, once begun, must be whole within this
   std::size_t keep_finished = 100000;
   std::size_t keep_finished_bytes = 512u * 1024 * 1024;
+  std::optional<std::chrono::seconds> keep_finished_for;  // and at most this long after they end
   std::string log_level = "info";
   std::string log_format = "text";  // or "json": one JSON object per line
   long parent_pid = 0;  // stop when this process exits (0: no such watch)

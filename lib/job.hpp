@@ -21,6 +21,11 @@ using steady_clock = std::chrono::steady_clock;
 enum class job_state : std::uint8_t { queued, running, done, failed, cancelled, lost };
 
 std::string_view to_string(job_state s);
+
+// Seconds since the epoch, now.
+inline double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 inline bool is_terminal(job_state s) { return s >= job_state::done; }
 
 enum class arg_codec : std::uint8_t { json, pickle };
@@ -123,6 +128,7 @@ struct job {
   int interruptions = 0;  // of them, ended by its worker dying (or its node lost)
   int failures = 0;       // of them, ended by the job failing and rerun
   steady_clock::time_point submitted{}, started{}, finished{};
+  double finished_unix = 0;  // when it ended, seconds since the epoch (--keep-finished-for, the journal)
   double run_seconds = 0;  // measured by the worker around the call itself
   std::string node;        // where the last attempt ran
   // Once terminal: JSON object members without braces, either

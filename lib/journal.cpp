@@ -63,7 +63,7 @@ journal::journal(const std::string& path, net::any_io_executor ex) : path_(path)
        "message TEXT NOT NULL, grp TEXT NOT NULL, codec TEXT NOT NULL, priority INTEGER NOT NULL, "
        "detach INTEGER NOT NULL, from_link INTEGER NOT NULL, refs TEXT NOT NULL, state TEXT NOT NULL, "
        "attempts INTEGER NOT NULL, interruptions INTEGER NOT NULL, failures INTEGER NOT NULL, "
-       "node TEXT, outcome TEXT, run_seconds REAL)");
+       "node TEXT, outcome TEXT, run_seconds REAL, finished_at REAL)");
   {
     sqlite3_stmt* s = prepare("SELECT value FROM meta WHERE key = 'format'");
     std::string format;
@@ -83,7 +83,7 @@ journal::journal(const std::string& path, net::any_io_executor ex) : path_(path)
   update_job_ = prepare("UPDATE jobs SET state = ?, attempts = ?, interruptions = ?, failures = ? WHERE id = ?");
   end_job_ = prepare(
       "UPDATE jobs SET state = ?, attempts = ?, interruptions = ?, failures = ?, node = ?, outcome = ?, "
-      "run_seconds = ?, message = '' WHERE id = ?");
+      "run_seconds = ?, finished_at = ?, message = '' WHERE id = ?");
   delete_job_ = prepare("DELETE FROM jobs WHERE id = ?");
   insert_function_ = prepare("INSERT INTO functions(hash, entry, source, modules) VALUES(?, ?, ?, ?)");
   insert_value_ = prepare("INSERT OR REPLACE INTO refvals(key, value) VALUES(?, ?)");
@@ -249,7 +249,8 @@ void journal::job_ended(const job& j) {
     bind_text(s, 5, j.node);
     bind_text(s, 6, j.outcome);
     sqlite3_bind_double(s, 7, j.run_seconds);
-    sqlite3_bind_int64(s, 8, static_cast<sqlite3_int64>(j.id));
+    sqlite3_bind_double(s, 8, j.finished_unix);
+    sqlite3_bind_int64(s, 9, static_cast<sqlite3_int64>(j.id));
     if (sqlite3_step(s) != SQLITE_DONE) fail("cannot record a job's end");
     // An ended job runs no more: the values it took are kept only for jobs still to run.
     const auto taken = job_values_.find(j.id);
@@ -317,7 +318,7 @@ journal::restore_summary journal::restore(scheduler& sched) {
   begin();
   sqlite3_stmt* s = prepare(
       "SELECT id, seq, fn, message, grp, codec, priority, detach, from_link, refs, state, attempts, "
-      "interruptions, failures, node, outcome, run_seconds FROM jobs ORDER BY seq");
+      "interruptions, failures, node, outcome, run_seconds, finished_at FROM jobs ORDER BY seq");
   while (sqlite3_step(s) == SQLITE_ROW) {
     restored_job r;
     r.id = static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
@@ -331,6 +332,7 @@ journal::restore_summary journal::restore(scheduler& sched) {
     r.node = column_text(s, 14);
     r.outcome = column_text(s, 15);
     r.run_seconds = sqlite3_column_double(s, 16);
+    r.finished_unix = sqlite3_column_double(s, 17);
     job_spec spec;
     spec.group = column_text(s, 4);
     spec.codec = column_text(s, 5) == "pickle" ? arg_codec::pickle : arg_codec::json;
@@ -353,6 +355,7 @@ journal::restore_summary journal::restore(scheduler& sched) {
     const auto end_here = [&](job_state state, std::string outcome) {
       r.state = state;
       r.outcome = std::move(outcome);
+      r.finished_unix = unix_now();
       job_ended(sched.restore(std::move(spec), r));
       ++summary.ended;
     };

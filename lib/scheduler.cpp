@@ -332,6 +332,7 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
   j.outcome = std::move(outcome);
   j.run_seconds = run_seconds;
   j.finished = steady_clock::now();
+  j.finished_unix = unix_now();
   switch (end) {
     case job_state::done: ++counters_.done; break;
     case job_state::failed: ++counters_.failed; break;
@@ -345,7 +346,7 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
     f.id = j.id;
     f.function = j.spec.function->entry;
     f.node = j.node;
-    f.unix_time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    f.unix_time = j.finished_unix;
     f.outcome = j.outcome.size() <= max_failure_outcome
                     ? j.outcome
                     : error_outcome("OutputTooLarge", "the failure's details are too large to keep here; "
@@ -415,6 +416,7 @@ job& scheduler::restore(job_spec spec, const restored_job& r) {
   if (is_terminal(r.state)) {
     j.outcome = r.outcome;
     j.run_seconds = r.run_seconds;
+    j.finished_unix = r.finished_unix;
     j.spec.refs.clear();
     remember_finished(j);
   } else {
@@ -435,13 +437,27 @@ void scheduler::remember_finished(job& j) {
   finished_order_.push_back(j.id);
   finished_bytes_ += j.outcome.size();
   while (finished_order_.size() > opts_.keep_finished ||
-         (finished_bytes_ > opts_.keep_finished_bytes && finished_order_.size() > 1)) {
-    if (auto it = jobs_.find(finished_order_.front()); it != jobs_.end()) {
-      finished_bytes_ -= it->second->outcome.size();
-      if (recorder_ != nullptr) recorder_->job_forgotten(*it->second);
-      jobs_.erase(it);
-    }
-    finished_order_.pop_front();
+         (finished_bytes_ > opts_.keep_finished_bytes && finished_order_.size() > 1))
+    forget_oldest_finished();
+}
+
+void scheduler::forget_oldest_finished() {
+  if (auto it = jobs_.find(finished_order_.front()); it != jobs_.end()) {
+    finished_bytes_ -= it->second->outcome.size();
+    if (recorder_ != nullptr) recorder_->job_forgotten(*it->second);
+    jobs_.erase(it);
+  }
+  finished_order_.pop_front();
+}
+
+void scheduler::expire_finished() {
+  if (!opts_.keep_finished_for) return;
+  // In the order they ended; a restored job keeps the time it ended at.
+  const double oldest_kept = unix_now() - static_cast<double>(opts_.keep_finished_for->count());
+  while (!finished_order_.empty()) {
+    const job* j = find(finished_order_.front());
+    if (j != nullptr && j->finished_unix >= oldest_kept) break;
+    forget_oldest_finished();
   }
 }
 

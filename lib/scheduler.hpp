@@ -132,6 +132,7 @@ struct restored_job {
   int attempts = 0, interruptions = 0, failures = 0;
   std::string node, outcome;  // ended ones
   double run_seconds = 0;
+  double finished_unix = 0;
 };
 
 class scheduler {
@@ -141,6 +142,8 @@ class scheduler {
     std::size_t keep_finished = 100000;
     // ...and at most this many bytes of their results and output, the oldest forgotten first.
     std::size_t keep_finished_bytes = 512u * 1024 * 1024;
+    // ...and for at most this long after they ended (none: no limit); see expire_finished().
+    std::optional<std::chrono::seconds> keep_finished_for;
   };
 
   explicit scheduler(options opts);
@@ -171,6 +174,8 @@ class scheduler {
     std::size_t limit = 100;
   };
   std::vector<const job*> list(const listing_filter& f) const;
+  // Forgets the finished jobs older than options::keep_finished_for (the node calls it each second).
+  void expire_finished();
 
   // Drain (SIGTERM): from now on submitters are refused with `why` before they call submit().
   void stop_accepting(std::string why) { refusal_ = std::move(why); }
@@ -242,6 +247,7 @@ class scheduler {
   job* peek_next_queued();
   static bool prefetchable(const job& j, double budget);
   void remember_finished(job& j);
+  void forget_oldest_finished();
   node_counters& counters_for(const std::string& node_name);
 
   options opts_;

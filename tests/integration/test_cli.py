@@ -29,7 +29,7 @@ class TestCommandLine(unittest.TestCase):
                      "--pid-file", "--idle-exit", "--max-body", "--max-header", "--max-connections",
                      "--idle-timeout", "--keep-finished", "--worker-dir", "--python", "--log-level", "--busy-poll",
                      "--stats-interval", "--parent-pid", "--drain-timeout", "--join", "--max-jobs-per-worker",
-                     "--max-worker-memory", "--config", "--log-format", "--journal"):
+                     "--max-worker-memory", "--config", "--log-format", "--journal", "--keep-finished-for"):
             self.assertIn(flag, r.stdout)
 
     def test_bad_flags_get_a_clear_error(self):
@@ -180,6 +180,17 @@ class TestAuthentication(unittest.TestCase):
                 self.assertEqual(node.request("GET", "/healthz")[0], 200)
                 node.token = "correct horse battery"
                 self.assertEqual(node.run(SQ, "sq", [3])["result"], 9)
+                # NamedTemporaryFile makes it 0600: nothing to warn about.
+                self.assertNotIn("can be read by other users", node.log_text())
+
+    def test_a_secret_file_others_can_read_is_warned_about(self):
+        with tempfile.NamedTemporaryFile("w") as f:
+            f.write("correct horse battery\n")
+            f.flush()
+            os.chmod(f.name, 0o644)
+            with Node("--secret-file", f.name, workers=0) as node:
+                self.assertIn("the secret file '%s' can be read by other users (mode 0644); chmod 600 it" % f.name,
+                              node.log_text())
 
     def test_the_secret_can_come_from_the_environment(self):
         with Node(env={"PPGATE_SECRET": "from-the-environment"}, workers=1) as node:

@@ -115,6 +115,19 @@ class TestJournal(unittest.TestCase):
         finally:
             db.close()
 
+    def test_finished_jobs_expire_after_keep_finished_for_and_stay_expired_after_a_restart(self):
+        with journal_node(self.path, "--keep-finished-for", "1", workers=1) as node:
+            first = node.run("def f():\n    return 1\n", "f")["id"]
+            self.assertEqual(node.request("GET", "/v1/jobs/%d" % first)[0], 200)
+            node.wait_until(lambda: node.request("GET", "/v1/jobs/%d" % first)[0] == 404, timeout=20,
+                            what="the finished job to expire")
+            node.stop(sig=signal.SIGINT)
+        db = sqlite3.connect(self.path)
+        try:
+            self.assertEqual(db.execute("SELECT count(*) FROM jobs").fetchone()[0], 0)
+        finally:
+            db.close()
+
     def test_a_session_s_jobs_end_lost_after_a_restart_unless_detached(self):
         secret = "journal-test-secret"
         release, starts = self.file("release"), self.file("starts")

@@ -196,7 +196,9 @@ TEST_CASE("a job given back before it started is queued first, with no attempt c
 }
 
 TEST_CASE("finished jobs beyond the retention limit are forgotten, oldest first") {
-  scheduler sched(scheduler::options{2});
+  scheduler::options keep_two;
+  keep_two.keep_finished = 2;
+  scheduler sched(keep_two);
   test_node home("local");
   recording_slot a(home);
   std::vector<std::uint64_t> ids;
@@ -382,4 +384,28 @@ TEST_CASE("a rerun after a failure waits its backoff, doubled each time, and may
   CHECK(a.started.size() == 3);
   CHECK(sched.find(id)->state == job_state::cancelled);
   CHECK(sched.queue_depth() == 0);
+}
+
+TEST_CASE("finished jobs older than keep_finished_for are forgotten, a restored one by the time it ended") {
+  scheduler::options opts;
+  opts.keep_finished_for = std::chrono::seconds(60);
+  scheduler sched(opts);
+  test_node home("local");
+  recording_slot a(home);
+  // Ended two minutes ago (as a journal gives it back), then one that ends now.
+  restored_job old;
+  old.id = 7;
+  old.seq = 1;
+  old.state = job_state::done;
+  old.outcome = "\"result\":1,\"stdout\":\"\",\"stderr\":\"\"";
+  old.finished_unix = unix_now() - 120;
+  sched.restore(make_spec(), old);
+  const auto fresh = sched.submit(make_spec()).id;
+  sched.slot_ready(a);
+  sched.finish(*a.current, job_state::done, "\"result\":2", 0);
+  CHECK(sched.find(7) != nullptr);
+  sched.expire_finished();
+  CHECK(sched.find(7) == nullptr);
+  CHECK(sched.find(fresh) != nullptr);
+  CHECK(fresh == 8);  // the node's own ids go on after the restored ones
 }
