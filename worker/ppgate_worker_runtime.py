@@ -445,11 +445,13 @@ class _MemoryCap:
         self.limit, self.rlimit = limit, rlimit
         self._page = resource.getpagesize()
         self._statm = os.open("/proc/self/statm", _O_READ)
+        # Private references, as for the rest of the runtime: a job may rebind os.pread.
+        self._pread = os.pread
         self._setrlimit, self._RLIMIT_AS = resource.setrlimit, resource.RLIMIT_AS
         self._unlimited = resource.getrlimit(resource.RLIMIT_AS)
 
     def _pages(self):
-        size, resident = os.pread(self._statm, 128, 0).split()[:2]
+        size, resident = self._pread(self._statm, 128, 0).split()[:2]
         return int(size), int(resident)
 
     def before_job(self):
