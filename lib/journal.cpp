@@ -133,7 +133,7 @@ void journal::begin() {
     } catch (const journal_error& e) {
       if (!std::exchange(failed_, true)) log::error("the journal stops recording: ", e.what());
     }
-  });
+  });  // (not record(): that would begin another transaction)
 }
 
 void journal::flush() {
@@ -174,10 +174,28 @@ void journal::keep_value(const shared_value& v) {
   if (sqlite3_step(insert_value_) != SQLITE_DONE) fail("cannot record a value");
 }
 
-void journal::job_submitted(const job& j) {
+template <class Write>
+void journal::record(Write&& write) {
   if (failed_) return;
   try {
     begin();
+    write();
+  } catch (const journal_error& e) {
+    // Jobs go on without the journal; saying so once is enough.
+    if (!std::exchange(failed_, true)) log::error("the journal stops recording: ", e.what());
+  }
+}
+
+// Binds a job's progress: its state, attempts, interrupted and failed attempts, from `first` on.
+static void bind_progress(sqlite3_stmt* s, int first, const job& j) {
+  bind_text(s, first, to_string(j.state));
+  sqlite3_bind_int(s, first + 1, j.attempts);
+  sqlite3_bind_int(s, first + 2, j.interruptions);
+  sqlite3_bind_int(s, first + 3, j.failures);
+}
+
+void journal::job_submitted(const job& j) {
+  record([&] {
     const auto fn = function_row(*j.spec.function);
     std::string refs;
     for (const auto& ref : j.spec.refs) {
@@ -209,43 +227,26 @@ void journal::job_submitted(const job& j) {
     sqlite3_bind_int(s, 8, j.spec.detach);
     sqlite3_bind_int(s, 9, j.spec.from_link);
     bind_text(s, 10, refs);
-    bind_text(s, 11, to_string(j.state));
-    sqlite3_bind_int(s, 12, j.attempts);
-    sqlite3_bind_int(s, 13, j.interruptions);
-    sqlite3_bind_int(s, 14, j.failures);
+    bind_progress(s, 11, j);
     if (sqlite3_step(s) != SQLITE_DONE) fail("cannot record a job");
-  } catch (const journal_error& e) {
-    if (!std::exchange(failed_, true)) log::error("the journal stops recording: ", e.what());
-  }
+  });
 }
 
 void journal::job_changed(const job& j) {
-  if (failed_) return;
-  try {
-    begin();
+  record([&] {
     sqlite3_stmt* s = update_job_;
     sqlite3_reset(s);
-    bind_text(s, 1, to_string(j.state));
-    sqlite3_bind_int(s, 2, j.attempts);
-    sqlite3_bind_int(s, 3, j.interruptions);
-    sqlite3_bind_int(s, 4, j.failures);
+    bind_progress(s, 1, j);
     sqlite3_bind_int64(s, 5, static_cast<sqlite3_int64>(j.id));
     if (sqlite3_step(s) != SQLITE_DONE) fail("cannot record a job");
-  } catch (const journal_error& e) {
-    if (!std::exchange(failed_, true)) log::error("the journal stops recording: ", e.what());
-  }
+  });
 }
 
 void journal::job_ended(const job& j) {
-  if (failed_) return;
-  try {
-    begin();
+  record([&] {
     sqlite3_stmt* s = end_job_;
     sqlite3_reset(s);
-    bind_text(s, 1, to_string(j.state));
-    sqlite3_bind_int(s, 2, j.attempts);
-    sqlite3_bind_int(s, 3, j.interruptions);
-    sqlite3_bind_int(s, 4, j.failures);
+    bind_progress(s, 1, j);
     bind_text(s, 5, j.node);
     bind_text(s, 6, j.outcome);
     sqlite3_bind_double(s, 7, j.run_seconds);
@@ -264,21 +265,15 @@ void journal::job_ended(const job& j) {
       if (sqlite3_step(delete_value_) != SQLITE_DONE) fail("cannot forget a value");
     }
     job_values_.erase(taken);
-  } catch (const journal_error& e) {
-    if (!std::exchange(failed_, true)) log::error("the journal stops recording: ", e.what());
-  }
+  });
 }
 
 void journal::job_forgotten(const job& j) {
-  if (failed_) return;
-  try {
-    begin();
+  record([&] {
     sqlite3_reset(delete_job_);
     sqlite3_bind_int64(delete_job_, 1, static_cast<sqlite3_int64>(j.id));
     if (sqlite3_step(delete_job_) != SQLITE_DONE) fail("cannot forget a job");
-  } catch (const journal_error& e) {
-    if (!std::exchange(failed_, true)) log::error("the journal stops recording: ", e.what());
-  }
+  });
 }
 
 journal::restore_summary journal::restore(scheduler& sched) {

@@ -58,6 +58,9 @@ class journal : public job_recorder {
   sqlite3_stmt* prepare(const char* sql);
   void exec(const char* sql);
   void begin();  // a transaction for this turn of the loop, committed after it
+  // Runs `write` in this turn's transaction; a failure stops the journal, logged once.
+  template <class Write>
+  void record(Write&& write);
   std::int64_t function_row(const function_def& f);
   void keep_value(const shared_value& v);
   void fail(const char* what);  // throws journal_error with SQLite's message

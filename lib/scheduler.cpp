@@ -287,20 +287,23 @@ void scheduler::failed(job& j, std::string outcome, double run_seconds) {
   }
   // It ran: its time counts, as pp counts every run.
   count_run(j, run_seconds);
-  --counters_.running;
-  ++counters_.queued;
   ++counters_.retried;
   ++j.failures;
+  const bool wait = j.spec.retry_backoff.count() > 0 && executor_;
+  back_to_queue(j, /*now=*/!wait);
+  if (wait) rerun_after_backoff(j);
+}
+
+void scheduler::back_to_queue(job& j, bool now) {
+  --counters_.running;
+  ++counters_.queued;
   j.state = job_state::queued;
   j.running_on = nullptr;
+  // At the front of its priority: it was at the head of the line once already.
+  if (now) enqueue(j, true);
   if (recorder_ != nullptr) recorder_->job_changed(j);
   if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
-  if (j.spec.retry_backoff.count() > 0 && executor_) {
-    rerun_after_backoff(j);
-    return;
-  }
-  enqueue(j, true);
-  dispatch_to_waiting_slot();
+  if (now) dispatch_to_waiting_slot();
 }
 
 void scheduler::rerun_after_backoff(job& j) {
@@ -366,16 +369,8 @@ void scheduler::finish(job& j, job_state end, std::string outcome, double run_se
 void scheduler::interrupted(job& j, std::string_view why, bool node_lost) {
   const int budget = node_lost ? std::max(j.spec.retries, node_loss_retries) : j.spec.retries;
   if (++j.interruptions <= budget) {
-    // Retries go to the front: the job was already at the head of the line once.
-    --counters_.running;
-    ++counters_.queued;
     ++counters_.retried;
-    j.state = job_state::queued;
-    j.running_on = nullptr;
-    enqueue(j, true);
-    if (recorder_ != nullptr) recorder_->job_changed(j);
-    if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
-    dispatch_to_waiting_slot();
+    back_to_queue(j, true);
     return;
   }
   std::string message(why);
@@ -387,15 +382,8 @@ void scheduler::interrupted(job& j, std::string_view why, bool node_lost) {
 }
 
 void scheduler::requeue(job& j) {
-  --counters_.running;
-  ++counters_.queued;
   --j.attempts;  // it never ran
-  j.state = job_state::queued;
-  j.running_on = nullptr;
-  enqueue(j, true);
-  if (recorder_ != nullptr) recorder_->job_changed(j);
-  if (events_ != nullptr) events_->on_job_event(j, job_event::queued);
-  dispatch_to_waiting_slot();
+  back_to_queue(j, true);
 }
 
 job& scheduler::restore(job_spec spec, const restored_job& r) {

@@ -240,6 +240,9 @@ class scheduler {
  private:
   void dispatch(slot& s, job& j);
   void enqueue(job& j, bool at_front);
+  // A running job goes back to state queued (counters, recorder, events); `now`: into the queue,
+  // to be dispatched (otherwise a backoff timer puts it there).
+  void back_to_queue(job& j, bool now);
   void rerun_after_backoff(job& j);
   void count_run(job& j, double run_seconds);
   void dispatch_to_waiting_slot();
