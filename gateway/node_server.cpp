@@ -64,6 +64,7 @@ void node_server::start() {
   }
   scheduler_.set_event_sink(events_.get());
   events_->start();
+  pool_.adopt(opts_.adopted_workers);  // the first slots' first processes
   resize_local(opts_.workers);
   peers_.start();
   wait_for_signals();

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <string_view>
 #include <unistd.h>
@@ -35,6 +36,26 @@ Int parse_int(std::string_view flag, std::string_view text, Int min, Int max) {
     throw usage_error(std::string(flag) + " expects a whole number from " + std::to_string(min) +
                       " to " + std::to_string(max) + ", not '" + std::string(text) + "'");
   return value;
+}
+
+// "FD:PID". The descriptor must be an open Unix stream socket: anything else is refused now, not
+// found out when the first job is written to it.
+adopted_process parse_adopted_worker(std::string_view text) {
+  const auto colon = text.find(':');
+  if (colon == std::string_view::npos) throw usage_error("--adopt-worker expects FD:PID");
+  adopted_process w;
+  w.socket_fd = parse_int<int>("--adopt-worker FD", text.substr(0, colon), 3, 1 << 20);
+  w.pid = parse_int<pid_t>("--adopt-worker PID", text.substr(colon + 1), 2, 1 << 30);
+  int domain = 0, type = 0;
+  socklen_t len = sizeof domain;
+  const bool unix_socket = ::getsockopt(w.socket_fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
+                           domain == AF_UNIX &&
+                           (len = sizeof type, ::getsockopt(w.socket_fd, SOL_SOCKET, SO_TYPE, &type, &len)) == 0 &&
+                           type == SOCK_STREAM;
+  if (!unix_socket)
+    throw usage_error("--adopt-worker " + std::string(text) + ": descriptor " + std::to_string(w.socket_fd) +
+                      " is not an open Unix stream socket");
+  return w;
 }
 
 // A number of seconds from min to max, as milliseconds.
@@ -302,6 +323,9 @@ serve options (each may also be set in a --config file):
   --log-format FORMAT    text (default) or json: one object per line, with time, level, pid
                          and message
   --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
+  --adopt-worker FD:PID  take worker process PID, connected on the Unix socket FD, as a slot's
+                         first process (repeatable; the Python client forks itself into these
+                         so that its first jobs wait for no interpreter to start)
   --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
   --busy-poll MICROSECONDS  after sending results to a job session, while no job runs, poll
                          this long before sleeping, so the client's next job is seen at once
@@ -496,6 +520,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.busy_poll = std::chrono::microseconds(parse_int<long>(flag, take_value(), 0, 10000));
     } else if (flag == "--parent-pid") {
       o.parent_pid = parse_int<long>(flag, take_value(), 1, 1L << 30);
+    } else if (flag == "--adopt-worker") {
+      o.adopted_workers.push_back(parse_adopted_worker(take_value()));
     } else if (flag == "--log-format") {
       o.log_format = take_value();
       if (o.log_format != "text" && o.log_format != "json")
@@ -556,6 +582,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     ::gethostname(host, sizeof host - 1);
     o.peer.name = std::string(host) + "-" + std::to_string(::getpid());
   }
+  if (!o.adopted_workers.empty() && o.max_worker_memory != 0)
+    throw usage_error("--adopt-worker: an adopted worker cannot be held to --max-worker-memory");
   const bool loopback = boost::asio::ip::make_address(o.listen_host).is_loopback();
   if (!loopback && o.secret.empty() && !o.insecure)
     throw usage_error("--listen " + o.listen_host +

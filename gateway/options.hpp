@@ -2,6 +2,7 @@
 #pragma once
 
 #include "peer/peer_settings.hpp"
+#include "adopted_process.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -45,6 +46,8 @@ struct serve_options {
   std::string log_level = "info";
   std::string log_format = "text";  // or "json": one JSON object per line
   long parent_pid = 0;  // stop when this process exits (0: no such watch)
+  // --adopt-worker FD:PID: workers the caller started, one for each of the first slots.
+  std::vector<adopted_process> adopted_workers;
   std::chrono::milliseconds stats_interval{1000};  // between snapshots on /v1/events
   // How long the event loop polls after results went to a job session, while no job runs
   // (node_server::should_poll). 0 disables it; it is off on a single CPU.

@@ -1,5 +1,7 @@
 #include "local_pool.hpp"
 
+#include "log.hpp"
+
 #include <algorithm>
 #include <sched.h>
 
@@ -12,12 +14,24 @@ local_pool::local_pool(net::any_io_executor ex, scheduler& sched, worker_options
 
 local_pool::~local_pool() { shutdown(); }
 
+void local_pool::adopt(const std::vector<adopted_process>& workers) {
+  for (const adopted_process& w : workers) {
+    try {
+      adopted_.push_back(std::make_unique<worker_process>(ex_, w));
+    } catch (const std::system_error& e) {
+      log::warn(e.what(), "; its slot starts a worker of its own");
+    }
+  }
+}
+
 void local_pool::resize(std::size_t count) {
+  std::size_t next_adopted = 0;
   while (slots_.size() < count) {
     auto slot = std::make_shared<worker_slot>(ex_, sched_, *this, opts_);
     slots_.push_back(slot);
-    slot->launch();
+    slot->launch(next_adopted < adopted_.size() ? std::move(adopted_[next_adopted++]) : nullptr);
   }
+  adopted_.clear();  // more than there are slots: stopped
   while (slots_.size() > count) {
     // Prefer a slot that is not running a job, so shrinking does not wait on long jobs.
     auto victim = std::find_if(slots_.begin(), slots_.end(),

@@ -20,6 +20,10 @@ class local_pool : public node {
   std::size_t slot_count() const override { return slots_.size(); }
   const std::string& python_version() const override { return opts_.python_version; }
 
+  // Workers the caller started (--adopt-worker), taken over now: the next resize() gives one to
+  // each slot it creates, and stops those left over. One that is gone already is skipped.
+  void adopt(const std::vector<adopted_process>& workers);
+
   // Grows by starting workers; shrinks by retiring idle workers first, then busy ones after their
   // current job.
   void resize(std::size_t count);
@@ -41,6 +45,7 @@ class local_pool : public node {
   std::string name_ = "local";
   std::vector<std::shared_ptr<worker_slot>> slots_;     // serving slots
   std::vector<std::shared_ptr<worker_slot>> retiring_;  // leaving; kept until reaped
+  std::vector<std::unique_ptr<worker_process>> adopted_;  // for the slots the next resize() makes
 };
 
 }  // namespace ppgate

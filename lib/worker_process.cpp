@@ -92,6 +92,25 @@ worker_process::worker_process(net::any_io_executor ex, const worker_command& co
   watch_exit();
 }
 
+worker_process::worker_process(net::any_io_executor ex, adopted_process adopted)
+    : pid_(adopted.pid),
+      adopted_(true),
+      socket_(ex),
+      pidfd_(ex),
+      exit_event_(ex, net::steady_timer::time_point::max()) {
+  // The caller has not reaped it (it waits for this node to end first), so the pid is still its.
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+  if (pidfd < 0) {
+    const int err = errno;
+    ::close(adopted.socket_fd);
+    throw_errno(err, ("--adopt-worker: process " + std::to_string(pid_) + " is gone").c_str());
+  }
+  ::fcntl(adopted.socket_fd, F_SETFD, FD_CLOEXEC);  // no worker this node starts inherits it
+  pidfd_.assign(pidfd);
+  socket_.assign(net::local::stream_protocol(), adopted.socket_fd);
+  watch_exit();
+}
+
 worker_process::~worker_process() {
   watch_->owner_gone = true;
   if (!reaped_) kill_and_reap();
@@ -117,7 +136,22 @@ void worker_process::watch_exit() {
                     });
 }
 
+bool worker_process::alive() {
+  pollfd p{pidfd_.native_handle(), POLLIN, 0};
+  return ::poll(&p, 1, 0) == 0;
+}
+
 void worker_process::kill() {
+  if (adopted_) {
+    // Its parent may reap it as soon as it has exited, and its pid then goes to another
+    // process: signal the group (its own, from setsid()) only while it lives, the process
+    // itself through its pidfd.
+    if (!reaped_ && alive()) {
+      ::kill(-pid_, SIGKILL);
+      ::syscall(SYS_pidfd_send_signal, pidfd_.native_handle(), SIGKILL, nullptr, 0);
+    }
+    return;
+  }
   // The group is the worker's own (setpgroup above); while it has members its id is not reused.
   if (!reaped_) {
     ::kill(-pid_, SIGKILL);
@@ -128,12 +162,28 @@ void worker_process::kill() {
 void worker_process::kill_and_reap() {
   if (reaped_) return;
   kill();
+  if (adopted_) {
+    pollfd p{pidfd_.native_handle(), POLLIN, 0};
+    while (::poll(&p, 1, 2000) < 0 && errno == EINTR) {
+    }
+    reaped_ = true;
+    return;
+  }
   while (::waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
   }
   reaped_ = true;
 }
 
 net::awaitable<std::string> worker_process::wait_exit() {
+  if (adopted_) {
+    auto watch = watch_;
+    while (!watch->exited) {
+      co_await exit_event_.async_wait(use_nothrow_awaitable);  // cancelled by watch_exit()
+      if (watch->owner_gone) co_return "was stopped";
+    }
+    reaped_ = true;
+    co_return "exited";  // its status is for its parent, the client, to collect
+  }
   for (;;) {
     int status = 0;
     const pid_t r = ::waitpid(pid_, &status, WNOHANG);

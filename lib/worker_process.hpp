@@ -1,9 +1,11 @@
 // One worker child process, `<python> ppgate_worker.py --fd 3 --node-pid P`: spawned with posix_spawn
 // (never fork in a process that runs C++ afterwards), in a process group of its own, connected by a
-// socketpair on the child's fd 3, supervised through a pidfd.
+// socketpair on the child's fd 3, supervised through a pidfd. Or one the node adopts
+// (--adopt-worker): a process its caller started, connected the same way, supervised by pidfd only.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 
+#include "adopted_process.hpp"
 #include "net.hpp"
 
 #include <boost/asio/local/stream_protocol.hpp>
@@ -44,11 +46,16 @@ class worker_process {
  public:
   // Starts `python script --fd 3 --node-pid <this process>`. Throws std::system_error when the process cannot be started.
   worker_process(net::any_io_executor ex, const worker_command& command);
+  // Takes over an adopted worker and its socket. Not this process's child: its exit is seen
+  // through the pidfd, and its exit status goes to its parent. Throws std::system_error when
+  // the process is gone.
+  worker_process(net::any_io_executor ex, adopted_process adopted);
   ~worker_process();  // kills and reaps the child if it is still there
   worker_process(const worker_process&) = delete;
   worker_process& operator=(const worker_process&) = delete;
 
   pid_t pid() const { return pid_; }
+  bool adopted() const { return adopted_; }
   net::local::stream_protocol::socket& socket() { return socket_; }
 
   // SIGKILL to the worker's whole process group (whatever its jobs started goes with it); the
@@ -70,8 +77,11 @@ class worker_process {
  private:
   void watch_exit();
 
+  bool alive();  // an adopted process: its pidfd is not readable yet
+
   pid_t pid_ = -1;
-  bool reaped_ = false;
+  bool adopted_ = false;
+  bool reaped_ = false;  // an adopted process: seen to exit
   net::local::stream_protocol::socket socket_;
   // The pidfd has exactly one wait on it, for the life of the process (armed in the constructor):
   // it turns readable once, and Asio waits on it edge-triggered, so a second or later wait could

@@ -42,7 +42,8 @@ worker_slot::worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& 
 
 node& worker_slot::owner() { return pool_; }
 
-void worker_slot::launch() {
+void worker_slot::launch(std::unique_ptr<worker_process> adopted) {
+  adopted_ = std::move(adopted);
   net::co_spawn(ex_, [self = shared_from_this()]() { return self->supervise(); },
                 log::on_failure("worker supervisor"));
 }
@@ -53,18 +54,14 @@ net::awaitable<void> worker_slot::supervise() {
   int consecutive_early_exits = 0;
   while (!retiring_) {
     std::string spawn_error;
+    provisional_ = false;
+    handing_over_ = false;
     try {
-      if (opts_.cgroups != nullptr && !cgroup_) {
-        static std::uint64_t cgroups_made = 0;
-        cgroup_ = std::make_unique<worker_cgroup>(
-            *opts_.cgroups, "ppgate-worker-" + std::to_string(::getpid()) + "-" + std::to_string(++cgroups_made),
-            opts_.max_memory);
-      }
-      proc_ = std::make_unique<worker_process>(ex_, opts_.command);
-      if (cgroup_ && !cgroup_->add(proc_->pid())) {
-        const int err = errno;
-        proc_.reset();
-        throw std::system_error(err, std::generic_category(), "cannot move the worker into its memory cgroup");
+      if (adopted_) {
+        proc_ = std::move(adopted_);
+        provisional_ = true;
+      } else {
+        spawn_process();
       }
       oom_kills_seen_ = cgroup_ ? cgroup_->oom_kills() : 0;
       consecutive_spawn_failures = 0;
@@ -94,7 +91,7 @@ net::awaitable<void> worker_slot::supervise() {
     replied_ = false;
     restart_reason_.reset();
     const auto spawned = steady_clock::now();
-    log::debug("worker ", proc_->pid(), " started");
+    log::debug("worker ", proc_->pid(), provisional_ ? " adopted" : " started");
 
     co_await serve();
     // EOF or a kill: whatever happens next, this process takes no more jobs.
@@ -118,17 +115,26 @@ net::awaitable<void> worker_slot::supervise() {
         log::warn("worker ", proc_->pid(), " crossed --max-worker-memory while running job ", j.id);
         ++jobs_run_;
         sched_.failed(j, memory_kill_outcome(), std::chrono::duration<double>(steady_clock::now() - j.started).count());
+      } else if (provisional_ && !replied_) {
+        // A fork of the client that never answered most likely failed to become a worker at
+        // all: its first job goes back to the queue, for a process of the slot's own.
+        sched_.requeue(j);
       } else {
         log::warn("worker ", proc_->pid(), " ", why, " while running job ", j.id);
         sched_.interrupted(j, "the worker running this job " + why);
       }
     }
+    const pid_t proc_pid = proc_->pid();
     proc_.reset();
     if (retiring_) break;
-    sched_.count_worker_restart(restart_reason_.value_or(restart_reason::died));
-    // A process that ends by itself soon after it started, having answered nothing, cannot run
-    // the worker (an interpreter that was not probed, a broken install): retry, slowly.
-    if (exited_on_its_own && !replied_ && steady_clock::now() - spawned < std::chrono::seconds(2)) {
+    if (!handing_over_) sched_.count_worker_restart(restart_reason_.value_or(restart_reason::died));
+    if (provisional_ && exited_on_its_own && !replied_) {
+      // The client's fork did not take to being a worker: the slot's own process will.
+      log::warn("adopted worker ", proc_pid, " ", why, " before it answered; its slot starts a worker of its own",
+                lost.empty() ? "" : ", which takes its jobs");
+    } else if (exited_on_its_own && !replied_ && steady_clock::now() - spawned < std::chrono::seconds(2)) {
+      // A process that ends by itself soon after it started, having answered nothing, cannot run
+      // the worker (an interpreter that was not probed, a broken install): retry, slowly.
       const auto backoff = std::chrono::milliseconds(100 << std::min(++consecutive_early_exits, 5));
       log::error("a worker ", why, " right after it started; starting another in ", backoff.count(), " ms");
       net::steady_timer t(ex_, backoff);
@@ -138,6 +144,21 @@ net::awaitable<void> worker_slot::supervise() {
     }
   }
   pool_.on_slot_ended(*this);
+}
+
+void worker_slot::spawn_process() {
+  if (opts_.cgroups != nullptr && !cgroup_) {
+    static std::uint64_t cgroups_made = 0;
+    cgroup_ = std::make_unique<worker_cgroup>(
+        *opts_.cgroups, "ppgate-worker-" + std::to_string(::getpid()) + "-" + std::to_string(++cgroups_made),
+        opts_.max_memory);
+  }
+  proc_ = std::make_unique<worker_process>(ex_, opts_.command);
+  if (cgroup_ && !cgroup_->add(proc_->pid())) {
+    const int err = errno;
+    proc_.reset();
+    throw std::system_error(err, std::generic_category(), "cannot move the worker into its memory cgroup");
+  }
 }
 
 net::awaitable<void> worker_slot::serve() {
@@ -181,6 +202,13 @@ void worker_slot::ask_for_work() {
   if (in_flight_.empty()) {
     idle_ = true;
     sched_.slot_ready(*this);  // may call start() right away
+    if (idle_ && provisional_ && process_jobs_ > 0) {
+      // The adopted process got the first jobs going; with the queue empty now, a fresh
+      // interpreter can start without holding anyone up.
+      log::debug("worker ", proc_->pid(), " (adopted) hands its slot over to a fresh process");
+      handing_over_ = true;
+      stop_process();
+    }
   } else if (in_flight_.size() < max_in_flight_ && !stalled_) {
     const job* running = in_flight_.front().j;
     if (running != nullptr && !(running->spec.function->runs > 0 &&

@@ -58,7 +58,10 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& pool,
               const worker_options& opts);
 
-  void launch();     // starts supervising: spawn, serve, reap, repeat
+  // Starts supervising: spawn, serve, reap, repeat. An adopted process (--adopt-worker) serves
+  // first, provisionally: it is a fork of the client, so once it has run jobs and the queue has
+  // none left for it, a fresh interpreter takes its place (a hand-over, not counted a restart).
+  void launch(std::unique_ptr<worker_process> adopted = nullptr);
   void retire();     // leave the pool: now if idle, after the running job otherwise
   void stop_now();   // shutdown: kill and reap the process synchronously
   worker_info info() const;
@@ -77,6 +80,7 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   };
 
   net::awaitable<void> supervise();
+  void spawn_process();  // a fresh worker process (in this slot's cgroup, with one) into proc_
   net::awaitable<void> serve();
   // Feeds what the worker sent to the frame reader and handles each reply; false once the
   // process is being replaced for a bad frame.
@@ -110,6 +114,9 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   local_pool& pool_;
   const worker_options& opts_;
   std::unique_ptr<worker_process> proc_;
+  std::unique_ptr<worker_process> adopted_;  // serves before the first process is spawned
+  bool provisional_ = false;  // proc_ is an adopted process, to be handed over when idle
+  bool handing_over_ = false;  // proc_ is being stopped for a fresh one (nothing to count)
   std::unique_ptr<worker_cgroup> cgroup_;  // with --max-worker-memory and cgroups: this slot's
   std::uint64_t oom_kills_seen_ = 0;       // the cgroup's count when the current process started
   std::optional<restart_reason> restart_reason_;  // why the current process is being replaced

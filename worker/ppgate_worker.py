@@ -14,9 +14,11 @@ loading both halves, so a node whose interpreter cannot run the worker fails at 
 This file runs on every CPython from 3.8 on.
 """
 
+import _imp
 import importlib.machinery
 import importlib.util
 import json
+import marshal
 import os
 import platform
 import signal
@@ -32,8 +34,31 @@ def _load(name, filename):
         spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    code = _built_bytecode(path) if filename.endswith(".py") else None
+    if code is not None:
+        exec(code, module.__dict__)
+    else:
+        spec.loader.exec_module(module)
     return module
+
+
+def _built_bytecode(path):
+    """The code of `path` from the bytecode the build made beside it (NAME.<cache tag>.pyc,
+    checked against the source's hash), or None when there is none for this interpreter."""
+    try:
+        with open(path[:-3] + "." + sys.implementation.cache_tag + ".pyc", "rb") as f:
+            data = f.read()
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError:
+        return None
+    checked_hash = 0b11  # PEP 552 flags: hash-based, checked against the source
+    if (data[:4] != importlib.util.MAGIC_NUMBER or int.from_bytes(data[4:8], "little") != checked_hash
+            or data[8:16] != importlib.util.source_hash(source)):
+        return None
+    code = marshal.loads(data[16:])
+    _imp._fix_co_filename(code, path)  # tracebacks name the source, as an import's would
+    return code
 
 
 def _use_callers_path():
@@ -50,13 +75,8 @@ def main(argv):
                          % (platform.python_implementation(), platform.python_version()))
         return 78
     _use_callers_path()
-    # Under a batch system, SIGTERM (walltime, scancel) reaches every process of the job: the
-    # node drains, and stops its workers itself (SIGKILL), so a worker lets the signal pass.
-    # (Before the runtime loads: it watches jobs that change signal handlers.)
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    loop = _load("_ppgate_worker", "_ppgate_worker.abi3.so")
-    runtime = _load("ppgate_worker_runtime", "ppgate_worker_runtime.py")
     if argv[1:] == ["--check"]:
+        _load_halves()
         print(json.dumps({"version": platform.python_version(),
                           "implementation": platform.python_implementation(),
                           "executable": sys.executable}))
@@ -72,12 +92,27 @@ def main(argv):
                          "Runs Python jobs for the ppgate node PID over the socket on fd N; "
                          "it is started by `ppgate serve`, not by hand.\n")
         return 64
-    fd = int(argv[2])
+    serve(int(argv[2]), int(argv[4]), None if memory is None else int(memory), rlimit)
+    return 0
+
+
+def _load_halves():
+    # Under a batch system, SIGTERM (walltime, scancel) reaches every process of the job: the
+    # node drains, and stops its workers itself (SIGKILL), so a worker lets the signal pass.
+    # (Before the runtime loads: it watches jobs that change signal handlers.)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    return _load("_ppgate_worker", "_ppgate_worker.abi3.so"), _load("ppgate_worker_runtime", "ppgate_worker_runtime.py")
+
+
+def serve(fd, node_pid, memory=None, rlimit=False):
+    """Runs jobs from the node on socket `fd` until it closes the link. `node_pid` is this
+    process's parent, whose death ends it. Also the entry of a worker the Python client forks
+    from itself for its private node to adopt (`ppgate serve --adopt-worker`)."""
+    loop, runtime = _load_halves()
     runtime.own_link(fd)
     if memory is not None:
-        runtime.limit_memory(int(memory), rlimit)
-    loop.serve(fd, runtime.handle, int(argv[4]))
-    return 0
+        runtime.limit_memory(memory, rlimit)
+    loop.serve(fd, runtime.handle, node_pid)
 
 
 if __name__ == "__main__":

@@ -40,12 +40,13 @@ REQUEST_TIMEOUT = 60.0
 class Node:
     """A `ppgate serve` child listening on a free loopback port."""
 
-    def __init__(self, *args, env=None, workers=2):
+    def __init__(self, *args, env=None, workers=2, pass_fds=()):
         self.args = ["serve", "--listen", "127.0.0.1:0", "--workers", str(workers)] + list(args)
         self.env = dict(os.environ)
         self.env.pop("PPGATE_SECRET", None)
         if env:
             self.env.update(env)
+        self.pass_fds = tuple(pass_fds)  # descriptors the node inherits (--adopt-worker)
         self.proc = None
         self.port = None
         self.token = None
@@ -61,7 +62,8 @@ class Node:
         # The node's log goes to a file: a pipe nobody reads could fill up and stall the node.
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [ppgate_binary()] + self.args, stdout=subprocess.PIPE, stderr=self.log, env=self.env)
+            [ppgate_binary()] + self.args, stdout=subprocess.PIPE, stderr=self.log, env=self.env,
+            pass_fds=self.pass_fds)
         line = self.read_stdout_line(START_TIMEOUT)
         if not line.startswith("ppgate listening on http://127.0.0.1:"):
             if self.proc.poll() is None:

@@ -14,7 +14,12 @@
 #include <fstream>
 #include <functional>
 #include <poll.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+extern char** environ;
 
 using namespace ppgate;
 
@@ -31,22 +36,67 @@ bool run_until(net::io_context& io, const std::function<bool()>& done,
   return done();
 }
 
+const char* worker_script() {
+  // $PPGATE_TEST_WORKER_SCRIPT overrides the build's own worker: a sanitized build's extension
+  // module cannot load into an interpreter built without the sanitizer.
+  const char* script = std::getenv("PPGATE_TEST_WORKER_SCRIPT");
+  return script != nullptr && *script != '\0' ? script : PPGATE_TEST_WORKER_SCRIPT;
+}
+
+// A worker this test process starts itself, as the Python client forks one, for a pool to adopt.
+adopted_process start_adoptable_worker() {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], 3);
+  std::string python = PPGATE_TEST_PYTHON, script = worker_script(), fd = "3", node = std::to_string(::getpid());
+  std::string fd_flag = "--fd", node_flag = "--node-pid";
+  char* argv[] = {python.data(), script.data(), fd_flag.data(), fd.data(), node_flag.data(), node.data(), nullptr};
+  pid_t pid = 0;
+  REQUIRE(::posix_spawn(&pid, python.c_str(), &actions, nullptr, argv, environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fds[1]);
+  return {fds[0], pid};
+}
+
+// An adoptable process that exits at once; `reaped`: and is gone before it is adopted.
+adopted_process start_short_lived_process(bool reaped) {
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  ::close(fds[1]);
+  if (reaped) ::waitpid(pid, nullptr, 0);
+  return {fds[0], pid};
+}
+
+// Waits (bounded) for child `pid` of this test to end; its wait status, or -1.
+int reap_within(pid_t pid, std::chrono::seconds limit) {
+  const auto deadline = steady_clock::now() + limit;
+  int status = 0;
+  while (steady_clock::now() < deadline) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+    ::usleep(5000);
+  }
+  return -1;
+}
+
 struct fixture {
   net::io_context io;
   scheduler sched{scheduler::options{}};
   std::unique_ptr<local_pool> pool;
 
   explicit fixture(std::size_t workers, std::size_t max_jobs_per_process = 0,
-                   const std::function<void(worker_options&)>& tune = {}) {
+                   const std::function<void(worker_options&)>& tune = {},
+                   const std::vector<adopted_process>& adopted = {}) {
     worker_options opts;
-    // $PPGATE_TEST_WORKER_SCRIPT overrides the build's own worker: a sanitized build's extension
-    // module cannot load into an interpreter built without the sanitizer.
-    const char* script = std::getenv("PPGATE_TEST_WORKER_SCRIPT");
-    opts.command = {PPGATE_TEST_PYTHON, script != nullptr && *script != '\0' ? script : PPGATE_TEST_WORKER_SCRIPT, {}};
+    opts.command = {PPGATE_TEST_PYTHON, worker_script(), {}};
     opts.python_version = "3";
     opts.max_jobs_per_process = max_jobs_per_process;
     if (tune) tune(opts);
     pool = std::make_unique<local_pool>(io.get_executor(), sched, std::move(opts));
+    pool->adopt(adopted);
     pool->resize(workers);
   }
   ~fixture() { pool->shutdown(); }
@@ -71,6 +121,44 @@ TEST_CASE("a worker runs a job and returns its result and output") {
   REQUIRE(f.wait_end(j));
   CHECK(j.state == job_state::done);
   CHECK(j.outcome == R"("result":[21,42],"stdout":"out 21\n","stderr":"")");
+}
+
+TEST_CASE("an adopted worker runs the first jobs, then hands its slot to a fresh process, uncounted") {
+  const adopted_process first = start_adoptable_worker(), surplus = start_adoptable_worker();
+  const std::string whoami = R"({"source":"import os\ndef f():\n    return os.getpid()\n","function":"f"})";
+  {
+    fixture f(1, 0, {}, {first, surplus});
+    // One slot: the second adopted worker has none, and is stopped.
+    const int surplus_status = reap_within(surplus.pid, std::chrono::seconds(10));
+    CHECK((WIFSIGNALED(surplus_status) && WTERMSIG(surplus_status) == SIGKILL));
+    auto& j = f.submit(whoami);
+    REQUIRE(f.wait_end(j));
+    CHECK(j.outcome.starts_with("\"result\":" + std::to_string(first.pid) + ","));
+    // The queue is empty: a fresh process takes over, and the adopted one is stopped.
+    REQUIRE(run_until(f.io, [&] {
+      const worker_info w = f.pool->workers().at(0);
+      return w.pid != 0 && w.pid != first.pid;
+    }));
+    const int first_status = reap_within(first.pid, std::chrono::seconds(10));
+    CHECK((WIFSIGNALED(first_status) && WTERMSIG(first_status) == SIGKILL));
+    auto& k = f.submit(whoami);
+    REQUIRE(f.wait_end(k));
+    CHECK(k.state == job_state::done);
+    CHECK(k.outcome.find("\"result\":" + std::to_string(f.pool->workers().at(0).pid) + ",") == 0);
+    CHECK(f.pool->workers().at(0).jobs_run == 2);
+    CHECK(f.sched.stats().worker_restarts == 0);  // a hand-over is no restart
+  }
+}
+
+TEST_CASE("an adopted worker that is gone, or ends before it answers, leaves its slot to a worker of its own") {
+  for (const bool reaped : {true, false}) {
+    const adopted_process w = start_short_lived_process(reaped);
+    fixture f(1, 0, {}, {w});
+    auto& j = f.submit(R"({"source":"def f():\n    return 'fresh'\n","function":"f"})");
+    REQUIRE(f.wait_end(j));
+    CHECK(j.outcome.starts_with(R"("result":"fresh")"));
+    if (!reaped) CHECK(reap_within(w.pid, std::chrono::seconds(10)) == 0);  // exited by itself
+  }
 }
 
 TEST_CASE("a job whose worker dies is failed and its slot refilled") {
@@ -189,7 +277,8 @@ TEST_CASE("a job leaking memory hits --max-worker-memory (RLIMIT_AS), fails clea
   INFO(failed);
   CHECK(failed.starts_with(R"("error":{"type":"WorkerMemoryError")"));
   CHECK(failed.find(std::to_string(limit) + " bytes") != std::string::npos);
-  CHECK(restarts(f.sched, restart_reason::memory) == 1);
+  // Counted once the worker is reaped, which may be after its reply ended the job.
+  CHECK(run_until(f.io, [&] { return restarts(f.sched, restart_reason::memory) == 1; }));
   // A fresh worker: the leak is gone, and the job runs again from nothing.
   auto& next = f.submit(leak);
   REQUIRE(f.wait_end(next));

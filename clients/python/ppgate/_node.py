@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -9,10 +10,13 @@ import select
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Sequence
+import traceback
+from typing import List, Optional, Sequence, Tuple
 
 _START_TIMEOUT = 30.0
 
@@ -38,6 +42,122 @@ def find_ppgate() -> str:
         "checkout (meson setup build && ninja -C build)")
 
 
+def find_worker_script(ppgate: str) -> Optional[str]:
+    """The worker's bootstrap, ppgate_worker.py, as the node finds it (`locate_worker_script` in
+    gateway/options.cpp): $PPGATE_WORKER_DIR, else beside the executable, in its build tree, or in
+    ../libexec/ppgate. None when it is not there (the node then says why it cannot start)."""
+    given = os.environ.get("PPGATE_WORKER_DIR")
+    binary = os.path.realpath(ppgate)
+    bin_dir = os.path.dirname(binary)
+    parent = os.path.dirname(bin_dir)
+    for folder in ([given] if given else [bin_dir, os.path.join(parent, "worker"), os.path.join(parent, "libexec", "ppgate")]):
+        if all(os.path.isfile(os.path.join(folder, name))
+               for name in ("ppgate_worker.py", "_ppgate_worker.abi3.so", "ppgate_worker_runtime.py")):
+            return os.path.join(folder, "ppgate_worker.py")
+    return None
+
+
+# A fork copies page tables: past this much resident memory, forking costs more than the
+# interpreter start it saves.
+_FORK_MAX_RESIDENT_BYTES = 1 << 30
+
+
+def _may_fork() -> bool:
+    """Whether this process can fork itself into workers safely: Linux, no thread but this one
+    (a fork copies only the calling thread; a lock another thread holds would stay held), and not
+    turned off with PPGATE_FORK_WORKERS=0."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    if os.environ.get("PPGATE_FORK_WORKERS", "1") == "0":
+        return False
+    if threading.active_count() != 1 or threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        with open("/proc/self/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+        return resident_pages * os.sysconf("SC_PAGE_SIZE") <= _FORK_MAX_RESIDENT_BYTES
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _become_worker(script: str, link: socket.socket) -> None:
+    """In a forked child: serve the node on `link` as its worker, then exit. Never returns into
+    the caller's program."""
+    status = 70
+    try:
+        os.setsid()  # a Ctrl-C at the terminal is for the program, not for its workers
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        # Forked workers would share the caller's random state: numpy's global one is not
+        # reseeded on fork as the random module's is, and Monte Carlo jobs would repeat each other.
+        numpy = sys.modules.get("numpy")
+        if numpy is not None:
+            try:
+                numpy.random.seed()
+            except Exception:  # noqa: BLE001 - a numpy without it, or half imported
+                pass
+        spec = importlib.util.spec_from_file_location("ppgate_worker", script)
+        assert spec is not None and spec.loader is not None
+        worker = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(worker)
+        worker.serve(link.detach(), os.getppid())
+        status = 0
+    except BaseException:  # noqa: BLE001 - whatever happens, this process must not go on
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(status)
+
+
+def fork_workers(count: int, script: str) -> List[Tuple[socket.socket, int]]:
+    """Forks this process into `count` workers for the private node to adopt (`ppgate serve
+    --adopt-worker FD:PID`): a fork is ready in a millisecond where a fresh interpreter takes tens,
+    so Server() gets its first result as soon as multiprocessing's fork Pool would. Each is a
+    slot's first process only: once it has run jobs and the queue is empty, the node hands its slot
+    to a fresh interpreter, so jobs run in a clean process, as pp's do. Returns the node's end of
+    each worker's link and the worker's pid."""
+    for stream in (sys.stdout, sys.stderr):  # not written twice by the children
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    forked: List[Tuple[socket.socket, int]] = []
+    for _ in range(count):
+        node_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError:
+            node_end.close()
+            worker_end.close()
+            break
+        if pid == 0:
+            for earlier, _ in forked:
+                earlier.close()
+            node_end.close()
+            _become_worker(script, worker_end)
+        worker_end.close()
+        forked.append((node_end, pid))
+    return forked
+
+
+def reap(pid: int, timeout: float) -> None:
+    """Waits up to `timeout` for forked worker `pid` to exit (the node stops it), then kills it."""
+    deadline = time.monotonic() + timeout
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)  # not reaped yet, so the pid is still this child's
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.002)
+    except ChildProcessError:  # reaped already (the program waited for any child)
+        pass
+
+
 class PrivateNode:
     """A ppgate child on a random loopback port with a random token. It stops with stop(), and
     on its own when this process exits, however it exits (--parent-pid).
@@ -51,7 +171,8 @@ class PrivateNode:
         """`peer_listen`: a host to open a peer port on (port 0: one is picked, `peer_port`),
         where nodes join this one (a SlurmCluster's batch jobs)."""
         self.token = secrets.token_urlsafe(24)
-        args = [find_ppgate(), "serve", "--listen", "127.0.0.1:0",
+        binary = find_ppgate()
+        args = [binary, "serve", "--listen", "127.0.0.1:0",
                 "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
                 "--parent-pid", str(os.getpid()), "--log-level", "warn"]
         if sys.executable:
@@ -75,8 +196,25 @@ class PrivateNode:
             if peer_listen is None:
                 args += ["--peer-secret-env", "PPGATE_PEER_SECRET"]
                 env["PPGATE_PEER_SECRET"] = secret or ""
+        # Forked before the node starts, so that no thread of this client exists yet.
+        self._forked: List[int] = []  # the pids of the forks the node adopted, until reaped
+        self._next_reap = 0.0
+        script = find_worker_script(binary)
+        slots = len(os.sched_getaffinity(0)) if ncpus == "autodetect" else int(ncpus)
+        links = fork_workers(slots, script) if script is not None and slots > 0 and _may_fork() else []
+        for link, pid in links:
+            args += ["--adopt-worker", "%d:%d" % (link.fileno(), pid)]
+            self._forked.append(pid)
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True,
+                                         pass_fds=[link.fileno() for link, _ in links])
+        except BaseException:
+            self._reap_forked(0.0)
+            raise
+        finally:
+            for link, _ in links:
+                link.close()  # the node has its copy; the worker sees EOF when the node ends
         self._unread = b""
         line = self._next_line()
         prefix = "ppgate listening on "
@@ -110,6 +248,31 @@ class PrivateNode:
         line, _, self._unread = data.partition(b"\n")
         return line.decode(errors="replace").strip()
 
+    @property
+    def forked_alive(self) -> bool:
+        """Whether forked workers may be left to reap."""
+        return bool(self._forked)
+
+    def reap_exited(self) -> None:
+        """Collects forked workers the node has handed over and stopped (no zombies linger);
+        looks at most every 0.2 s."""
+        now = time.monotonic()
+        if now < self._next_reap:
+            return
+        self._next_reap = now + 0.2
+        for pid in list(self._forked):
+            try:
+                done = os.waitpid(pid, os.WNOHANG) != (0, 0)
+            except ChildProcessError:
+                done = True
+            if done:
+                self._forked.remove(pid)
+
+    def _reap_forked(self, timeout: float) -> None:
+        pids, self._forked = self._forked, []
+        for pid in pids:
+            reap(pid, timeout)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # at once, as pp's destroy() (SIGTERM would drain)
@@ -120,3 +283,6 @@ class PrivateNode:
                 self.proc.wait(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        # The node has stopped its adopted workers; one it could not (it was killed) ends at
+        # the EOF on its link, or is killed here.
+        self._reap_forked(2.0)

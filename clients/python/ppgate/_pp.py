@@ -700,6 +700,8 @@ class Server:
         checking its arguments, and what Executor.submit() does."""
         func, args, kwargs, depfuncs, modules = call.func, call.args, call.kwargs, call.depfuncs, call.modules
         user_globals, group, timeout, retries = call.globals, call.group, call.timeout, call.retries
+        if self._node is not None and self._node.forked_alive:
+            self._node.reap_exited()  # the forks the node has handed over, no zombies left
         key: Tuple[Any, ...] = (func.__func__ if isinstance(func, types.MethodType) else func, depfuncs, modules,
                user_globals is not None)
         if isinstance(func, types.MethodType):

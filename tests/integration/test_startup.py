@@ -1,0 +1,218 @@
+"""Start-up of the Python client's private node: Server() forks itself into one worker per slot
+before it starts the node, which adopts them (`ppgate serve --adopt-worker FD:PID`); once their
+queue is empty, fresh interpreters take their slots. Each case runs a program of its own, so that
+the fork happens in a process with one thread, as in a user's script."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CLIENT = os.path.join(ROOT, "clients", "python")
+sys.path.insert(0, HERE)
+
+from harness import Node, ppgate_binary  # noqa: E402
+
+WAIT = 60  # seconds: the bound on every wait in these tests
+DEBIAN_PYTHON = "/usr/bin/python3"  # has numpy (python3-numpy)
+
+PRELUDE = """
+import json, os, sys, threading, time, urllib.request
+sys.path.insert(0, %r)
+import ppgate
+
+def who(delay=0.0):
+    import os, time
+    time.sleep(delay)
+    return os.getpid(), os.getppid()
+
+def nodes(server):
+    request = urllib.request.Request(server.url + "/v1/nodes",
+                                     headers={"Authorization": "Bearer " + server._token})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["nodes"][0]
+
+def stats(server):
+    request = urllib.request.Request(server.url + "/v1/stats",
+                                     headers={"Authorization": "Bearer " + server._token})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+def wait_until(predicate, what):
+    deadline = time.monotonic() + 30
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out waiting for " + what)
+        time.sleep(0.02)
+""" % CLIENT
+
+
+def run_program(body, python=sys.executable, env=None):
+    """Runs PRELUDE + body as a script; returns the JSON object its last line prints."""
+    e = dict(os.environ)
+    e.pop("PPGATE_FORK_WORKERS", None)
+    e.update(env or {})
+    with tempfile.TemporaryDirectory() as folder:
+        script = os.path.join(folder, "program.py")  # a file: the client sends its functions' source
+        with open(script, "w") as f:
+            f.write(PRELUDE + textwrap.dedent(body))
+        r = subprocess.run([python, script], capture_output=True, text=True, timeout=WAIT, env=e)
+    if r.returncode != 0:
+        raise AssertionError("the program failed (%d):\n%s\n%s" % (r.returncode, r.stdout, r.stderr))
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+class TestForkedWorkers(unittest.TestCase):
+    def test_the_first_jobs_run_in_forks_of_the_client_then_in_fresh_interpreters(self):
+        out, stderr = run_program("""
+            server = ppgate.Server(2)
+            node_pid = server._node.proc.pid
+            forked = list(server._node._forked)
+            # Two jobs at once, one per slot: both in the client's forks.
+            first = [job() for job in [server.submit(who, (0.3,)) for _ in range(2)]]
+            # Their queue is empty: fresh interpreters, the node's children, take the slots.
+            wait_until(lambda: all(w["pid"] and w["pid"] not in forked for w in nodes(server)["workers"]),
+                       "fresh workers")
+            later = [job() for job in [server.submit(who, (0.3,)) for _ in range(2)]]
+            restarts = stats(server)["worker_restarts"]
+            server.destroy()
+            try:
+                os.waitpid(-1, os.WNOHANG)
+                children_left = True
+            except ChildProcessError:
+                children_left = False
+            print(json.dumps({"me": os.getpid(), "node": node_pid, "forked": forked, "first": first,
+                              "later": later, "restarts": restarts, "children_left": children_left}))
+        """)
+        self.assertEqual(len(out["forked"]), 2)
+        self.assertEqual(sorted(pid for pid, _ in out["first"]), sorted(out["forked"]))
+        self.assertTrue(all(parent == out["me"] for _, parent in out["first"]), out)
+        self.assertTrue(all(parent == out["node"] for _, parent in out["later"]), out)
+        self.assertFalse(set(pid for pid, _ in out["later"]) & set(out["forked"]))
+        self.assertEqual(out["restarts"], 0)  # a hand-over is no restart
+        self.assertFalse(out["children_left"], "destroy() reaps the forks and the node")
+        self.assertEqual(stderr, "")
+
+    def test_no_fork_with_other_threads_running_or_when_turned_off(self):
+        out, _ = run_program("""
+            stop = threading.Event()
+            helper = threading.Thread(target=stop.wait)
+            helper.start()
+            with ppgate.Server(1) as server:
+                threaded = (server._node._forked, server.submit(who)()[1], server._node.proc.pid)
+            stop.set()
+            helper.join()
+            print(json.dumps({"threaded": threaded}))
+        """)
+        forked, parent, node = out["threaded"]
+        self.assertEqual(forked, [])
+        self.assertEqual(parent, node)
+        out, _ = run_program("""
+            with ppgate.Server(1) as server:
+                print(json.dumps({"off": [server._node._forked, server.submit(who)()[1], server._node.proc.pid]}))
+        """, env={"PPGATE_FORK_WORKERS": "0"})
+        forked, parent, node = out["off"]
+        self.assertEqual(forked, [])
+        self.assertEqual(parent, node)
+
+    def test_a_fork_that_dies_before_answering_gives_its_job_to_a_fresh_worker(self):
+        out, _ = run_program("""
+            def die_if_forked(client):
+                import os, signal
+                if os.getppid() == client:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return "fresh"
+            with ppgate.Server(1) as server:
+                # The fork answered nothing: as far as anyone knows, it never became a worker.
+                first = server.submit(die_if_forked, (os.getpid(),))()
+                restarts = stats(server)["worker_restarts"]
+            print(json.dumps({"first": first, "restarts": restarts}))
+        """)
+        self.assertEqual(out, {"first": "fresh", "restarts": 1})
+
+    def test_a_job_that_kills_a_fork_that_has_answered_fails_as_with_any_worker(self):
+        out, _ = run_program("""
+            def die_if_forked(client):
+                import os, signal
+                if os.getppid() == client:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return "fresh"
+            with ppgate.Server(1) as server:
+                # Queued together: the second goes to the fork once the first has answered.
+                quick, killer = server.submit(who, (0.2,)), server.submit(die_if_forked, (os.getpid(),))
+                first = quick()
+                try:
+                    killer()
+                    lost = None
+                except ppgate.WorkerDiedError as e:
+                    lost = str(e)
+                again = server.submit(die_if_forked, (os.getpid(),))()
+                restarts = stats(server)["worker_restarts"]
+            print(json.dumps({"me": os.getpid(), "first": first, "lost": lost, "again": again,
+                              "restarts": restarts}))
+        """)
+        self.assertEqual(out["first"][1], out["me"])
+        self.assertIn("exited", out["lost"] or "", out)
+        self.assertEqual(out["again"], "fresh")
+        self.assertEqual(out["restarts"], 1)
+
+    def test_forked_workers_do_not_share_numpy_s_random_state(self):
+        out, _ = run_program("""
+            import numpy as np
+            np.random.seed(1234)  # the client's own state, which forks would copy
+            def draw():
+                import os, numpy as np
+                return os.getppid(), np.random.random()
+            with ppgate.Server(2) as server:
+                draws = [job() for job in [server.submit(draw) for _ in range(2)]]
+            print(json.dumps({"me": os.getpid(), "draws": draws, "client": np.random.random()}))
+        """, python=DEBIAN_PYTHON)
+        (parent_a, a), (parent_b, b) = out["draws"]
+        self.assertEqual({parent_a, parent_b}, {out["me"]})  # both ran in forks
+        self.assertNotEqual(a, b)
+        self.assertNotIn(out["client"], (a, b))
+
+
+class TestAdoptWorkerFlag(unittest.TestCase):
+    def test_bad_adopted_workers_are_refused_at_start(self):
+        with open(os.devnull) as not_a_socket:
+            fd = not_a_socket.fileno()
+            os.set_inheritable(fd, True)
+            cases = [
+                (["--adopt-worker", "5"], "--adopt-worker expects FD:PID"),
+                (["--adopt-worker", "1:1234"], "--adopt-worker FD expects a whole number from 3"),
+                (["--adopt-worker", "9:1"], "--adopt-worker PID expects a whole number from 2"),
+                (["--adopt-worker", "%d:1234" % fd], "is not an open Unix stream socket"),
+                (["--adopt-worker", "900:1234"], "is not an open Unix stream socket"),
+            ]
+            for args, fragment in cases:
+                r = subprocess.run([ppgate_binary(), "serve", "--workers", "1"] + args,
+                                   capture_output=True, text=True, timeout=20, pass_fds=(fd,))
+                self.assertEqual(r.returncode, 2, args)
+                self.assertIn(fragment, r.stderr, args)
+        a, b = socket.socketpair()
+        with a, b:
+            r = subprocess.run([ppgate_binary(), "serve", "--adopt-worker",
+                                "%d:%d" % (a.fileno(), os.getpid()), "--max-worker-memory", "1G"],
+                               capture_output=True, text=True, timeout=20, pass_fds=(a.fileno(),))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("cannot be held to --max-worker-memory", r.stderr)
+
+    def test_an_adopted_process_that_is_gone_leaves_its_slot_to_a_worker_of_its_own(self):
+        a, b = socket.socketpair()
+        child = subprocess.Popen(["true"])
+        child.wait()  # reaped: its pid names nobody now
+        with a, b, Node("--adopt-worker", "%d:%d" % (a.fileno(), child.pid), workers=1,
+                        pass_fds=(a.fileno(),)) as node:
+            self.assertEqual(node.run("def f():\n    return 6 * 7\n", "f")["result"], 42)
+            self.assertIn("is gone", node.log_text())
+
+
+if __name__ == "__main__":
+    unittest.main()
