@@ -3,6 +3,7 @@ travel, errors, callbacks, the Executor, node lifetime, and the examples."""
 
 import concurrent.futures
 import contextlib
+import inspect
 import io
 import os
 import pickle
@@ -24,6 +25,8 @@ from client_helpers import (Point, add, crash, fail, fail_at, getpid, isprime, m
                             make_multiplier, nap, scale_point, shout, sum_primes,
                             uses_global_value, uses_math_without_declaring_it)
 from harness import Node, pid_alive  # noqa: E402
+import odd_sources  # noqa: E402
+from ppgate._functions import _dedented_source, _def_cut_by_indentation  # noqa: E402
 
 WAIT = 60  # seconds: the bound on every wait for a job in these tests
 
@@ -170,6 +173,31 @@ class TestHowFunctionsTravel(SharedServer):
 
     def test_globals_supply_values(self):
         self.assertEqual(self.run_job(uses_global_value, (2,), globals={"FACTOR": 21}), 42)
+
+
+class TestSourceCut(SharedServer):
+    """A def's source is cut by indentation (no tokenizer on the way to the first result), and
+    only when the cut compiles; otherwise inspect cuts it."""
+
+    RUNNABLE = (odd_sources.one_line, odd_sources.with_a_string_at_column_zero,
+                odd_sources.with_brackets_at_column_zero, odd_sources.with_a_continued_line,
+                odd_sources.with_comments, odd_sources.with_a_nested_def, odd_sources.after_everything)
+
+    def test_the_cut_is_inspect_s_and_the_jobs_run(self):
+        for fn in self.RUNNABLE + (odd_sources.a_coroutine,):
+            self.assertEqual(_dedented_source(fn).rstrip(), textwrap.dedent(inspect.getsource(fn)).rstrip(),
+                             fn.__name__)
+        jobs = [(fn, self.server.submit(fn, (1,))) for fn in self.RUNNABLE]
+        for fn, job in jobs:
+            self.assertEqual(job(timeout=WAIT), fn(1), fn.__name__)
+
+    def test_lines_indented_less_inside_strings_or_brackets_are_left_to_inspect(self):
+        for fn in (odd_sources.with_a_string_at_column_zero, odd_sources.with_brackets_at_column_zero,
+                   odd_sources.with_a_continued_line):
+            self.assertIsNone(_def_cut_by_indentation(fn), fn.__name__)
+        self.assertIsNone(_def_cut_by_indentation(odd_sources.decorated.__wrapped__))
+        self.assertIn("@functools.lru_cache", _dedented_source(odd_sources.decorated.__wrapped__))
+        self.assertIsNotNone(_def_cut_by_indentation(odd_sources.with_comments))
 
 
 class TestErrors(SharedServer):
