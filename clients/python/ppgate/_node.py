@@ -63,9 +63,9 @@ _FORK_MAX_RESIDENT_BYTES = 1 << 30
 
 
 def _may_fork() -> bool:
-    """Whether this process can fork itself into workers safely: Linux, no thread but this one
-    (a fork copies only the calling thread; a lock another thread holds would stay held), and not
-    turned off with PPGATE_FORK_WORKERS=0."""
+    """Whether this process can fork itself into workers safely and cheaply: Linux, no thread but
+    this one (a fork copies only the calling thread; a lock another thread holds would stay held),
+    under _FORK_MAX_RESIDENT_BYTES, and not turned off with PPGATE_FORK_WORKERS=0."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
     if os.environ.get("PPGATE_FORK_WORKERS", "1") == "0":
