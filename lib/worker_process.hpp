@@ -55,7 +55,6 @@ class worker_process {
   worker_process& operator=(const worker_process&) = delete;
 
   pid_t pid() const { return pid_; }
-  bool adopted() const { return adopted_; }
   net::local::stream_protocol::socket& socket() { return socket_; }
 
   // SIGKILL to the worker's whole process group (whatever its jobs started goes with it); the
