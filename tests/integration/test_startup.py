@@ -32,6 +32,12 @@ def who(delay=0.0):
     time.sleep(delay)
     return os.getpid(), os.getppid()
 
+def die_if_forked(client):
+    import os, signal
+    if os.getppid() == client:  # a fork of `client`, not a fresh interpreter
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "fresh"
+
 def nodes(server):
     request = urllib.request.Request(server.url + "/v1/nodes",
                                      headers={"Authorization": "Bearer " + server._token})
@@ -123,11 +129,6 @@ class TestForkedWorkers(unittest.TestCase):
 
     def test_a_fork_that_dies_before_answering_gives_its_job_to_a_fresh_worker(self):
         out, _ = run_program("""
-            def die_if_forked(client):
-                import os, signal
-                if os.getppid() == client:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return "fresh"
             with ppgate.Server(1) as server:
                 # The fork answered nothing: as far as anyone knows, it never became a worker.
                 first = server.submit(die_if_forked, (os.getpid(),))()
@@ -138,11 +139,6 @@ class TestForkedWorkers(unittest.TestCase):
 
     def test_a_job_that_kills_a_fork_that_has_answered_fails_as_with_any_worker(self):
         out, _ = run_program("""
-            def die_if_forked(client):
-                import os, signal
-                if os.getppid() == client:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return "fresh"
             with ppgate.Server(1) as server:
                 # Queued together: the second goes to the fork once the first has answered.
                 quick, killer = server.submit(who, (0.2,)), server.submit(die_if_forked, (os.getpid(),))

@@ -200,8 +200,9 @@ class PrivateNode:
         self._forked: List[int] = []  # the pids of the forks the node adopted, until reaped
         self._next_reap = 0.0
         script = find_worker_script(binary)
-        slots = len(os.sched_getaffinity(0)) if ncpus == "autodetect" else int(ncpus)
-        links = fork_workers(slots, script) if script is not None and slots > 0 and _may_fork() else []
+        links: List[Tuple[socket.socket, int]] = []
+        if script is not None and _may_fork():  # _may_fork: Linux, where sched_getaffinity is
+            links = fork_workers(len(os.sched_getaffinity(0)) if ncpus == "autodetect" else int(ncpus), script)
         for link, pid in links:
             args += ["--adopt-worker", "%d:%d" % (link.fileno(), pid)]
             self._forked.append(pid)
