@@ -280,7 +280,8 @@ class Session:
                 flush()
             batch.append(fields)
             batch_size += size
-            attached = attached or any(isinstance(v, shared_memory.Attached) for v in fields.values())
+            if self.binary and not attached:  # (only a binary session's fields are ever Attached)
+                attached = any(isinstance(v, shared_memory.Attached) for v in fields.values())
             if len(batch) >= _MAX_BATCH:
                 flush()
         flush()
