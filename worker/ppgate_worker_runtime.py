@@ -660,7 +660,7 @@ def handle(payload):
         except BaseException:  # noqa: BLE001 - the job is not run; a later one reports any problem
             pass
         return b""
-    started = _perf_counter()
+    started = run_started = _perf_counter()
     out, err = _StringIO(), _StringIO()
     saved = sys.stdout, sys.stderr
     job_id = 0
@@ -670,6 +670,7 @@ def handle(payload):
         sys.stdout, sys.stderr = out, err
         if _memory.limit:
             _memory.before_job()
+        run_started = _perf_counter()
         elapsed, encoded = _run(msg)
         status, body = "ok", '"result":' + encoded
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are job errors too
@@ -685,7 +686,8 @@ def handle(payload):
     finally:
         sys.stdout, sys.stderr = saved
     try:
-        retire = _baseline.restore(_perf_counter() - started)
+        # (from the job's start: parsing its message starts no process)
+        retire = _baseline.restore(_perf_counter() - run_started)
         if not retire and _memory.limit and _memory.after_job():
             retire = _OVER_MEMORY
     except BaseException as exc:  # noqa: BLE001 - the job broke what restore() uses
