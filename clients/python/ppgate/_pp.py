@@ -707,9 +707,9 @@ class Server:
         user_globals, group, timeout, retries = call.globals, call.group, call.timeout, call.retries
         if self._node is not None and self._node.forked_alive:
             self._node.reap_exited()  # the forks the node has handed over, no zombies left
-        method = type(func) is types.MethodType
-        key: Tuple[Any, ...] = (func.__func__ if method else func, depfuncs, modules, user_globals is not None)
-        if method:
+        key: Tuple[Any, ...] = (func.__func__ if isinstance(func, types.MethodType) else func, depfuncs, modules,
+               user_globals is not None)
+        if isinstance(func, types.MethodType):
             key += (func.__self__ if isinstance(func.__self__, type) else type(func.__self__),)
         try:
             cached = self._functions.get(key)
@@ -726,7 +726,7 @@ class Server:
         session = self._session
         if session is None:
             raise DestroyedServerError("server instance has been destroyed")
-        if method and not isinstance(func.__self__, type):
+        if isinstance(func, types.MethodType) and not isinstance(func.__self__, type):
             instance = self._sent_once.stand_in(self, session, func.__self__)
             if call.map:  # the instance as a column of its own, pickled once
                 args = ([instance] * min(map(len, args), default=0),) + args
