@@ -1,5 +1,6 @@
 #include "node_server.hpp"
 
+#include "adopted_process.hpp"
 #include "shared_memory.hpp"
 
 #include "event_hub.hpp"
@@ -64,7 +65,8 @@ void node_server::start() {
   }
   scheduler_.set_event_sink(events_.get());
   events_->start();
-  pool_.adopt(opts_.adopted_workers);  // the first slots' first processes
+  if (opts_.adopt_from >= 0)  // the first slots' first processes: the caller forks them meanwhile
+    pool_.adopt(receive_adopted_workers(opts_.adopt_from, std::chrono::seconds(10)));
   resize_local(opts_.workers);
   peers_.start();
   wait_for_signals();

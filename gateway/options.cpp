@@ -1,5 +1,6 @@
 #include "options.hpp"
 
+#include "adopted_process.hpp"
 #include "frame.hpp"
 
 #include <boost/asio/ip/address.hpp>
@@ -38,24 +39,14 @@ Int parse_int(std::string_view flag, std::string_view text, Int min, Int max) {
   return value;
 }
 
-// "FD:PID". The descriptor must be an open Unix stream socket: anything else is refused now, not
-// found out when the first job is written to it.
-adopted_process parse_adopted_worker(std::string_view text) {
-  const auto colon = text.find(':');
-  if (colon == std::string_view::npos) throw usage_error("--adopt-worker expects FD:PID");
-  adopted_process w;
-  w.socket_fd = parse_int<int>("--adopt-worker FD", text.substr(0, colon), 3, 1 << 20);
-  w.pid = parse_int<pid_t>("--adopt-worker PID", text.substr(colon + 1), 2, 1 << 30);
-  int domain = 0, type = 0;
-  socklen_t len = sizeof domain;
-  const bool unix_socket = ::getsockopt(w.socket_fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
-                           domain == AF_UNIX &&
-                           (len = sizeof type, ::getsockopt(w.socket_fd, SOL_SOCKET, SO_TYPE, &type, &len)) == 0 &&
-                           type == SOCK_STREAM;
-  if (!unix_socket)
-    throw usage_error("--adopt-worker " + std::string(text) + ": descriptor " + std::to_string(w.socket_fd) +
+// --adopt-from FD: the descriptor must be an open Unix stream socket. Anything else is refused
+// now, not found out when the node waits on it for workers.
+int parse_adoption_channel(std::string_view text) {
+  const int fd = parse_int<int>("--adopt-from", text, 3, 1 << 20);
+  if (!is_unix_stream_socket(fd))
+    throw usage_error("--adopt-from " + std::string(text) + ": descriptor " + std::string(text) +
                       " is not an open Unix stream socket");
-  return w;
+  return fd;
 }
 
 // A number of seconds from min to max, as milliseconds.
@@ -323,9 +314,9 @@ serve options (each may also be set in a --config file):
   --log-format FORMAT    text (default) or json: one object per line, with time, level, pid
                          and message
   --parent-pid PID       stop when process PID exits (the Python client's private nodes use it)
-  --adopt-worker FD:PID  take worker process PID, connected on the Unix socket FD, as a slot's
-                         first process (repeatable; the Python client forks itself into these
-                         so that its first jobs wait for no interpreter to start)
+  --adopt-from FD        take the worker processes the caller sends on the Unix socket FD as
+                         the first slots' first processes (the Python client forks itself into
+                         these so that its first jobs wait for no interpreter to start)
   --stats-interval SECONDS  time between snapshots on the /v1/events stream (default 1; 0.05 to 60)
   --busy-poll MICROSECONDS  after sending results to a job session, while no job runs, poll
                          this long before sleeping, so the client's next job is seen at once
@@ -520,8 +511,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       o.busy_poll = std::chrono::microseconds(parse_int<long>(flag, take_value(), 0, 10000));
     } else if (flag == "--parent-pid") {
       o.parent_pid = parse_int<long>(flag, take_value(), 1, 1L << 30);
-    } else if (flag == "--adopt-worker") {
-      o.adopted_workers.push_back(parse_adopted_worker(take_value()));
+    } else if (flag == "--adopt-from") {
+      o.adopt_from = parse_adoption_channel(take_value());
     } else if (flag == "--log-format") {
       o.log_format = take_value();
       if (o.log_format != "text" && o.log_format != "json")
@@ -582,8 +573,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     ::gethostname(host, sizeof host - 1);
     o.peer.name = std::string(host) + "-" + std::to_string(::getpid());
   }
-  if (!o.adopted_workers.empty() && o.max_worker_memory != 0)
-    throw usage_error("--adopt-worker: an adopted worker cannot be held to --max-worker-memory");
+  if (o.adopt_from >= 0 && o.max_worker_memory != 0)
+    throw usage_error("--adopt-from: an adopted worker cannot be held to --max-worker-memory");
   const bool loopback = boost::asio::ip::make_address(o.listen_host).is_loopback();
   if (!loopback && o.secret.empty() && !o.insecure)
     throw usage_error("--listen " + o.listen_host +

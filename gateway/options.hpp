@@ -2,7 +2,6 @@
 #pragma once
 
 #include "peer/peer_settings.hpp"
-#include "adopted_process.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -46,8 +45,9 @@ struct serve_options {
   std::string log_level = "info";
   std::string log_format = "text";  // or "json": one JSON object per line
   long parent_pid = 0;  // stop when this process exits (0: no such watch)
-  // --adopt-worker FD:PID: workers the caller started, one for each of the first slots.
-  std::vector<adopted_process> adopted_workers;
+  // --adopt-from FD: the Unix socket the caller sends the workers it started on, one for each
+  // of the first slots (receive_adopted_workers); -1: none.
+  int adopt_from = -1;
   std::chrono::milliseconds stats_interval{1000};  // between snapshots on /v1/events
   // How long the event loop polls after results went to a job session, while no job runs
   // (node_server::should_poll). 0 disables it; it is off on a single CPU.

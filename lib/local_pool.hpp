@@ -20,7 +20,7 @@ class local_pool : public node {
   std::size_t slot_count() const override { return slots_.size(); }
   const std::string& python_version() const override { return opts_.python_version; }
 
-  // Workers the caller started (--adopt-worker), taken over now: the next resize() gives one to
+  // Workers the caller started (--adopt-from), taken over now: the next resize() gives one to
   // each slot it creates, and stops those left over. One that is gone already is skipped.
   void adopt(const std::vector<adopted_process>& workers);
 

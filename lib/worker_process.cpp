@@ -103,7 +103,7 @@ worker_process::worker_process(net::any_io_executor ex, adopted_process adopted)
   if (pidfd < 0) {
     const int err = errno;
     ::close(adopted.socket_fd);
-    throw_errno(err, ("--adopt-worker: process " + std::to_string(pid_) + " is gone").c_str());
+    throw_errno(err, ("--adopt-from: process " + std::to_string(pid_) + " is gone").c_str());
   }
   ::fcntl(adopted.socket_fd, F_SETFD, FD_CLOEXEC);  // no worker this node starts inherits it
   pidfd_.assign(pidfd);

@@ -1,7 +1,7 @@
 // One worker child process, `<python> ppgate_worker.py --fd 3 --node-pid P`: spawned with posix_spawn
 // (never fork in a process that runs C++ afterwards), in a process group of its own, connected by a
 // socketpair on the child's fd 3, supervised through a pidfd. Or one the node adopts
-// (--adopt-worker): a process its caller started, connected the same way, supervised by pidfd only.
+// (--adopt-from): a process its caller started, connected the same way, supervised by pidfd only.
 // Distinct objects: safe. Shared objects: unsafe.
 #pragma once
 

@@ -58,7 +58,7 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& pool,
               const worker_options& opts);
 
-  // Starts supervising: spawn, serve, reap, repeat. An adopted process (--adopt-worker) serves
+  // Starts supervising: spawn, serve, reap, repeat. An adopted process (--adopt-from) serves
   // first, provisionally: it is a fork of the client, so once it has run jobs and the queue has
   // none left for it, a fresh interpreter takes its place (a hand-over, not counted a restart).
   void launch(std::unique_ptr<worker_process> adopted = nullptr);

@@ -107,7 +107,7 @@ def _load_halves():
 def serve(fd, node_pid, memory=None, rlimit=False):
     """Runs jobs from the node on socket `fd` until it closes the link. `node_pid` is this
     process's parent, whose death ends it. Also the entry of a worker the Python client forks
-    from itself for its private node to adopt (`ppgate serve --adopt-worker`)."""
+    from itself for its private node to adopt (`ppgate serve --adopt-from`)."""
     loop, runtime = _load_halves()
     runtime.own_link(fd)
     if memory is not None:

@@ -46,7 +46,7 @@ class Node:
         self.env.pop("PPGATE_SECRET", None)
         if env:
             self.env.update(env)
-        self.pass_fds = tuple(pass_fds)  # descriptors the node inherits (--adopt-worker)
+        self.pass_fds = tuple(pass_fds)  # descriptors the node inherits (--adopt-from)
         self.proc = None
         self.port = None
         self.token = None

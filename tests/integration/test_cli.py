@@ -30,7 +30,7 @@ class TestCommandLine(unittest.TestCase):
                      "--idle-timeout", "--keep-finished", "--worker-dir", "--python", "--log-level", "--busy-poll",
                      "--stats-interval", "--parent-pid", "--drain-timeout", "--join", "--max-jobs-per-worker",
                      "--max-worker-memory", "--config", "--log-format", "--journal", "--keep-finished-for",
-                     "--adopt-worker"):
+                     "--adopt-from"):
             self.assertIn(flag, r.stdout)
 
     def test_bad_flags_get_a_clear_error(self):

@@ -1,8 +1,9 @@
 """Start-up of the Python client's private node: Server() forks itself into one worker per slot
-before it starts the node, which adopts them (`ppgate serve --adopt-worker FD:PID`); once their
+while its node starts, which adopts them (`ppgate serve --adopt-from FD`); once their
 queue is empty, fresh interpreters take their slots. Each case runs a program of its own, so that
 the fork happens in a process with one thread, as in a user's script."""
 
+import array
 import json
 import os
 import socket
@@ -175,17 +176,22 @@ class TestForkedWorkers(unittest.TestCase):
         self.assertNotIn(out["client"], (a, b))
 
 
-class TestAdoptWorkerFlag(unittest.TestCase):
-    def test_bad_adopted_workers_are_refused_at_start(self):
+def send_workers(channel, pids_text, fds):
+    """What the client sends on --adopt-from: one message, the sockets and their pids as text."""
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    channel.sendmsg([pids_text.encode()], ancillary)
+
+
+class TestAdoptFromFlag(unittest.TestCase):
+    def test_bad_adoption_channels_are_refused_at_start(self):
         with open(os.devnull) as not_a_socket:
             fd = not_a_socket.fileno()
             os.set_inheritable(fd, True)
             cases = [
-                (["--adopt-worker", "5"], "--adopt-worker expects FD:PID"),
-                (["--adopt-worker", "1:1234"], "--adopt-worker FD expects a whole number from 3"),
-                (["--adopt-worker", "9:1"], "--adopt-worker PID expects a whole number from 2"),
-                (["--adopt-worker", "%d:1234" % fd], "is not an open Unix stream socket"),
-                (["--adopt-worker", "900:1234"], "is not an open Unix stream socket"),
+                (["--adopt-from", "five"], "--adopt-from expects a whole number from 3"),
+                (["--adopt-from", "1"], "--adopt-from expects a whole number from 3"),
+                (["--adopt-from", str(fd)], "is not an open Unix stream socket"),
+                (["--adopt-from", "900"], "is not an open Unix stream socket"),
             ]
             for args, fragment in cases:
                 r = subprocess.run([ppgate_binary(), "serve", "--workers", "1"] + args,
@@ -194,20 +200,56 @@ class TestAdoptWorkerFlag(unittest.TestCase):
                 self.assertIn(fragment, r.stderr, args)
         a, b = socket.socketpair()
         with a, b:
-            r = subprocess.run([ppgate_binary(), "serve", "--adopt-worker",
-                                "%d:%d" % (a.fileno(), os.getpid()), "--max-worker-memory", "1G"],
+            r = subprocess.run([ppgate_binary(), "serve", "--adopt-from", str(a.fileno()),
+                                "--max-worker-memory", "1G"],
                                capture_output=True, text=True, timeout=20, pass_fds=(a.fileno(),))
         self.assertEqual(r.returncode, 2)
         self.assertIn("cannot be held to --max-worker-memory", r.stderr)
 
+    def adopting_node(self, pids_text, fds):
+        """A one-worker node that was sent (pids_text, fds) on --adopt-from, then EOF."""
+        node_end, sender = socket.socketpair()
+        with node_end, sender:
+            if pids_text or fds:
+                send_workers(sender, pids_text, fds)
+            sender.close()  # the node reads what was sent before it starts
+            node = Node("--adopt-from", str(node_end.fileno()), workers=1, pass_fds=(node_end.fileno(),))
+            node.start()
+        return node
+
     def test_an_adopted_process_that_is_gone_leaves_its_slot_to_a_worker_of_its_own(self):
-        a, b = socket.socketpair()
+        link, worker_end = socket.socketpair()
         child = subprocess.Popen(["true"])
         child.wait()  # reaped: its pid names nobody now
-        with a, b, Node("--adopt-worker", "%d:%d" % (a.fileno(), child.pid), workers=1,
-                        pass_fds=(a.fileno(),)) as node:
+        with link, worker_end:
+            node = self.adopting_node(str(child.pid), [link.fileno()])
+        try:
             self.assertEqual(node.run("def f():\n    return 6 * 7\n", "f")["result"], 42)
             self.assertIn("is gone", node.log_text())
+        finally:
+            node.stop()
+
+    def test_a_malformed_adoption_adopts_nothing_and_the_node_serves(self):
+        link, worker_end = socket.socketpair()
+        with link, worker_end, open(os.devnull) as not_a_socket:
+            cases = [
+                ("12x", [link.fileno()], "the pids are not whole numbers"),
+                ("%d %d" % (os.getpid(), os.getpid()), [link.fileno()], "not one pid for each socket"),
+                (str(os.getpid()), [not_a_socket.fileno()], "is not a Unix stream socket"),
+                ("", [], None),  # nothing sent: nothing to adopt, and nothing to say
+            ]
+            for pids_text, fds, complaint in cases:
+                node = self.adopting_node(pids_text, fds)
+                try:
+                    self.assertEqual(node.run("def f():\n    import os\n    return os.getppid()\n", "f")["result"],
+                                     node.proc.pid, pids_text)  # a worker of its own
+                    if complaint:
+                        self.assertIn(complaint, node.log_text())
+                        self.assertIn("no worker adopted", node.log_text())
+                    else:
+                        self.assertNotIn("adopt", node.log_text())
+                finally:
+                    node.stop()
 
 
 if __name__ == "__main__":

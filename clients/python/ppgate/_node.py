@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import importlib.util
 import json
 import os
@@ -113,20 +114,26 @@ def _become_worker(script: str, link: socket.socket) -> None:
         os._exit(status)
 
 
-def fork_workers(count: int, script: str) -> List[Tuple[socket.socket, int]]:
-    """Forks this process into `count` workers for the private node to adopt (`ppgate serve
-    --adopt-worker FD:PID`): a fork is ready in a millisecond where a fresh interpreter takes tens,
-    so Server() gets its first result as soon as multiprocessing's fork Pool would. Each is a
-    slot's first process only: once it has run jobs and the queue is empty, the node hands its slot
-    to a fresh interpreter, so jobs run in a clean process, as pp's do. Returns the node's end of
-    each worker's link and the worker's pid."""
+# The most sockets one message can carry (the kernel's SCM_MAX_FD): more slots than this get
+# fresh interpreters from the start.
+_MAX_FORKS = 253
+
+
+def fork_workers(count: int, script: str, close_in_child: Sequence[int] = ()) -> List[Tuple[socket.socket, int]]:
+    """Forks this process into `count` workers (at most _MAX_FORKS) for the private node to
+    adopt: a fork is ready in a millisecond where a fresh interpreter takes tens, so Server() gets
+    its first result as soon as multiprocessing's fork Pool would. Each is a slot's first process
+    only: once it has run jobs and the queue is empty, the node hands its slot to a fresh
+    interpreter, so jobs run in a clean process, as pp's do. `close_in_child`: descriptors of this
+    process that the workers must not keep open. Returns the node's end of each worker's link and
+    the worker's pid."""
     for stream in (sys.stdout, sys.stderr):  # not written twice by the children
         try:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
     forked: List[Tuple[socket.socket, int]] = []
-    for _ in range(count):
+    for _ in range(min(count, _MAX_FORKS)):
         node_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
@@ -138,10 +145,30 @@ def fork_workers(count: int, script: str) -> List[Tuple[socket.socket, int]]:
             for earlier, _ in forked:
                 earlier.close()
             node_end.close()
+            for fd in close_in_child:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             _become_worker(script, worker_end)
         worker_end.close()
         forked.append((node_end, pid))
     return forked
+
+
+def send_workers(channel: socket.socket, links: Sequence[Tuple[socket.socket, int]]) -> None:
+    """Hands the forked workers to the node (`ppgate serve --adopt-from FD`): one message with
+    their sockets and their pids; the node reads nothing more. A node that has already ended
+    (it printed why) gets nothing, and the workers see EOF on their links once this process
+    closes its copies."""
+    if not links:
+        return
+    pids = " ".join(str(pid) for _, pid in links).encode()
+    sockets = array.array("i", [link.fileno() for link, _ in links])
+    try:
+        channel.sendmsg([pids], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, sockets)])
+    except OSError:
+        pass
 
 
 def reap(pid: int, timeout: float) -> None:
@@ -196,26 +223,41 @@ class PrivateNode:
             if peer_listen is None:
                 args += ["--peer-secret-env", "PPGATE_PEER_SECRET"]
                 env["PPGATE_PEER_SECRET"] = secret or ""
-        # Forked before the node starts, so that no thread of this client exists yet.
         self._forked: List[int] = []  # the pids of the forks the node adopted, until reaped
         self._next_reap = 0.0
         script = find_worker_script(binary)
-        links: List[Tuple[socket.socket, int]] = []
-        if script is not None and _may_fork():  # _may_fork: Linux, where sched_getaffinity is
-            links = fork_workers(len(os.sched_getaffinity(0)) if ncpus == "autodetect" else int(ncpus), script)
-        for link, pid in links:
-            args += ["--adopt-worker", "%d:%d" % (link.fileno(), pid)]
-            self._forked.append(pid)
+        # The node starts first, and forks of this process become its first workers while it
+        # does (docs/architecture.md, "Start-up"). _may_fork: Linux, where sched_getaffinity is.
+        count = 0
+        if script is not None and _may_fork():
+            count = len(os.sched_getaffinity(0)) if ncpus == "autodetect" else int(ncpus)
+        channel: Optional[socket.socket] = None  # this end of --adopt-from
+        node_channel: Optional[socket.socket] = None
+        if count > 0:
+            node_channel, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            args += ["--adopt-from", str(node_channel.fileno())]
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
         try:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True,
-                                         pass_fds=[link.fileno() for link, _ in links])
+                                         pass_fds=[node_channel.fileno()] if node_channel is not None else [])
         except BaseException:
-            self._reap_forked(0.0)
+            if channel is not None:
+                channel.close()
             raise
         finally:
-            for link, _ in links:
-                link.close()  # the node has its copy; the worker sees EOF when the node ends
+            if node_channel is not None:
+                node_channel.close()
+        if channel is not None:
+            assert script is not None and self.proc.stdout is not None
+            links: List[Tuple[socket.socket, int]] = []
+            try:
+                links = fork_workers(count, script, close_in_child=(channel.fileno(), self.proc.stdout.fileno()))
+                self._forked = [pid for _, pid in links]
+                send_workers(channel, links)
+            finally:
+                channel.close()
+                for link, _ in links:
+                    link.close()  # the node has its copy; the worker sees EOF when the node ends
         self._unread = b""
         line = self._next_line()
         prefix = "ppgate listening on "
