@@ -4,8 +4,10 @@ queue is empty, fresh interpreters take their slots. Each case runs a program of
 the fork happens in a process with one thread, as in a user's script."""
 
 import array
+import importlib.util
 import json
 import os
+import py_compile
 import socket
 import subprocess
 import sys
@@ -174,6 +176,48 @@ class TestForkedWorkers(unittest.TestCase):
         self.assertEqual({parent_a, parent_b}, {out["me"]})  # both ran in forks
         self.assertNotEqual(a, b)
         self.assertNotIn(out["client"], (a, b))
+
+
+class TestForkBootstrap(unittest.TestCase):
+    """A fork loads ppgate_worker.py from the bytecode the build made, unless that is stale."""
+
+    def load(self, folder):
+        program = ("import sys; sys.path.insert(0, %r)\n"
+                   "from ppgate import _node\n"
+                   "m = _node._load_worker_bootstrap(%r)\n"
+                   "print(m.__file__, m.serve.__code__.co_filename, m.MARK)"
+                   % (CLIENT, os.path.join(folder, "ppgate_worker.py")))
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=WAIT)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout.split()
+
+    def test_the_build_s_bytecode_is_used_and_a_stale_one_is_not(self):
+        built = os.path.join(os.path.dirname(ppgate_binary()), "..", "worker")
+        tag = sys.implementation.cache_tag
+        self.assertTrue(os.path.isfile(os.path.join(built, "ppgate_worker.%s.pyc" % tag)),
+                        "the build compiles the bootstrap for the python3 on PATH")
+        with open(os.path.join(built, "ppgate_worker.py"), "rb") as f:
+            source = f.read()
+        with tempfile.TemporaryDirectory() as folder:
+            script = os.path.join(folder, "ppgate_worker.py")
+            bytecode = os.path.join(folder, "ppgate_worker.%s.pyc" % tag)
+            with open(script, "wb") as f:
+                f.write(source)
+            # Bytecode that says where it came from, stamped with the hash of the source on disk.
+            marked = os.path.join(folder, "marked.py")
+            with open(marked, "wb") as f:
+                f.write(source + b"\nMARK = 'bytecode'\n")
+            py_compile.compile(marked, bytecode, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+            with open(bytecode, "r+b") as f:
+                f.seek(8)
+                f.write(importlib.util.source_hash(source))
+            # Matching the source: used, and naming the source in tracebacks.
+            self.assertEqual(self.load(folder), [script, script, "bytecode"])
+            # The source changed since: compiled from the source.
+            with open(script, "ab") as f:
+                f.write(b"\nMARK = 'source'\n")
+            self.assertEqual(self.load(folder), [script, script, "source"])
 
 
 def send_workers(channel, pids_text, fds):

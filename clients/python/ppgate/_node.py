@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _imp
 import array
 import importlib.util
 import json
+import marshal
 import os
 import platform
 import select
@@ -17,7 +19,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import List, Optional, Sequence, Tuple
+import types
+from typing import Any, List, Optional, Sequence, Tuple
 
 _START_TIMEOUT = 30.0
 
@@ -99,11 +102,7 @@ def _become_worker(script: str, link: socket.socket) -> None:
                 numpy.random.seed()
             except Exception:  # noqa: BLE001 - a numpy without it, or half imported
                 pass
-        spec = importlib.util.spec_from_file_location("ppgate_worker", script)
-        assert spec is not None and spec.loader is not None
-        worker = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(worker)
-        worker.serve(link.detach(), os.getppid())
+        _load_worker_bootstrap(script).serve(link.detach(), os.getppid())
         status = 0
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not go on
         try:
@@ -112,6 +111,35 @@ def _become_worker(script: str, link: socket.socket) -> None:
             pass
     finally:
         os._exit(status)
+
+
+def _load_worker_bootstrap(script: str) -> Any:
+    """ppgate_worker.py as a module, from the bytecode the build compiled beside it when it is
+    this interpreter's and matches the source (as the worker loads its runtime: _built_bytecode
+    there); else compiled from the source, which takes a fork ~4 ms of CPU that the node and
+    the other forks want while Server() waits for its first result."""
+    module = types.ModuleType("ppgate_worker")
+    module.__file__ = script
+    try:
+        with open(script[:-3] + "." + sys.implementation.cache_tag + ".pyc", "rb") as f:
+            data = f.read()
+        with open(script, "rb") as f:
+            source = f.read()
+    except (OSError, TypeError):  # no bytecode, or no cache tag (an interpreter that caches none)
+        data = source = b""
+    checked_hash = 0b11  # PEP 552 flags: hash-based, checked against the source
+    source_hash: Any = importlib.util.source_hash(source)  # bytes (typeshed says int)
+    if data[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(data[4:8], "little") == checked_hash \
+            and data[8:16] == source_hash:
+        code = marshal.loads(data[16:])
+        fix_filename = getattr(_imp, "_fix_co_filename", None)  # CPython's, untyped
+        if fix_filename is not None:
+            fix_filename(code, script)  # tracebacks name the source, as an import's would
+    else:
+        with open(script, "rb") as f:
+            code = compile(f.read(), script, "exec")
+    exec(code, module.__dict__)
+    return module
 
 
 # The most sockets one message can carry (the kernel's SCM_MAX_FD): more slots than this get
