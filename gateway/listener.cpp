@@ -4,6 +4,8 @@
 #include "json_writer.hpp"
 #include "log.hpp"
 
+#include <fcntl.h>
+
 namespace ppgate {
 
 listener::listener(net::any_io_executor ex, std::size_t max_connections, http_services services)
@@ -15,6 +17,13 @@ listener::listener(net::any_io_executor ex, std::size_t max_connections, http_se
 
 void listener::listen(const net::ip::tcp::endpoint& endpoint) {
   port_ = bind_and_listen(acceptor_, endpoint);
+  net::co_spawn(ex_, accept_loop(), log::on_failure("listener"));
+}
+
+void listener::listen_on(int fd, const net::ip::tcp::endpoint& endpoint) {
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);  // inherited: the workers this node starts must not keep it
+  acceptor_.assign(endpoint.protocol(), fd);
+  port_ = endpoint.port();
   net::co_spawn(ex_, accept_loop(), log::on_failure("listener"));
 }
 

@@ -20,6 +20,8 @@ class listener {
 
   // Binds and starts accepting. Throws when it cannot listen.
   void listen(const net::ip::tcp::endpoint& endpoint);
+  // Starts accepting on `fd`, a socket bound to `endpoint` and listening already (--listen-fd).
+  void listen_on(int fd, const net::ip::tcp::endpoint& endpoint);
   void stop();
   std::uint16_t port() const { return port_; }
   std::size_t open_connections() const { return connections_->open(); }

@@ -49,7 +49,8 @@ node_server::~node_server() { scheduler_.set_event_sink(nullptr); }
 
 void node_server::start() {
   const net::ip::tcp::endpoint endpoint(net::ip::make_address(opts_.listen_host), opts_.listen_port);
-  listener_->listen(endpoint);
+  if (opts_.listen_fd >= 0) listener_->listen_on(opts_.listen_fd, endpoint);
+  else listener_->listen(endpoint);
 
   if (!opts_.pid_file.empty()) {
     std::ofstream pid(opts_.pid_file);

@@ -49,6 +49,31 @@ int parse_adoption_channel(std::string_view text) {
   return fd;
 }
 
+// --listen-fd FD: the descriptor must be a TCP socket that listens (the caller bound it and
+// connects at once, before this node runs: its connections wait in the socket's backlog).
+// Where it is bound becomes listen_host and listen_port, so the checks of --listen apply.
+void parse_listening_socket(std::string_view text, serve_options& o) {
+  const int fd = parse_int<int>("--listen-fd", text, 3, 1 << 20);
+  int type = 0, listening = 0;
+  socklen_t len = sizeof type;
+  sockaddr_storage bound{};
+  socklen_t bound_len = sizeof bound;
+  const bool stream = ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM;
+  len = sizeof listening;
+  const bool accepting = stream && ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening;
+  const bool ip = accepting && ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len) == 0 &&
+                  (bound.ss_family == AF_INET || bound.ss_family == AF_INET6);
+  if (!ip)
+    throw usage_error("--listen-fd " + std::string(text) + ": descriptor " + std::string(text) +
+                      " is not a listening TCP socket");
+  boost::asio::ip::tcp::endpoint endpoint;
+  std::memcpy(endpoint.data(), &bound, bound_len);
+  endpoint.resize(bound_len);
+  o.listen_host = endpoint.address().to_string();
+  o.listen_port = endpoint.port();
+  o.listen_fd = fd;
+}
+
 // A number of seconds from min to max, as milliseconds.
 std::chrono::milliseconds parse_seconds(std::string_view flag, std::string_view text, double min, double max) {
   double seconds = 0;
@@ -269,6 +294,9 @@ serve options (each may also be set in a --config file):
                          take no value; options on the command line override the file's
   --listen HOST:PORT     address of the HTTP API (default 127.0.0.1:8080; port 0 picks a free
                          port, printed on the first line of standard output)
+  --listen-fd FD         serve the HTTP API on the inherited TCP socket FD, already bound and
+                         listening, instead (the Python client's private node: the client
+                         connects before the node runs)
   --workers N|auto       local worker processes (default auto: one per usable CPU; 0 to 1024)
   --secret-file PATH     read the secret from PATH; clients then send
                          'Authorization: Bearer <secret>' with every request
@@ -375,7 +403,7 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
   }
   const std::size_t from_command_line = args.size();
   for (auto& g : given) args.push_back({std::move(g), {}});
-  bool peers_from_file = false, join_from_file = false;
+  bool peers_from_file = false, join_from_file = false, listen_given = false;
   std::string secret_file, secret_env, peer_secret_file, peer_secret_env;
   for (std::size_t i = 0; i < args.size(); ++i) try {
     const bool in_file = i < from_command_line;
@@ -407,6 +435,9 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
       throw usage_error(in_file ? "a config file cannot name another" : "--config may be given once");
     } else if (flag == "--listen") {
       parse_listen(take_value(), o);
+      listen_given = true;
+    } else if (flag == "--listen-fd") {
+      parse_listening_socket(take_value(), o);
     } else if (flag == "--workers") {
       const auto v = take_value();
       if (v == "auto") o.workers.reset();
@@ -537,6 +568,8 @@ parsed_command parse_command_line(int argc, const char* const* argv) {
     o.peer.secret = v;
     o.secret_variables.push_back(peer_secret_env);
   }
+  if (listen_given && o.listen_fd >= 0)
+    throw usage_error("give either --listen or --listen-fd, not both");
   if (!secret_file.empty() && !secret_env.empty())
     throw usage_error("give either --secret-file or --secret-env, not both");
   if (!secret_file.empty()) {

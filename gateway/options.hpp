@@ -19,6 +19,9 @@ struct usage_error : std::runtime_error {
 struct serve_options {
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 8080;
+  // --listen-fd FD: an inherited TCP socket, bound and listening, to serve HTTP on instead of
+  // binding --listen (listen_host and listen_port then say where it is bound); -1: none.
+  int listen_fd = -1;
   std::optional<std::size_t> workers;  // empty: one per usable CPU
   std::string secret;                  // bearer token; empty: none
   std::vector<std::string> secret_variables;  // the environment variables the secrets came from

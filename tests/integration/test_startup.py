@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -296,6 +297,91 @@ class TestAdoptFromFlag(unittest.TestCase):
                         self.assertNotIn("adopt", node.log_text())
                 finally:
                     node.stop()
+
+
+def worker_sockets(node_pid):
+    """The inodes of the sockets the node's children (its workers) hold, once it has some."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        with open("/proc/%d/task/%d/children" % (node_pid, node_pid)) as f:
+            children = [int(pid) for pid in f.read().split()]
+        inodes = set()
+        for child in children:
+            try:
+                for fd in os.listdir("/proc/%d/fd" % child):
+                    target = os.readlink("/proc/%d/fd/%s" % (child, fd))
+                    if target.startswith("socket:["):
+                        inodes.add(int(target[8:-1]))
+            except FileNotFoundError:
+                continue  # gone meanwhile
+        if children and inodes:  # a worker's link to the node is a socket: it is there
+            return inodes
+        time.sleep(0.02)
+    raise AssertionError("the node started no worker within %d s" % WAIT)
+
+
+class TestListenFdFlag(unittest.TestCase):
+    def test_sockets_that_are_not_listening_tcp_ones_are_refused_at_start(self):
+        unix_a, unix_b = socket.socketpair()
+        bound = socket.socket()
+        bound.bind(("127.0.0.1", 0))  # bound but not listening
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        with unix_a, unix_b, bound, udp, listening:
+            fds = (unix_a.fileno(), bound.fileno(), udp.fileno(), listening.fileno())
+            cases = [
+                (["--listen-fd", "two"], "--listen-fd expects a whole number from 3"),
+                (["--listen-fd", "900"], "is not a listening TCP socket"),
+                (["--listen-fd", str(unix_a.fileno())], "is not a listening TCP socket"),
+                (["--listen-fd", str(bound.fileno())], "is not a listening TCP socket"),
+                (["--listen-fd", str(udp.fileno())], "is not a listening TCP socket"),
+                (["--listen-fd", str(listening.fileno()), "--listen", "127.0.0.1:0"],
+                 "give either --listen or --listen-fd"),
+            ]
+            for args, fragment in cases:
+                r = subprocess.run([ppgate_binary(), "serve", "--workers", "1"] + args,
+                                   capture_output=True, text=True, timeout=20, pass_fds=fds)
+                self.assertEqual(r.returncode, 2, args)
+                self.assertIn(fragment, r.stderr, args)
+
+    def test_a_client_that_connected_before_the_node_ran_is_served(self):
+        port = socket.socket()
+        port.bind(("127.0.0.1", 0))
+        port.listen(8)
+        number = port.getsockname()[1]
+        inode = os.fstat(port.fileno()).st_ino
+        client = None
+        try:
+            proc = subprocess.Popen([ppgate_binary(), "serve", "--workers", "1", "--listen-fd", str(port.fileno()),
+                                     "--log-level", "warn"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(port.fileno(),))
+            port.close()
+            # Connected and asked before the node has read its options: the kernel holds both.
+            client = socket.create_connection(("127.0.0.1", number), timeout=WAIT)
+            client.sendall(b"GET /v1/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            self.assertEqual(proc.stdout.readline().decode().strip(), "ppgate listening on http://127.0.0.1:%d" % number)
+            answer = b""
+            while True:
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            self.assertEqual(len(json.loads(body)["nodes"]), 1)
+            # The workers the node starts do not hold the port (else it outlives the node).
+            self.assertEqual(worker_sockets(proc.pid) & {inode}, set())
+            proc.terminate()
+            proc.communicate(timeout=WAIT)
+        finally:
+            if client is not None:
+                client.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(WAIT)
 
 
 if __name__ == "__main__":

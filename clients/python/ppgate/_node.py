@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _imp
+import _thread
 import array
 import importlib.util
 import json
@@ -20,7 +21,7 @@ import threading
 import time
 import traceback
 import types
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 _START_TIMEOUT = 30.0
 
@@ -74,7 +75,8 @@ def _may_fork() -> bool:
         return False
     if os.environ.get("PPGATE_FORK_WORKERS", "1") == "0":
         return False
-    if threading.active_count() != 1 or threading.current_thread() is not threading.main_thread():
+    # (_thread._count: every thread but the main one, however started; sessions start theirs raw)
+    if _thread._count() != 0 or threading.current_thread() is not threading.main_thread():
         return False
     try:
         with open("/proc/self/statm") as statm:
@@ -222,12 +224,25 @@ class PrivateNode:
 
     def __init__(self, ncpus: int | str = "autodetect", restart: bool = False,
                  ppservers: Sequence[str] = (), secret: str | None = None,
-                 peer_listen: str | None = None) -> None:
+                 peer_listen: str | None = None, connect: Optional[Callable[[str, str], Any]] = None) -> None:
         """`peer_listen`: a host to open a peer port on (port 0: one is picked, `peer_port`),
-        where nodes join this one (a SlurmCluster's batch jobs)."""
+        where nodes join this one (a SlurmCluster's batch jobs). `connect(url, token)`: called
+        as soon as the node's port exists, before the node runs (its connection waits in the
+        port's backlog); what it returns (something with fileno() and close()) is kept in
+        `connection`, for the caller to take, and kept out of forked workers."""
         self.token = secrets.token_urlsafe(24)
+        self.connection: Any = None
         binary = find_ppgate()
-        args = [binary, "serve", "--listen", "127.0.0.1:0",
+        # The port is bound here and handed over (--listen-fd), so the caller can connect while
+        # the node starts instead of after it says where it listens.
+        port = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            port.bind(("127.0.0.1", 0))
+            port.listen(socket.SOMAXCONN)
+        except BaseException:
+            port.close()
+            raise
+        args = [binary, "serve", "--listen-fd", str(port.fileno()),
                 "--workers", "auto" if ncpus == "autodetect" else str(ncpus),
                 "--parent-pid", str(os.getpid()), "--log-level", "warn"]
         if sys.executable:
@@ -267,7 +282,7 @@ class PrivateNode:
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
         try:
             self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, start_new_session=True,
-                                         pass_fds=[node_channel.fileno()] if node_channel is not None else [])
+                                         pass_fds=[port.fileno()] + ([node_channel.fileno()] if node_channel else []))
         except BaseException:
             if channel is not None:
                 channel.close()
@@ -275,11 +290,21 @@ class PrivateNode:
         finally:
             if node_channel is not None:
                 node_channel.close()
+            url = "http://127.0.0.1:%d" % port.getsockname()[1]
+            port.close()  # the node's now: should it end, connections are refused, not left waiting
+        if connect is not None:
+            try:
+                self.connection = connect(url, self.token)
+            except OSError:
+                pass  # (the node has ended already: the line read below says why)
         if channel is not None:
             assert script is not None and self.proc.stdout is not None
             links: List[Tuple[socket.socket, int]] = []
+            keep_out = [channel.fileno(), self.proc.stdout.fileno()]
+            if self.connection is not None:
+                keep_out.append(self.connection.fileno())
             try:
-                links = fork_workers(count, script, close_in_child=(channel.fileno(), self.proc.stdout.fileno()))
+                links = fork_workers(count, script, close_in_child=keep_out)
                 self._forked = [pid for _, pid in links]
                 send_workers(channel, links)
             finally:
@@ -345,6 +370,9 @@ class PrivateNode:
             reap(pid, timeout)
 
     def stop(self) -> None:
+        if self.connection is not None:  # not taken by the caller
+            self.connection.close()
+            self.connection = None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # at once, as pp's destroy() (SIGTERM would drain)
             try:

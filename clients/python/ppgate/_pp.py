@@ -35,7 +35,7 @@ from ._functions import (PLAIN_TYPES, FunctionSpec, closure_values, describe, du
                          name_unpicklable, with_sources)
 from ._node import PrivateNode
 from ._refs import Ref
-from ._session import Session
+from ._session import Session, open_session
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _a2b_base64 = binascii.a2b_base64  # base64.b64decode without its Python wrapper
@@ -503,14 +503,18 @@ class Server:
             if len(listen) > 1:
                 raise ValueError("the clusters' nodes would dial the head on different interfaces: %s"
                                  % ", ".join(sorted(listen)))
-            self._node = PrivateNode(ncpus, restart, ppservers, secret, listen.pop() if listen else None)
+            self._node = PrivateNode(ncpus, restart, ppservers, secret, listen.pop() if listen else None,
+                                     connect=open_session)
             url, token = self._node.url, self._node.token
         else:
             token = token if token is not None else (secret or os.environ.get("PPGATE_TOKEN"))
         self.url = url
         self._token = token
         try:
-            self._session = Session(url, token, on_results=self._wake_waiters)
+            opened = None
+            if self._node is not None:  # connected while the node started
+                opened, self._node.connection = self._node.connection, None
+            self._session = Session(url, token, on_results=self._wake_waiters, opened=opened)
             if self._node is None:
                 if ncpus != "autodetect":
                     self.set_ncpus(ncpus)

@@ -12,6 +12,7 @@ Function sources go once per connection: later jobs refer to them by a per-conne
 
 from __future__ import annotations
 
+import _thread
 import collections
 import json
 import os
@@ -49,23 +50,54 @@ class SessionJob(Protocol):
     def _fail(self, error: JobError) -> None: ...
 
 
+class _Thread:
+    """A daemon thread that starts without a hand-shake: threading.Thread.start() waits until the
+    new thread runs, which costs Server() a scheduling round trip per thread (milliseconds while
+    the private node and its forked workers start and want the CPUs too). join() as Thread's.
+    Such threads are not in threading.enumerate(); _thread._count() counts them."""
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        self._running = threading.Lock()
+        self._running.acquire()  # released when `target` returns
+        self._target = target
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self._target()
+        finally:
+            self._running.release()
+
+    def join(self, timeout: float) -> None:
+        if self._running.acquire(timeout=timeout):
+            self._running.release()
+
+
 # Queued for the writer: ("job", job, function, fields, size), ("cancel", job), ("put", id, field)
 # or ("release", id).
 _Outgoing = Tuple[Any, ...]
 
 
+def open_session(url: str, token: Optional[str] = None, timeout: float = 30.0) -> WebSocket:
+    """Connects to a node's /v1/session and sends the upgrade request, without waiting for the
+    answer (Session reads it): a private node's client connects before the node runs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError("url must look like http://HOST:PORT, not %r" % url)
+    headers = {"Authorization": "Bearer " + token} if token else {}
+    headers["PPGate-Binary"] = "1"  # big results as attachments of binary messages, please
+    identity = shared_memory.host_identity()
+    if identity is not None:
+        headers["PPGate-Shared-Memory"] = identity  # the node answers with a prefix if it matches
+    return WebSocket(parts.hostname, parts.port or 80, "/v1/session", headers, timeout, answer=False)
+
+
 class Session:
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 30.0,
-                 on_results: Optional[Callable[[], None]] = None) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError("url must look like http://HOST:PORT, not %r" % url)
-        headers = {"Authorization": "Bearer " + token} if token else {}
-        headers["PPGate-Binary"] = "1"  # big results as attachments of binary messages, please
-        identity = shared_memory.host_identity()
-        if identity is not None:
-            headers["PPGate-Shared-Memory"] = identity  # the node answers with a prefix if it matches
-        self._ws = WebSocket(parts.hostname, parts.port or 80, "/v1/session", headers, timeout)
+                 on_results: Optional[Callable[[], None]] = None, opened: Optional[WebSocket] = None) -> None:
+        """`opened`: what open_session(url, token) returned, if the caller connected already."""
+        self._ws = opened if opened is not None else open_session(url, token, timeout)
+        self._ws.read_answer()
         # Where this session's big arguments may go instead of the socket (_shared_memory.py).
         self.shm_prefix: Optional[str] = self._ws.headers.get("ppgate-shared-memory") or None
         # The largest message the node takes (its --max-body): a bigger one would end the session.
@@ -95,10 +127,8 @@ class Session:
         self._wake_r, self._wake_w = os.pipe()  # gets the background reader out of select()
         os.set_blocking(self._wake_w, False)
         self._sending = False                 # a thread is writing to the socket
-        self._writer = threading.Thread(target=self._write_loop, name="ppgate-session-writer", daemon=True)
-        self._reader = threading.Thread(target=self._read_loop, name="ppgate-session-reader", daemon=True)
-        self._writer.start()
-        self._reader.start()
+        self._writer = _Thread(self._write_loop)
+        self._reader = _Thread(self._read_loop)
 
     # --- called by Server/Executor threads ---
 

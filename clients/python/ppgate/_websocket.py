@@ -55,40 +55,57 @@ def _mask(payload: Union[bytes, bytearray, memoryview], key: bytes) -> bytes:
 
 
 class WebSocket:
+    """A client connection. The constructor connects and sends the upgrade request; it then reads
+    the server's answer, unless `answer=False`: read_answer() does that later, so a caller can
+    do other work while a server that is still starting gets to the request."""
+
     def __init__(self, host: str, port: int, path: str, headers: Mapping[str, str] | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, answer: bool = True) -> None:
         self._sock = socket.create_connection((host, port), timeout=timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._send_lock = threading.Lock()
         self._keys = b""  # masking keys, drawn from os.urandom a thousand at a time
         self._buffer = bytearray()
         self.binary = False  # whether the last message recv() returned was binary
-        key = base64.b64encode(os.urandom(16)).decode()
+        self.headers: dict[str, str] = {}  # of the server's answer, names in lower case
+        self._key = base64.b64encode(os.urandom(16)).decode()
         lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port), "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
+                 "Connection: Upgrade", "Sec-WebSocket-Key: " + self._key, "Sec-WebSocket-Version: 13"]
         for name, value in (headers or {}).items():
             lines.append("%s: %s" % (name, value))
-        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        head = self._read_until(b"\r\n\r\n").decode("latin-1")
-        status_line, _, rest = head.partition("\r\n")
-        fields: dict[str, str] = {}
-        for line in rest.split("\r\n"):
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
-        status = int(status_line.split(" ")[1]) if " " in status_line else 0
-        if status != 101:
-            body = self._read_exact(int(fields.get("content-length", "0") or 0)).decode(errors="replace")
-            try:
-                message = json.loads(body)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = body or status_line
+        try:
+            self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        except BaseException:
             self._sock.close()
-            raise HandshakeError(status, message)
-        expected = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-        if fields.get("sec-websocket-accept") != expected:
+            raise
+        if answer:
+            self.read_answer()
+
+    def read_answer(self) -> None:
+        """Reads the server's answer to the upgrade (within the constructor's timeout); raises
+        HandshakeError, with the server's message, when it refused, and closes the socket."""
+        try:
+            head = self._read_until(b"\r\n\r\n").decode("latin-1")
+            status_line, _, rest = head.partition("\r\n")
+            fields: dict[str, str] = {}
+            for line in rest.split("\r\n"):
+                name, _, value = line.partition(":")
+                fields[name.strip().lower()] = value.strip()
+            status = int(status_line.split(" ")[1]) if " " in status_line else 0
+            if status != 101:
+                body = self._read_exact(int(fields.get("content-length", "0") or 0)).decode(errors="replace")
+                try:
+                    message = json.loads(body)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = body or status_line
+                raise HandshakeError(status, message)
+            expected = base64.b64encode(hashlib.sha1(self._key.encode() + _GUID).digest()).decode()
+            if fields.get("sec-websocket-accept") != expected:
+                raise ConnectionError("the server answered the WebSocket upgrade wrongly")
+        except BaseException:
             self._sock.close()
-            raise ConnectionError("the server answered the WebSocket upgrade wrongly")
-        self.headers = fields  # of the server's answer, names in lower case
+            raise
+        self.headers = fields
         self._sock.settimeout(None)  # the reader blocks until the server says something
 
     def fileno(self) -> int:
