@@ -20,7 +20,6 @@ import importlib.util
 import json
 import marshal
 import os
-import platform
 import signal
 import sys
 
@@ -71,11 +70,13 @@ def _use_callers_path():
 
 def main(argv):
     if sys.version_info < (3, 8) or sys.implementation.name != "cpython":
+        import platform  # (only here: serving needs it not)
         sys.stderr.write("ppgate workers need CPython 3.8 or later; this is %s %s\n"
                          % (platform.python_implementation(), platform.python_version()))
         return 78
     _use_callers_path()
     if argv[1:] == ["--check"]:
+        import platform
         _load_halves()
         print(json.dumps({"version": platform.python_version(),
                           "implementation": platform.python_implementation(),

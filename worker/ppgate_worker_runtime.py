@@ -27,7 +27,6 @@ import linecache
 import mmap
 import os
 import pickle
-import platform
 import re
 import signal
 import sys
@@ -62,7 +61,7 @@ _import_module = importlib.import_module
 _getcwd, _chdir, _umask = os.getcwd, os.chdir, os.umask
 _waitpid, _WNOHANG = os.waitpid, os.WNOHANG
 _thread_count = _thread._count  # threads other than the main one, however they were started
-_PYTHON_VERSION = platform.python_version()
+_PYTHON_VERSION = sys.version.split()[0]  # platform.python_version(), without platform
 _open, _close, _fstat, _pwrite, _unlink = os.open, os.close, os.fstat, os.pwrite, os.unlink
 _mmap, _ACCESS_COPY = mmap.mmap, mmap.ACCESS_COPY
 _O_READ, _O_WRITE = os.O_RDONLY | os.O_CLOEXEC, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC

@@ -299,6 +299,40 @@ class TestAdoptFromFlag(unittest.TestCase):
                     node.stop()
 
 
+class TestImportCost(unittest.TestCase):
+    # What only some programs need is imported on first use, not by `import ppgate`: together
+    # these took ~60 ms of every program's start (docs/python-client.md, "Start-up").
+    LATER = ["concurrent.futures", "dataclasses", "hashlib", "http.client", "inspect", "platform", "queue",
+             "random", "secrets", "traceback"]
+
+    def test_import_ppgate_leaves_out_what_only_some_programs_use(self):
+        probe = ("import json, sys\nbefore = set(sys.modules)\nsys.path.insert(0, %r)\nimport ppgate\n"
+                 "print(json.dumps(sorted(set(sys.modules) - before)))" % CLIENT)
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=WAIT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        added = set(json.loads(r.stdout))
+        self.assertIn("ppgate._pp", added)
+        self.assertEqual(sorted(added & set(self.LATER)), [])
+
+    def test_what_is_left_out_is_there_when_used(self):
+        out, _ = run_program("""
+            from ppgate import *  # every name of __all__, Executor (loaded on first use) too
+            import concurrent.futures
+            with Executor(1) as executor:
+                assert isinstance(executor, concurrent.futures.Executor)
+                value = executor.submit(pow, 2, 10).result(timeout=30)
+            try:
+                ppgate.no_such_name
+                missing = "found"
+            except AttributeError as e:
+                missing = str(e)
+            print(json.dumps({"value": value, "ref": Ref.__name__, "same": Executor is ppgate.Executor,
+                              "missing": missing}))
+        """)
+        self.assertEqual(out, {"value": 1024, "ref": "Ref", "same": True,
+                               "missing": "module 'ppgate' has no attribute 'no_such_name'"})
+
+
 def worker_sockets(node_pid):
     """The inodes of the sockets the node's children (its workers) hold, once it has some."""
     deadline = time.monotonic() + WAIT

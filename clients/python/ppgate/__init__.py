@@ -16,11 +16,25 @@ Programs written for ppft, pathos's ParallelPool among them, run on ppgate once 
     sys.modules["ppft"] = ppgate
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (DestroyedServerError, JobCancelledError, JobError, JobLostError,
                       JobTimeoutError, SubmitError, WorkerDiedError)
-from ._executor import Executor
 from ._node import find_ppgate
 from ._pp import Job, Server, Statistics, Template
+from ._refs import Ref
+
+if TYPE_CHECKING:
+    from ._executor import Executor
+
+
+def __getattr__(name: str) -> Any:
+    # Executor is loaded on first use: concurrent.futures (and the logging it imports) would
+    # otherwise cost every `import ppgate` ~10 ms.
+    if name == "Executor":
+        from ._executor import Executor
+        return Executor
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 _Task = Job  # pp's and ppft's name for the job class (pathos imports it)
 

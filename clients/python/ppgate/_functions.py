@@ -20,10 +20,8 @@ imported first. Better than pp:
 
 from __future__ import annotations
 
-import ast
 import builtins
 import collections
-import inspect
 import io
 import linecache
 import os
@@ -32,7 +30,10 @@ import sys
 import sysconfig
 import textwrap
 import types
-from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # (imported where used: the common case, a plain def, needs neither)
+    import ast
 
 from ._refs import Ref
 
@@ -84,6 +85,7 @@ def _dedented_source(obj: Any) -> str:
         cut = _def_cut_by_indentation(obj)
         if cut is not None:
             return cut
+    import inspect
     try:
         return textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError) as exc:
@@ -126,6 +128,7 @@ def _def_cut_by_indentation(func: types.FunctionType) -> Optional[str]:
 
 def _strip_decorators(source: str) -> str:
     """The def without its decorators (staticmethod, classmethod...): a plain module-level def."""
+    import ast
     tree = ast.parse(source)
     node = tree.body[0]
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.decorator_list:
@@ -136,6 +139,8 @@ def _strip_decorators(source: str) -> str:
 
 def _lambda_source(func: types.FunctionType) -> str:
     """`_ppgate_lambda = <the lambda>`, cut out of the lines that define it."""
+    import ast
+    import inspect
     try:
         lines, _ = inspect.getsourcelines(func)
     except (OSError, TypeError) as exc:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import _imp
 import _thread
 import array
+import base64
 import importlib.util
 import json
 import marshal
 import os
-import platform
 import select
-import secrets
 import shutil
 import signal
 import socket
@@ -19,11 +18,20 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import types
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 _START_TIMEOUT = 30.0
+
+
+def python_version() -> str:
+    """platform.python_version(), without importing platform (a few ms of `import ppgate`)."""
+    return sys.version.split()[0]
+
+
+def random_token(size: int) -> str:
+    """secrets.token_urlsafe(size), without importing secrets (and random, which it imports)."""
+    return base64.urlsafe_b64encode(os.urandom(size)).rstrip(b"=").decode("ascii")
 
 
 def find_ppgate() -> str:
@@ -108,6 +116,7 @@ def _become_worker(script: str, link: socket.socket) -> None:
         status = 0
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not go on
         try:
+            import traceback
             traceback.print_exc()
         except BaseException:  # noqa: BLE001
             pass
@@ -157,6 +166,9 @@ def fork_workers(count: int, script: str, close_in_child: Sequence[int] = ()) ->
     interpreter, so jobs run in a clean process, as pp's do. `close_in_child`: descriptors of this
     process that the workers must not keep open. Returns the node's end of each worker's link and
     the worker's pid."""
+    # What the worker's runtime imports and this program may not have: imported once here, not
+    # by each fork on its way to its first job.
+    import traceback  # noqa: F401
     for stream in (sys.stdout, sys.stderr):  # not written twice by the children
         try:
             stream.flush()
@@ -230,7 +242,7 @@ class PrivateNode:
         as soon as the node's port exists, before the node runs (its connection waits in the
         port's backlog); what it returns (something with fileno() and close()) is kept in
         `connection`, for the caller to take, and kept out of forked workers."""
-        self.token = secrets.token_urlsafe(24)
+        self.token = random_token(24)
         self.connection: Any = None
         binary = find_ppgate()
         # The port is bound here and handed over (--listen-fd), so the caller can connect while
@@ -247,7 +259,7 @@ class PrivateNode:
                 "--parent-pid", str(os.getpid()), "--log-level", "warn"]
         if sys.executable:
             # This interpreter runs: the node need not start one just to check it.
-            args += ["--python", sys.executable, "--python-version", platform.python_version()]
+            args += ["--python", sys.executable, "--python-version", python_version()]
         if restart:
             args.append("--restart")
         env = dict(os.environ, PPGATE_SECRET=self.token,

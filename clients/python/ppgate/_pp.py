@@ -6,36 +6,33 @@ import atexit
 import base64
 import binascii
 import collections
-import concurrent.futures
-import hashlib
-import http.client
 import itertools
 import json
 import os
 import pickle
-import platform
-import queue
-import random
-import secrets
 import sys
 import threading
 import time
-import traceback
 import types
 import urllib.parse
 import warnings
 import weakref
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+
 
 from . import _shared_memory as shared_memory
 from ._errors import DestroyedServerError, JobError, JobLostError, SubmitError
 from ._errors import error_from_job
 from ._functions import (PLAIN_TYPES, FunctionSpec, closure_values, describe, dumps_noting_sources,
                          name_unpicklable, with_sources)
-from ._node import PrivateNode
+from ._node import PrivateNode, python_version, random_token
 from ._refs import Ref
 from ._session import Session, open_session
+
+if TYPE_CHECKING:  # imported where used: `import ppgate` stays quick (docs/python-client.md)
+    import concurrent.futures
+    import http.client
+    from queue import SimpleQueue
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _a2b_base64 = binascii.a2b_base64  # base64.b64decode without its Python wrapper
@@ -55,25 +52,35 @@ class Statistics:
         return "Statistics(ncpus=%r, njobs=%r, time=%r)" % (self.ncpus, self.njobs, self.time)
 
 
-@dataclass  # (not frozen: a frozen dataclass's __init__ costs every job ~2 us more)
 class Call:
-    """One call to run on a node, as Server.submit and Executor.submit describe it."""
+    """One call to run on a node, as Server.submit and Executor.submit describe it. (A plain
+    class: a dataclass would cost `import ppgate` the dataclasses module, and a frozen one each
+    job ~2 us more.)"""
 
-    func: Callable[..., Any]
-    args: Tuple[Any, ...] = ()
-    kwargs: Optional[Dict[str, Any]] = None
-    depfuncs: Tuple[Any, ...] = ()
-    modules: Tuple[str, ...] = ()
-    globals: Optional[Dict[str, Any]] = None
-    group: str = "default"
-    timeout: Optional[float] = None
-    retries: int = 0
-    retry_backoff: float = 0.0
-    priority: int = 0
-    detach: bool = False
-    # A map job (docs/rest.md, "Map jobs"): `args` holds one column of arguments per parameter,
-    # as map() takes them, and the result is (values, [(index, type, message, traceback)]).
-    map: bool = False
+    __slots__ = ("func", "args", "kwargs", "depfuncs", "modules", "globals", "group", "timeout", "retries",
+                 "retry_backoff", "priority", "detach", "map")
+
+    def __init__(self, func: Callable[..., Any], args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None,
+                 depfuncs: Tuple[Any, ...] = (), modules: Tuple[str, ...] = (),
+                 globals: Optional[Dict[str, Any]] = None, group: str = "default", timeout: Optional[float] = None,
+                 retries: int = 0, retry_backoff: float = 0.0, priority: int = 0, detach: bool = False,
+                 map: bool = False) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.depfuncs = depfuncs
+        self.modules = modules
+        self.globals = globals
+        self.group = group
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.priority = priority
+        self.detach = detach
+        # A map job (docs/rest.md, "Map jobs"): `args` holds one column of arguments per
+        # parameter, as map() takes them, and the result is (values, [(index, type, message,
+        # traceback)]).
+        self.map = map
 
 
 def check_job_options(retries: int, retry_backoff: float, priority: int) -> None:
@@ -405,6 +412,7 @@ class _SentOnce:
         size = len(stream) + sum(r.nbytes for r in raws)
         if size < shared_memory.THRESHOLD:
             return value
+        import hashlib
         digest = hashlib.sha256(stream)
         for raw in raws:
             digest.update(raw)
@@ -456,7 +464,7 @@ class Server:
                 raise ValueError("a cluster's nodes join the Server's private node: give no url")
             ppservers = tuple(p for p in ppservers if p not in clusters) if isinstance(ppservers, tuple) else ()
             # The batch jobs get the secret in a file; one is made up when none is given.
-            secret = secret or os.environ.get("PPGATE_SECRET") or secrets.token_urlsafe(32)
+            secret = secret or os.environ.get("PPGATE_SECRET") or random_token(32)
         if not isinstance(ppservers, tuple):
             raise TypeError("ppservers argument must be a tuple (or a cluster)")
         _check_ncpus(ncpus)
@@ -489,14 +497,14 @@ class Server:
         self._functions: Dict[Any, FunctionSpec] = {}  # function key -> its FunctionSpec
         # Big captured values and instances, sent once when they would cross a link.
         self._sent_once = _SentOnce(through_shared_memory=bool(ppservers or clusters))
-        self._callbacks: Optional[queue.SimpleQueue[Optional[Job]]] = None
+        self._callbacks: Optional[SimpleQueue[Optional[Job]]] = None
         self._rest_lock = threading.Lock()
         self._rest: Optional[http.client.HTTPConnection] = None
         # The ids this client gives its jobs: a random start in the range submitters choose from
         # (2^32 to 2^53: docs/rest.md), then one by one, so two clients' ranges meet only by a
         # one-in-a-billion chance; itertools.count is atomic under the GIL.
         self._last_detached: Optional[Job] = None  # see _confirm_detached
-        self._job_ids = itertools.count(random.SystemRandom().randrange(1 << 32, (1 << 53) - (1 << 40)))
+        self._job_ids = itertools.count((1 << 32) + int.from_bytes(os.urandom(8), "big") % ((1 << 53) - (1 << 40) - (1 << 32)))
         self._clusters: List[Any] = []
         if url is None:
             listen = {c._peer_listen_host() for c in clusters}
@@ -825,7 +833,7 @@ class Server:
             there = n.get("python") or ""
             if there and ".".join(there.split(".")[:2]) != here:
                 warnings.warn("ppgate node %s runs Python %s, this program Python %s: jobs run on %s"
-                              % (n["name"], there, platform.python_version(), there),
+                              % (n["name"], there, python_version(), there),
                               RuntimeWarning, stacklevel=3)
                 return
 
@@ -866,13 +874,14 @@ class Server:
         if self._callbacks is None:
             with self._cv:
                 if self._callbacks is None:
+                    import queue
                     self._callbacks = queue.SimpleQueue()
                     threading.Thread(target=self._callback_loop, args=(self._callbacks,),
                                      name="ppgate-callbacks", daemon=True).start()
         self._callbacks.put(job)
 
     @staticmethod
-    def _callback_loop(jobs: queue.SimpleQueue[Optional[Job]]) -> None:
+    def _callback_loop(jobs: SimpleQueue[Optional[Job]]) -> None:
         while True:
             job = jobs.get()
             if job is None:
@@ -883,6 +892,7 @@ class Server:
             except Exception as exc:  # noqa: BLE001 - reported, and the job still finishes
                 job.callback_error = exc
                 print("ppgate: the callback of job %s raised:" % job.id, file=sys.stderr)
+                import traceback
                 traceback.print_exc()
             finally:
                 job._server._job_finished(job)
@@ -893,6 +903,7 @@ class Server:
         job = self._last_detached
         if job is None or job.finished or self._session is None:
             return
+        import http.client
         deadline = time.monotonic() + 10
         if self._session.flush(10):
             while time.monotonic() < deadline and not job.finished:
@@ -909,6 +920,7 @@ class Server:
     def _job_record(self, job_id: int, wait: float) -> Dict[str, Any]:
         """GET /v1/jobs/{id}?wait=S on a connection of its own (a long poll must not hold up the
         other requests). JobLostError when the node does not know the job."""
+        import http.client
         parts = urllib.parse.urlsplit(self.url)
         headers = {"Accept": "application/json"}
         if self._token:
@@ -947,6 +959,7 @@ class Server:
     def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
         if self._destroyed:
             raise DestroyedServerError("server instance has been destroyed")
+        import http.client
         parts = urllib.parse.urlsplit(self.url)
         headers = {"Accept": accept}
         if self._token:
