@@ -36,6 +36,7 @@ _FOREGROUND_GRACE = 0.005  # seconds the background reader defers to a thread th
 # On a single CPU, the spin would only keep the node from answering.
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _SPIN_SECONDS = 0.0003 if _CPUS > 1 else 0.0
+_SPIN_PROBE = 16
 
 
 class SessionJob(Protocol):
@@ -123,6 +124,7 @@ class Session:
         self._role_waiters = 0                # of those, the ones waiting for the reading role
         self._last_foreground = 0.0           # when the last of them left (time.monotonic)
         self._lone_wait = 1.0                 # how long the last wait for a lone job took (s)
+        self._lone_waits = 0                  # how many such waits there have been
         self._bg_selecting = False            # the background reader is blocked in select()
         self._wake_r, self._wake_w = os.pipe()  # gets the background reader out of select()
         os.set_blocking(self._wake_w, False)
@@ -328,7 +330,11 @@ class Session:
             self._foreground += 1
             evict = self._bg_selecting
             lone = len(self._jobs) == 1
-        spin = lone and self._lone_wait < _SPIN_SECONDS  # (never when _SPIN_SECONDS is 0)
+        # A wait that did not spin includes a wake-up, and so may stay over the bound even when
+        # spinning would not: every _SPIN_PROBE-th lone wait spins anyway, to find out again.
+        self._lone_waits += lone
+        spin = lone and (self._lone_wait < _SPIN_SECONDS or self._lone_waits % _SPIN_PROBE == 0) \
+            and _SPIN_SECONDS > 0
         if evict:
             try:
                 os.write(self._wake_w, b"\0")  # the background reader steps aside meanwhile
