@@ -1,9 +1,9 @@
 // The messages on the node <-> worker link (docs/architecture.md, "worker/"): length-prefixed
 // frames (frame.hpp) both ways. The node's frames are numbered, "<seq> <body>", the bodies being
 // run messages (a job's JSON, lib/job_message.hpp), "skip <id>", "release <key> ..." (values put
-// once that no job takes any more) and "sync"; the worker's replies start with "<seq> ", the last
-// frame it had read, followed by "<id> ok|error|skipped <seconds>[ retire| retire-memory]\n<outcome members>" or
-// "lost <job>" (frames were taken off the link by that job).
+// once that no job takes any more), "sync" and "ping"; the worker's replies start with "<seq> ",
+// the last frame it had read, followed by "<id> ok|error|skipped <seconds>[ retire| retire-memory]\n<outcome members>",
+// "lost <job>" (frames were taken off the link by that job) or, to a ping, "pong".
 // The worker's own half is worker/worker_module.cpp.
 #pragma once
 

@@ -54,15 +54,21 @@ net::awaitable<void> worker_slot::supervise() {
   int consecutive_early_exits = 0;
   while (!retiring_) {
     std::string spawn_error;
+    bool readied = false;
     provisional_ = false;
     handing_over_ = false;
     try {
       if (adopted_) {
         proc_ = std::move(adopted_);
         provisional_ = true;
+      } else if (successor_ && successor_ready_) {
+        proc_ = std::move(successor_);  // readied while the adopted process served
+        readied = true;
       } else {
+        successor_.reset();
         spawn_process();
       }
+      successor_ready_ = false;
       oom_kills_seen_ = cgroup_ ? cgroup_->oom_kills() : 0;
       consecutive_spawn_failures = 0;
     } catch (const std::exception& e) {
@@ -83,7 +89,7 @@ net::awaitable<void> worker_slot::supervise() {
     reader_ = frame_reader();
     writing_.clear();
     outbox_.clear();
-    frames_sent_ = 0;
+    frames_sent_ = readied ? 1 : 0;  // a readied successor's frame 1 was its ping
     recently_finished_.clear();
     stall_timer_.cancel();
     stall_armed_ = false;
@@ -202,13 +208,7 @@ void worker_slot::ask_for_work() {
   if (in_flight_.empty()) {
     idle_ = true;
     sched_.slot_ready(*this);  // may call start() right away
-    if (idle_ && provisional_ && process_jobs_ > 0) {
-      // The adopted process got the first jobs going; with the queue empty now, a fresh
-      // interpreter can start without holding anyone up.
-      log::debug("worker ", proc_->pid(), " (adopted) hands its slot over to a fresh process");
-      handing_over_ = true;
-      stop_process();
-    }
+    if (idle_ && provisional_ && process_jobs_ > 0) hand_over_when_idle();
   } else if (in_flight_.size() < max_in_flight_ && !stalled_) {
     const job* running = in_flight_.front().j;
     if (running != nullptr && !(running->spec.function->runs > 0 &&
@@ -221,6 +221,69 @@ void worker_slot::ask_for_work() {
     const double budget = scheduler::prefetch_budget_seconds - waiting;
     if (budget > 0) sched_.slot_can_prefetch(*this, budget);  // may call start() right away
   }
+}
+
+void worker_slot::hand_over_when_idle() {
+  // The adopted process got the first jobs going; with the queue empty now, a fresh interpreter
+  // takes its place. It is started first, and the adopted process serves until it answers.
+  if (successor_ready_) {
+    log::debug("worker ", proc_->pid(), " (adopted) hands its slot over to fresh process ", successor_->pid());
+  } else if (successor_failed_ || opts_.cgroups != nullptr) {
+    log::debug("worker ", proc_->pid(), " (adopted) hands its slot over to a fresh process");
+  } else {
+    start_successor();
+    return;
+  }
+  handing_over_ = true;
+  stop_process();
+}
+
+void worker_slot::start_successor() {
+  if (successor_) return;  // under way
+  try {
+    successor_ = std::make_unique<worker_process>(ex_, opts_.command);
+  } catch (const std::exception& e) {
+    log::warn("cannot start the worker that would take adopted worker ", proc_->pid(), "'s place: ", e.what());
+    successor_failed_ = true;
+    return;
+  }
+  net::co_spawn(ex_, ready_successor(++successor_serial_), log::on_failure("worker successor"));
+}
+
+net::awaitable<void> worker_slot::ready_successor(std::uint64_t serial) {
+  auto self = shared_from_this();
+  auto& sock = successor_->socket();
+  std::string ping;
+  append_worker_frame(ping, 1, "ping");
+  auto [write_error, written] = co_await net::async_write(sock, net::buffer(ping), use_nothrow_awaitable);
+  (void)written;
+  frame_reader answer;
+  bool ready = false;
+  char buf[256];
+  for (boost::system::error_code ec = write_error; !ec;) {
+    std::size_t n = 0;
+    std::tie(ec, n) = co_await sock.async_read_some(net::buffer(buf), use_nothrow_awaitable);
+    if (ec || serial != successor_serial_ || !successor_) break;
+    std::string_view frame;
+    try {
+      answer.feed(buf, n);
+      if (!answer.next(frame)) continue;
+    } catch (const frame_error&) {
+      break;
+    }
+    ready = frame == "1 pong";
+    break;
+  }
+  if (serial != successor_serial_ || !successor_) co_return;  // dropped meanwhile (the slot stops)
+  if (!ready) {
+    log::warn("worker ", successor_->pid(), ", started to take an adopted worker's place, did not answer; "
+              "the slot starts another when it hands over");
+    successor_.reset();
+    successor_failed_ = true;
+  } else {
+    successor_ready_ = true;
+  }
+  if (accepting_ && idle_ && in_flight_.empty() && provisional_) hand_over_when_idle();
 }
 
 void worker_slot::send(std::string_view payload) {
@@ -521,6 +584,7 @@ void worker_slot::abort(job& j) {
 
 void worker_slot::retire() {
   retiring_ = true;
+  drop_successor();
   // Neither idle nor offering to prefetch any more; the running job (and those behind it) finish.
   idle_ = false;
   sched_.slot_gone(*this);
@@ -529,9 +593,16 @@ void worker_slot::retire() {
 
 void worker_slot::stop_now() {
   retiring_ = true;
+  drop_successor();
   leave_scheduler();
   deadline_.cancel();
   if (proc_) proc_->kill_and_reap();
+}
+
+void worker_slot::drop_successor() {
+  ++successor_serial_;  // its readiness check, if any, ends without touching the slot
+  successor_.reset();   // killed and reaped
+  successor_ready_ = false;
 }
 
 std::string_view to_string(worker_state s) {

@@ -61,6 +61,9 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   // Starts supervising: spawn, serve, reap, repeat. An adopted process (--adopt-from) serves
   // first, provisionally: it is a fork of the client, so once it has run jobs and the queue has
   // none left for it, a fresh interpreter takes its place (a hand-over, not counted a restart).
+  // That one is started then, and readied while the adopted process goes on serving: the slot
+  // switches at the first moment it is idle after the fresh one answered (ready_successor), so
+  // no job waits for an interpreter to start.
   void launch(std::unique_ptr<worker_process> adopted = nullptr);
   void retire();     // leave the pool: now if idle, after the running job otherwise
   void stop_now();   // shutdown: kill and reap the process synchronously
@@ -80,6 +83,14 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   };
 
   net::awaitable<void> supervise();
+  // Starts the fresh process that takes an adopted one's place, unless one is under way.
+  void start_successor();
+  // Pings the successor and waits for its answer: then it serves, and the slot hands over as soon
+  // as it is idle. A successor that fails is dropped, and the hand-over spawns as before.
+  net::awaitable<void> ready_successor(std::uint64_t serial);
+  // The slot is idle with nothing queued, and its adopted process has done its part.
+  void hand_over_when_idle();
+  void drop_successor();  // kills (and reaps) a successor the slot will not take
   void spawn_process();  // a fresh worker process (in this slot's cgroup, with one) into proc_
   net::awaitable<void> serve();
   // Feeds what the worker sent to the frame reader and handles each reply; false once the
@@ -117,6 +128,10 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   std::unique_ptr<worker_process> adopted_;  // serves before the first process is spawned
   bool provisional_ = false;  // proc_ is an adopted process, to be handed over when idle
   bool handing_over_ = false;  // proc_ is being stopped for a fresh one (nothing to count)
+  std::unique_ptr<worker_process> successor_;  // the fresh process being readied to take over
+  bool successor_ready_ = false;     // it answered the ping: it serves
+  bool successor_failed_ = false;    // one failed: hand over the plain way (stop, then spawn)
+  std::uint64_t successor_serial_ = 0;  // counts successors, so a stale readiness check can tell
   std::unique_ptr<worker_cgroup> cgroup_;  // with --max-worker-memory and cgroups: this slot's
   std::uint64_t oom_kills_seen_ = 0;       // the cgroup's count when the current process started
   std::optional<restart_reason> restart_reason_;  // why the current process is being replaced

@@ -149,8 +149,8 @@ std::string_view take_seq(std::string_view frame, link_state& link) {
 
 // Bodies are run messages (JSON), "skip <id>" notes (the node took that job back before it
 // started), "release <key> ..." (values put once that no job takes any more: handle() drops
-// them, in their turn among the jobs, and nothing is answered) and "sync" (nothing to do; it
-// only shows a gap). Jobs run one at a time in arrival
+// them, in their turn among the jobs, and nothing is answered), "sync" (nothing to do; it
+// only shows a gap) and "ping" (answered "pong" at once). Jobs run one at a time in arrival
 // order. Before each job the worker reads everything that has arrived, so the frames queued
 // behind a job are out of its reach by the time it runs, and a skip note reaches the worker
 // before the job it names.
@@ -187,6 +187,12 @@ void serve_frames(int fd, PyObject* handle, link_state& link) {
           std::from_chars(body.data() + 5, body.data() + body.size(), id);
           for (auto& p : pending)
             if (!p.body.starts_with("release ") && job_id_of(p.body) == id) p.skip = true;
+        } else if (body == "ping") {
+          // A successor being readied (worker_slot::ready_successor): answered at once, which
+          // tells the node this process has loaded and serves.
+          out.clear();
+          ppgate::append_frame(out, link.prefix(), "pong");
+          write_all(fd, out);
         } else if (body != "sync") {
           pending.push_back({std::string(body)});
         }

@@ -109,6 +109,50 @@ class TestForkedWorkers(unittest.TestCase):
         self.assertFalse(out["children_left"], "destroy() reaps the forks and the node")
         self.assertEqual(stderr, "")
 
+    def test_jobs_keep_running_in_the_fork_while_its_fresh_successor_starts(self):
+        out, stderr = run_program("""
+            server = ppgate.Server(1)
+            forked = list(server._node._forked)
+            # One job after another: the queue is empty after each, so the slot readies a fresh
+            # interpreter meanwhile, and the fork goes on serving until that one answers.
+            first = server.submit(who)()
+            second = server.submit(who)()
+            wait_until(lambda: all(w["pid"] and w["pid"] not in forked for w in nodes(server)["workers"]),
+                       "the fresh worker")
+            later = server.submit(who)()
+            print(json.dumps({"me": os.getpid(), "node": server._node.proc.pid, "forked": forked,
+                              "first": first, "second": second, "later": later,
+                              "restarts": stats(server)["worker_restarts"]}))
+            server.destroy()
+        """)
+        self.assertEqual(out["first"], [out["forked"][0], out["me"]])
+        # (a fresh interpreter takes far longer to start than one round trip takes)
+        self.assertEqual(out["second"], [out["forked"][0], out["me"]])
+        self.assertEqual(out["later"][1], out["node"])
+        self.assertEqual(out["restarts"], 0)
+        self.assertEqual(stderr, "")
+
+    def test_a_fork_runs_jobs_on_the_program_s_own_classes_as_a_fresh_worker_does(self):
+        out, _ = run_program("""
+            import tempfile
+            folder = tempfile.mkdtemp()
+            with open(os.path.join(folder, "shapes.py"), "w") as f:
+                f.write("class Point:\\n    def __init__(self, x):\\n        self.x = x\\n"
+                        "    def __eq__(self, other):\\n        return self.x == other.x\\n")
+            sys.path.insert(0, folder)
+            from shapes import Point  # its source goes with the job, under the name shapes.Point
+
+            def grow(p):
+                import os
+                return Point(p.x + 1), os.getppid()
+
+            with ppgate.Server(1) as server:
+                point, parent = server.submit(grow, (Point(1),))()  # in the fork
+            print(json.dumps({"x": point.x, "same_class": type(point) is Point,
+                              "in_fork": parent == os.getpid()}))
+        """)
+        self.assertEqual(out, {"x": 2, "same_class": True, "in_fork": True})
+
     def test_no_fork_with_other_threads_running_or_when_turned_off(self):
         out, _ = run_program("""
             stop = threading.Event()

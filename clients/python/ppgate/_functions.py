@@ -68,6 +68,19 @@ class FunctionSpec:
         self.definition_size = message_size(definition)  # bytes it adds to a message, about
 
 
+def own_modules() -> List[str]:
+    """The names of the modules imported here from files outside the installed prefixes (not
+    ppgate's): the program's own, whose classes and functions travel by source."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or name == "__main__" or name == "ppgate" or name.startswith("ppgate."):
+            continue
+        if not path.startswith(_INSTALLED_PREFIXES) and not os.path.realpath(path).startswith(_INSTALLED_PREFIXES):
+            names.append(name)
+    return names
+
+
 def _is_installed(module_name: Optional[str]) -> bool:
     if not module_name or module_name == "__main__":
         return False

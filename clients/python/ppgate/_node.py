@@ -112,6 +112,12 @@ def _become_worker(script: str, link: socket.socket) -> None:
                 numpy.random.seed()
             except Exception:  # noqa: BLE001 - a numpy without it, or half imported
                 pass
+        # The program's own modules are imported here, and not in a fresh worker, where the
+        # classes a job ships by source take their modules' names (the runtime's aliases): so
+        # that the fork runs jobs as a fresh worker does, it forgets them (they import anew).
+        from ._functions import own_modules
+        for name in own_modules():
+            del sys.modules[name]
         _load_worker_bootstrap(script).serve(link.detach(), os.getppid())
         status = 0
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not go on
