@@ -231,7 +231,11 @@ void worker_slot::hand_over_when_idle() {
   } else if (successor_failed_ || opts_.cgroups != nullptr) {
     log::debug("worker ", proc_->pid(), " (adopted) hands its slot over to a fresh process");
   } else {
-    start_successor();
+    // Spawned after this turn of the event loop: the results it ended go out first (a spawn
+    // holds the loop for a millisecond or so).
+    net::post(ex_, [self = shared_from_this(), gen = generation_] {
+      if (gen == self->generation_ && self->provisional_ && !self->retiring_) self->start_successor();
+    });
     return;
   }
   handing_over_ = true;
