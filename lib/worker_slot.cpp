@@ -65,7 +65,7 @@ net::awaitable<void> worker_slot::supervise() {
         proc_ = std::move(successor_);  // readied while the adopted process served
         readied = true;
       } else {
-        successor_.reset();
+        drop_successor();  // not ready: the slot spawns now
         spawn_process();
       }
       successor_ready_ = false;
@@ -256,18 +256,20 @@ void worker_slot::start_successor() {
 
 net::awaitable<void> worker_slot::ready_successor(std::uint64_t serial) {
   auto self = shared_from_this();
-  auto& sock = successor_->socket();
+  // After each wait: the successor may have been dropped meanwhile (its socket with it).
+  const auto dropped = [&] { return serial != successor_serial_ || !successor_; };
   std::string ping;
   append_worker_frame(ping, 1, "ping");
-  auto [write_error, written] = co_await net::async_write(sock, net::buffer(ping), use_nothrow_awaitable);
+  auto [write_error, written] =
+      co_await net::async_write(successor_->socket(), net::buffer(ping), use_nothrow_awaitable);
   (void)written;
   frame_reader answer;
   bool ready = false;
   char buf[256];
-  for (boost::system::error_code ec = write_error; !ec;) {
+  for (boost::system::error_code ec = write_error; !ec && !dropped();) {
     std::size_t n = 0;
-    std::tie(ec, n) = co_await sock.async_read_some(net::buffer(buf), use_nothrow_awaitable);
-    if (ec || serial != successor_serial_ || !successor_) break;
+    std::tie(ec, n) = co_await successor_->socket().async_read_some(net::buffer(buf), use_nothrow_awaitable);
+    if (ec || dropped()) break;
     std::string_view frame;
     try {
       answer.feed(buf, n);
@@ -278,7 +280,7 @@ net::awaitable<void> worker_slot::ready_successor(std::uint64_t serial) {
     ready = frame == "1 pong";
     break;
   }
-  if (serial != successor_serial_ || !successor_) co_return;  // dropped meanwhile (the slot stops)
+  if (dropped()) co_return;  // (the slot stopped, or spawned without it)
   if (!ready) {
     log::warn("worker ", successor_->pid(), ", started to take an adopted worker's place, did not answer; "
               "the slot starts another when it hands over");
