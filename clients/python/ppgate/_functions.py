@@ -76,9 +76,14 @@ def own_modules() -> List[str]:
         path = getattr(module, "__file__", None)
         if not isinstance(path, str) or name == "__main__" or name == "ppgate" or name.startswith("ppgate."):
             continue
-        if not path.startswith(_INSTALLED_PREFIXES) and not os.path.realpath(path).startswith(_INSTALLED_PREFIXES):
+        if not _under_installed_prefix(path):
             names.append(name)
     return names
+
+
+def _under_installed_prefix(path: str) -> bool:
+    # The path as given first: realpath costs a system call per component.
+    return path.startswith(_INSTALLED_PREFIXES) or os.path.realpath(path).startswith(_INSTALLED_PREFIXES)
 
 
 def _is_installed(module_name: Optional[str]) -> bool:
@@ -90,7 +95,7 @@ def _is_installed(module_name: Optional[str]) -> bool:
     path = getattr(sys.modules.get(module_name), "__file__", None) or getattr(module, "__file__", None)
     if not path:
         return module is not None and module_name.partition(".")[0] in sys.builtin_module_names
-    return os.path.realpath(str(path)).startswith(_INSTALLED_PREFIXES)
+    return _under_installed_prefix(str(path))
 
 
 def _dedented_source(obj: Any) -> str:

@@ -19,7 +19,6 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
-
 from . import _shared_memory as shared_memory
 from ._errors import DestroyedServerError, JobError, JobLostError, SubmitError
 from ._errors import error_from_job
