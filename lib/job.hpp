@@ -127,6 +127,10 @@ struct job {
   int attempts = 0;       // times it started
   int interruptions = 0;  // of them, ended by its worker dying (or its node lost)
   int failures = 0;       // of them, ended by the job failing and rerun
+  // Nothing runs on its worker with it (no job placed behind it, none before it): it was in
+  // flight when job code wrote to a worker's link, and which job did is known only once each
+  // runs alone (worker_slot::on_link_abuse).
+  bool run_alone = false;
   steady_clock::time_point submitted{}, started{}, finished{};
   double finished_unix = 0;  // when it ended, seconds since the epoch (--keep-finished-for, the journal)
   double run_seconds = 0;  // measured by the worker around the call itself

@@ -118,7 +118,7 @@ void scheduler::dispatch_to_waiting_slot() {
 
 bool scheduler::prefetchable(const job& j, double budget) {
   const function_def& f = *j.spec.function;
-  return !j.spec.timeout && f.runs > 0 && f.mean_run_seconds < budget;
+  return !j.spec.timeout && !j.run_alone && f.runs > 0 && f.mean_run_seconds < budget;
 }
 
 std::string scheduler::ids_taken(const std::vector<job_spec>& specs) const {

@@ -1,5 +1,7 @@
 #include "worker_process.hpp"
 
+#include "held_replies.hpp"
+
 #include <boost/asio/local/connect_pair.hpp>
 
 #include <simdjson.h>
@@ -51,6 +53,9 @@ worker_process::worker_process(net::any_io_executor ex, const worker_command& co
   posix_spawnattr_init(&attr);
   sigset_t no_signals, default_signals;
   sigemptyset(&no_signals);
+  // Blocked until the worker can answer it (it unblocks it then): a probe sent before stays
+  // pending, where the signal's default action would have ended the process.
+  sigaddset(&no_signals, worker_probe_signal());
   sigemptyset(&default_signals);
   for (int sig : {SIGINT, SIGTERM, SIGUSR1, SIGPIPE, SIGHUP}) sigaddset(&default_signals, sig);
   posix_spawnattr_setsigmask(&attr, &no_signals);

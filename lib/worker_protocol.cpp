@@ -24,6 +24,12 @@ worker_reply parse_worker_reply(std::string_view frame) {
     std::from_chars(frame.data() + 5, frame.data() + frame.size(), r.last_job);
     return r;
   }
+  if (frame.starts_with("running ")) {
+    r.probe_answer = true;
+    const auto [q, bad] = std::from_chars(frame.data() + 8, frame.data() + frame.size(), r.taken_up);
+    if (bad != std::errc() || q != frame.data() + frame.size()) throw frame_error("a bad answer to a probe");
+    return r;
+  }
   r.end = parse_reported_end(frame);
   return r;
 }

@@ -1,5 +1,7 @@
 #include "worker_slot.hpp"
 
+#include "held_replies.hpp"
+
 #include "job_message.hpp"
 #include "json_writer.hpp"
 #include "local_pool.hpp"
@@ -11,6 +13,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstring>
+#include <csignal>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <system_error>
@@ -29,6 +33,9 @@ std::chrono::nanoseconds stall_limit(const function_def& f) {
 // a longer job, a round trip saved is nothing, and a job held there could run elsewhere.
 constexpr double max_run_seconds_to_wait_behind = 0.01;
 
+// How long the slot waits for a worker to answer a probe before it acts without the answer.
+constexpr auto max_probe_wait = std::chrono::milliseconds(100);
+
 worker_slot::worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& pool,
                          const worker_options& opts)
     : ex_(ex),
@@ -36,6 +43,7 @@ worker_slot::worker_slot(net::any_io_executor ex, scheduler& sched, local_pool& 
       pool_(pool),
       opts_(opts),
       deadline_(ex),
+      probe_timer_(ex),
       stall_timer_(ex),
       // A fresh process per job leaves nothing to place behind the running job.
       max_in_flight_(opts.max_jobs_per_process == 1 ? 1 : 16) {}
@@ -91,6 +99,11 @@ net::awaitable<void> worker_slot::supervise() {
     outbox_.clear();
     frames_sent_ = readied ? 1 : 0;  // a readied successor's frame 1 was its ping
     recently_finished_.clear();
+    probe_waiters_.clear();
+    probe_next_.clear();
+    probe_sent_ = false;
+    probe_fallback_armed_ = false;
+    probe_timer_.cancel();
     stall_timer_.cancel();
     stall_armed_ = false;
     stalled_ = false;
@@ -190,7 +203,7 @@ bool worker_slot::consume(const char* data, std::size_t n) {
     return true;
   } catch (const std::exception& e) {
     log::error("worker ", proc_->pid(), " sent a bad frame: ", e.what());
-    replace_process(restart_reason::protocol);
+    on_link_abuse();
     return false;
   }
 }
@@ -211,8 +224,8 @@ void worker_slot::ask_for_work() {
     if (idle_ && provisional_ && process_jobs_ > 0) hand_over_when_idle();
   } else if (in_flight_.size() < max_in_flight_ && !stalled_) {
     const job* running = in_flight_.front().j;
-    if (running != nullptr && !(running->spec.function->runs > 0 &&
-                                running->spec.function->mean_run_seconds < max_run_seconds_to_wait_behind))
+    if (running != nullptr && (running->run_alone || !(running->spec.function->runs > 0 &&
+                                running->spec.function->mean_run_seconds < max_run_seconds_to_wait_behind)))
       return;
     // What waits behind the running job may add up to the scheduler's budget, no more.
     double waiting = 0;
@@ -381,6 +394,15 @@ void worker_slot::become_running(job& j, bool was_waiting) {
 
 void worker_slot::on_reply(std::string_view frame) {
   const worker_reply reply = parse_worker_reply(frame);
+  if (reply.probe_answer) {
+    if (!probe_sent_) {  // nobody asked: job code wrote it
+      log::error("worker ", proc_->pid(), " answered a probe nobody sent: it is replaced");
+      on_link_abuse();
+      return;
+    }
+    on_probe_answer(reply.taken_up);
+    return;
+  }
   if (reply.frames_taken) {
     // Frames we sent never reached the worker's loop: job code read them off the link. None of
     // the jobs still in flight has started; they go back to the queue, to a fresh process.
@@ -403,8 +425,7 @@ void worker_slot::on_reply(std::string_view frame) {
       // has barely started. That one did not fail; it goes back to the queue.
       stop_process_and_requeue_waiting(restart_reason::protocol);
     } else {
-      // The running job wrote it: supervise() reports that job as failed.
-      replace_process(restart_reason::protocol);
+      on_link_abuse();
     }
     return;
   }
@@ -442,6 +463,21 @@ void worker_slot::on_reply(std::string_view frame) {
   // that just ended; a sync frame behind them makes the worker see a gap if they were taken.
   if (received < frames_sent_) send("sync");
   ask_for_work();
+}
+
+void worker_slot::on_link_abuse() {
+  if (in_flight_.size() <= 1) {
+    // The running job wrote it: supervise() reports that job as failed.
+    replace_process(restart_reason::protocol);
+    return;
+  }
+  // The worker may have held the front job's reply back and gone on to the jobs behind it
+  // (worker_module.cpp, reply_writer): any of those in flight may have written, and which one is
+  // not known. They go back to the queue, no attempt spent, each to run alone next time: then the
+  // one that writes to the link again is the running job, and fails.
+  for (const in_flight& f : in_flight_)
+    if (f.j != nullptr) f.j->run_alone = true;
+  stop_process_and_requeue_waiting(restart_reason::protocol);
 }
 
 void worker_slot::arm_stall_check() {
@@ -504,19 +540,92 @@ void worker_slot::take_back_waiting() {
     write_outbox();
     return;  // uncertain: the worker's replies will say which jobs it skipped
   }
+  if (may_hold_front_reply()) {
+    // The running job may have ended, its reply held back, and the worker gone on to a job named
+    // here. It says which job it took up last: it reads its link before each later one, and so
+    // skips those.
+    probe([this](std::optional<std::uint64_t> taken_up) {
+      if (taken_up) requeue_skipped_after(*taken_up);  // else its replies will say what it skipped
+    });
+    return;
+  }
   // The worker writes a job's reply before it reads again, and it reads everything that has
   // arrived before it starts a job. So if no byte of a reply has come since the notes went into
   // its socket, it is still on the running job and will skip every job named.
   int unread = 0;
   if (::ioctl(fd, FIONREAD, &unread) != 0 || unread != 0 || reader_.buffered() != 0) return;
+  requeue_skipped_after(in_flight_.front().id);
+}
+
+void worker_slot::requeue_skipped_after(std::uint64_t taken_up) {
+  std::size_t first = 0;  // the jobs from here on that the worker was told to skip
+  for (std::size_t i = 0; i < in_flight_.size(); ++i)
+    if (in_flight_[i].id == taken_up) first = i + 1;
   std::vector<job*> requeue;
-  for (std::size_t i : taken) {
-    requeue.push_back(in_flight_[i].j);
-    in_flight_[i].j = nullptr;  // its "skipped" reply will be ignored
+  for (std::size_t i = first; i < in_flight_.size(); ++i) {
+    in_flight& f = in_flight_[i];
+    if (f.j == nullptr || !f.skip_sent) continue;
+    requeue.push_back(f.j);
+    f.j = nullptr;  // its "skipped" reply will be ignored
   }
+  if (requeue.empty()) return;
   log::debug("worker ", proc_->pid(), ": job ", in_flight_.front().id, " is overdue; ", requeue.size(),
              " jobs waiting behind it go back to the queue");
   for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) sched_.requeue(**it);
+}
+
+bool worker_slot::may_hold_front_reply() const {
+  return opts_.max_memory == 0 && in_flight_.size() > jobs_waiting_to_hold_a_reply;
+}
+
+void worker_slot::probe(probe_callback then) {
+  if (probe_sent_) {
+    // One signal answered at a time: this one must be sent after what the caller just wrote.
+    probe_next_.push_back(std::move(then));
+  } else {
+    probe_waiters_.push_back(std::move(then));
+    probe_sent_ = true;
+    // To the worker's main thread, which runs the loop (the threads of a job's libraries must
+    // not take it).
+    if (::tgkill(static_cast<pid_t>(proc_->pid()), static_cast<pid_t>(proc_->pid()), worker_probe_signal()) != 0)
+      log::debug("cannot probe worker ", proc_->pid(), ": ", std::strerror(errno));  // it is gone: EOF follows
+  }
+  if (probe_fallback_armed_) return;
+  // A worker that does not answer (a job blocked the signal, the process is stopped) leaves its
+  // callers to act without the answer.
+  probe_fallback_armed_ = true;
+  probe_timer_.expires_after(max_probe_wait);
+  probe_timer_.async_wait([self = shared_from_this(), gen = generation_](boost::system::error_code ec) {
+    if (ec || gen != self->generation_) return;
+    self->probe_fallback_armed_ = false;
+    auto waiters = std::move(self->probe_waiters_);
+    self->probe_waiters_.clear();
+    auto next = std::move(self->probe_next_);
+    self->probe_next_.clear();
+    for (auto* callbacks : {&waiters, &next})
+      for (auto& then : *callbacks) {
+        if (gen != self->generation_ || !self->accepting_) return;  // one of them replaced the process
+        then(std::nullopt);
+      }
+  });
+}
+
+void worker_slot::on_probe_answer(std::uint64_t taken_up) {
+  auto waiters = std::move(probe_waiters_);
+  probe_waiters_.clear();
+  probe_sent_ = false;
+  probe_fallback_armed_ = false;
+  probe_timer_.cancel();
+  if (!probe_next_.empty()) {
+    auto next = std::move(probe_next_);
+    probe_next_.clear();
+    for (auto& then : next) probe(std::move(then));
+  }
+  const auto gen = generation_;
+  for (auto& then : waiters) {
+    if (gen != generation_ || !accepting_) return;  // one of them replaced the process
+    then(taken_up);
+  }
 }
 
 void worker_slot::leave_scheduler() {
@@ -556,8 +665,13 @@ void worker_slot::stop_process_and_requeue_waiting(restart_reason why) {
     if (it->j != nullptr) sched_.requeue(*it->j);
 }
 
-void worker_slot::on_timeout(std::uint64_t job_id) {
+void worker_slot::on_timeout(std::uint64_t job_id, bool asked) {
   if (in_flight_.empty() || in_flight_.front().id != job_id || in_flight_.front().j == nullptr) return;
+  if (!asked && may_hold_front_reply()) {
+    // It may have ended in time, its reply held back: the worker says.
+    probe([this, job_id](std::optional<std::uint64_t>) { on_timeout(job_id, true); });
+    return;
+  }
   job& j = *in_flight_.front().j;
   in_flight_.pop_front();
   stop_process_and_requeue_waiting(restart_reason::timeout);
@@ -573,8 +687,16 @@ void worker_slot::on_timeout(std::uint64_t job_id) {
 void worker_slot::abort(job& j) {
   if (!in_flight_.empty() && in_flight_.front().j == &j) {
     // It is running: only stopping the process stops it.
-    in_flight_.pop_front();
     deadline_.cancel();
+    if (may_hold_front_reply()) {
+      // Unless it has ended, its reply held back: the worker says, and is stopped only if not.
+      in_flight_.front().j = nullptr;  // its reply, if it comes, is ignored
+      probe([this, id = j.id](std::optional<std::uint64_t>) {
+        if (!in_flight_.empty() && in_flight_.front().id == id) stop_process_and_requeue_waiting(restart_reason::cancelled);
+      });
+      return;
+    }
+    in_flight_.pop_front();
     stop_process_and_requeue_waiting(restart_reason::cancelled);
     return;
   }

@@ -21,6 +21,7 @@
 #include "worker_process.hpp"
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -97,7 +98,21 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   // process is being replaced for a bad frame.
   bool consume(const char* data, std::size_t n);
   void on_reply(std::string_view frame);
-  void on_timeout(std::uint64_t job_id);
+  // `asked`: the worker has answered a probe since the deadline passed.
+  void on_timeout(std::uint64_t job_id, bool asked = false);
+  // The worker may be holding the running job's reply back, gone on to the jobs behind it: it
+  // had enough waiting (held_replies.hpp). Its silence then does not say it is still on that job.
+  bool may_hold_front_reply() const;
+  // Signals the worker to say where it is; `then(taken_up)` runs on its answer (after the
+  // replies it held): every job after `taken_up` it takes up after reading what was sent before
+  // the probe. `then(nullopt)` when no answer came in time; not run if the process goes first.
+  using probe_callback = std::function<void(std::optional<std::uint64_t>)>;
+  void probe(probe_callback then);
+  void on_probe_answer(std::uint64_t taken_up);
+  // Takes the jobs told to skip that come after `taken_up` back to the queue: certain to be skipped.
+  void requeue_skipped_after(std::uint64_t taken_up);
+  // Job code wrote to the link (a reply out of turn, or bytes that are no frame).
+  void on_link_abuse();
   void become_running(job& j, bool was_waiting);
   // The stall check: a timer at the running job's start plus a few times its function's mean.
   void arm_stall_check();
@@ -146,6 +161,11 @@ class worker_slot : public slot, public std::enable_shared_from_this<worker_slot
   std::string writing_;   // the frames being written now
   std::string outbox_;    // frames queued behind them
   bool flush_posted_ = false;  // a write of outbox_ is due at the end of this turn
+  std::vector<probe_callback> probe_waiters_;  // for the probe signalled
+  std::vector<probe_callback> probe_next_;     // for one signalled after it
+  bool probe_sent_ = false;                    // its answer is awaited
+  bool probe_fallback_armed_ = false;
+  net::steady_timer probe_timer_;              // acts without an answer after max_probe_wait
   std::deque<in_flight> in_flight_;  // front: running (or about to); at most max_in_flight_
   std::uint64_t frames_sent_ = 0;     // to this process; each frame carries its number
   std::deque<std::uint64_t> recently_finished_;  // ids of this process's last replies

@@ -113,7 +113,9 @@ def serve(fd, node_pid, memory=None, rlimit=False):
     runtime.own_link(fd)
     if memory is not None:
         runtime.limit_memory(memory, rlimit)
-    loop.serve(fd, runtime.handle, node_pid)
+    # Under a memory limit every reply goes at once: the kernel's kill leaves no time to write
+    # held ones (worker_module.cpp, reply_writer).
+    loop.serve(fd, runtime.handle, node_pid, memory is None)
 
 
 if __name__ == "__main__":

@@ -597,9 +597,34 @@ _QUICKER_THAN_ANY_PROCESS_START = 20e-6  # seconds
 _baseline = _Baseline()
 _environ_data = os.environ._data  # noqa: SLF001 - the dict os.environ keeps (and changes in place)
 # What these set outlives the job: that worker is replaced after it.
-_watch(signal, ("signal", "alarm", "setitimer", "pthread_kill", "set_wakeup_fd"), "signals_touched")
+_watch(signal, ("signal", "alarm", "setitimer", "pthread_kill", "pthread_sigmask", "set_wakeup_fd"), "signals_touched")
 # What these change is put back after the job.
 _watch(os, ("chdir", "fchdir", "umask"), "process_touched")
+
+
+def _flush_first(module, names):
+    """Makes module.name write the replies the worker loop holds back before it ends or replaces
+    the process: those jobs ended, and the node must hear so before it hears of the worker's end
+    (worker_module.cpp, reply_writer)."""
+    flush = getattr(sys.modules.get("_ppgate_worker"), "flush_replies", None)
+    if flush is None:
+        return
+    for name in names:
+        original = getattr(module, name, None)
+        if original is None:
+            continue
+
+        def flushing(*args, __original=original, **kwargs):
+            flush()
+            return __original(*args, **kwargs)
+
+        flushing.__name__ = name
+        flushing.__doc__ = original.__doc__
+        setattr(module, name, flushing)
+
+
+# (os.execl, execlp, execvp and the rest call these two.)
+_flush_first(os, ("_exit", "execv", "execve"))
 
 
 # A job's captured output is cut beyond this (each stream), with a marker that says so: the node

@@ -4,14 +4,16 @@
 // It is built against the stable ABI (Py_LIMITED_API, CPython 3.8), so one build loads in every
 // CPython from 3.8 on. serve(fd, handle) reads length-prefixed frames (lib/frame.hpp) from the
 // node on the socketpair `fd`, hands each run message to handle(payload: bytes) -> bytes (the
-// Python runtime, runtime.py) and writes the reply back as one frame. It returns when the node
-// closes the socket.
+// Python runtime, runtime.py) and writes the reply back as one frame, at once or, in a run of
+// short jobs, with the replies after it (reply_writer). It returns when the node closes the socket.
 //
 // The GIL is held except around blocking reads and writes, so threads a job started still run
 // while the worker waits for the next job.
 #include "frame.hpp"
+#include "held_replies.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <csignal>
@@ -23,6 +25,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <ctime>
 #include <unistd.h>
 #include <utility>
 
@@ -52,19 +55,6 @@ struct python_error {};
 struct os_error {
   int err;
 };
-
-// Keeps the GIL: a reply fits the socket's buffer but for huge results, and between jobs no job
-// thread is left to run (a job that leaves one retires its worker).
-void write_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    const ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw os_error{errno};
-    }
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-}
 
 // Reads what has arrived; with `wait`, blocks until something does (without the GIL). Without
 // `wait`, returns -1 with errno EAGAIN when nothing has.
@@ -111,13 +101,223 @@ struct frames_taken {};
 // system call).
 bool in_forked_child = false;
 
+// The worker's only writer to its link. A short job's reply is held back while at least
+// ppgate::jobs_waiting_to_hold_a_reply jobs wait here, and goes out with the replies after it in
+// one write: a run of short jobs costs the node one wake-up, not one per job. A reply is held at
+// most reply_hold_limit: a one-shot timer's signal writes the held replies out when the job running
+// meanwhile takes longer, and so do a crash signal and os._exit (flush_replies), so the node hears
+// of every job that ended before it hears of the worker's end, and blames the job that was running.
+// The node asks where the worker is (a probe signal, answered at once, even mid-job): the held
+// replies, then "running <id>", the job taken up last, before which the worker read its link last
+// (worker_slot::probe). Nothing is held under --max-worker-memory: a kill by the kernel's memory
+// limit gives no chance to write them.
+// The signals are sent to the loop's thread (the process's first), so the handlers interrupt the
+// loop itself: `editing` keeps them off while the loop changes `held` or writes, and leaves the
+// loop to do what they found it busy with.
+constexpr long reply_hold_limit_ns = 1'000'000;
+constexpr std::size_t max_held_bytes = 64 * 1024;
+
+enum loop_phase : int { between_jobs, in_job, waiting_for_frames };
+
+struct reply_writer {
+  int fd = -1;
+  bool may_hold = false;
+  std::string held;                                // complete frames not written yet
+  volatile std::sig_atomic_t editing = 0;          // the loop is changing `held` or writing
+  volatile std::sig_atomic_t timer_missed = 0;     // the timer fired while the loop was editing
+  volatile std::sig_atomic_t timer_armed = 0;
+  volatile std::sig_atomic_t probe_missed = 0;     // a probe the loop answers (it was not in a job)
+  volatile std::sig_atomic_t phase = between_jobs;
+  std::atomic<std::uint64_t> received{0};          // the last frame read (link_state::received)
+  std::atomic<std::uint64_t> taken_up{0};          // the job running, or the last one taken up
+  timer_t timer{};
+};
+reply_writer replies;
+
+// Async-signal-safe: write(2) only. False when the link is broken. Keeps the GIL: replies fit the
+// socket's buffer but for huge results, and between jobs no job thread is left to run (a job
+// that leaves one retires its worker).
+bool write_raw(int fd, const char* data, std::size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    data += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// From a signal handler: writes what is held, unless the loop is at it.
+void write_held_from_signal() {
+  if (in_forked_child || replies.editing || replies.held.empty()) return;
+  write_raw(replies.fd, replies.held.data(), replies.held.size());
+  replies.held.clear();  // (keeps its storage: no allocation)
+}
+
+// "<seq> running <id>", built without allocating (a signal handler sends it).
+void write_probe_answer() {
+  char body[64];
+  char* p = std::to_chars(body, body + 24, replies.received.load()).ptr;
+  constexpr std::string_view word = " running ";
+  p = std::copy(word.begin(), word.end(), p);
+  p = std::to_chars(p, body + sizeof body, replies.taken_up.load()).ptr;
+  const auto n = static_cast<std::uint32_t>(p - body);
+  char frame[ppgate::frame_header_size + sizeof body];
+  for (std::size_t i = 0; i < ppgate::frame_header_size; ++i) frame[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  std::copy(body, p, frame + ppgate::frame_header_size);
+  write_raw(replies.fd, frame, ppgate::frame_header_size + n);
+}
+
+void on_hold_timer(int) {
+  const int saved = errno;
+  replies.timer_armed = 0;
+  if (replies.editing) replies.timer_missed = 1;
+  else write_held_from_signal();
+  errno = saved;
+}
+
+// In a job or waiting for frames, the answer is certain at once: the next job is taken up after a
+// read of the link that starts after this signal, so it finds every note the node sent before.
+// Between jobs, the loop answers as it takes the next one up (answer_missed_probe).
+void on_probe(int) {
+  const int saved = errno;
+  if (in_forked_child) {
+  } else if (replies.editing || replies.phase == between_jobs) {
+    replies.probe_missed = 1;
+  } else {
+    write_held_from_signal();
+    write_probe_answer();
+  }
+  errno = saved;
+}
+
+constexpr int crash_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+struct sigaction crash_previous[std::size(crash_signals)];
+
+void on_crash(int sig) {
+  // Only on the loop's thread: a crash on another (a library's) would race the loop for `held`.
+  if (::gettid() == ::getpid()) write_held_from_signal();
+  // The previous handler (faulthandler's, or the default action) takes it from here.
+  for (std::size_t i = 0; i < std::size(crash_signals); ++i)
+    if (crash_signals[i] == sig) ::sigaction(sig, &crash_previous[i], nullptr);
+  ::raise(sig);
+}
+
+// The timer's and the probe's handlers both write to the link: neither interrupts the other.
+bool handle_signal(int sig, void (*handler)(int)) {
+  struct sigaction action {};
+  action.sa_handler = handler;
+  action.sa_flags = SA_RESTART;  // job code's system calls go on
+  ::sigemptyset(&action.sa_mask);
+  ::sigaddset(&action.sa_mask, ppgate::worker_hold_timer_signal());
+  ::sigaddset(&action.sa_mask, ppgate::worker_probe_signal());
+  return ::sigaction(sig, &action, nullptr) == 0;
+}
+
+// Sets the writer up for `fd`; without `may_hold` (or a timer), every reply goes at once.
+void start_replies(int fd, bool may_hold) {
+  replies.fd = fd;
+  // The probe arrives blocked (the node spawns the worker so, the client's forks block it): a
+  // probe sent before this line is answered after it.
+  const bool answers_probes = handle_signal(ppgate::worker_probe_signal(), on_probe);
+  sigset_t probe;
+  ::sigemptyset(&probe);
+  ::sigaddset(&probe, ppgate::worker_probe_signal());
+  if (answers_probes) ::pthread_sigmask(SIG_UNBLOCK, &probe, nullptr);
+  if (!may_hold || !answers_probes) return;
+  const int timer_signal = ppgate::worker_hold_timer_signal();
+  if (!handle_signal(timer_signal, on_hold_timer)) return;
+  // To this thread (the loop's), as the node's probes: a job's library threads (OpenBLAS's, say)
+  // do not block the signal, and one of them taking it would race the loop for `held`.
+  struct sigevent event {};
+  event.sigev_notify = SIGEV_THREAD_ID;
+  event.sigev_signo = timer_signal;
+  event._sigev_un._tid = ::gettid();
+  if (::timer_create(CLOCK_MONOTONIC, &event, &replies.timer) != 0) return;
+  struct sigaction crash {};
+  crash.sa_handler = on_crash;
+  ::sigemptyset(&crash.sa_mask);
+  for (std::size_t i = 0; i < std::size(crash_signals); ++i)
+    ::sigaction(crash_signals[i], &crash, &crash_previous[i]);
+  replies.may_hold = true;
+}
+
+void set_hold_timer(long ns) {
+  struct itimerspec when {};
+  when.it_value.tv_nsec = ns;  // 0: disarmed
+  ::timer_settime(replies.timer, 0, &when, nullptr);
+}
+
+// Writes what is held. Throws os_error when the link is broken.
+void write_held() {
+  if (replies.held.empty()) return;
+  replies.editing = 1;
+  const bool written = write_raw(replies.fd, replies.held.data(), replies.held.size());
+  const int err = errno;
+  replies.held.clear();
+  if (replies.timer_armed) {
+    replies.timer_armed = 0;
+    set_hold_timer(0);
+  }
+  replies.timer_missed = 0;
+  replies.editing = 0;
+  if (!written) throw os_error{err};
+}
+
+// Queues one frame, "<prefix><body>", and writes it now unless `may_wait` (enough jobs wait here)
+// and it is small: then it goes with the next write, within reply_hold_limit.
+void send_reply(std::string_view prefix, std::string_view body, bool may_wait) {
+  replies.editing = 1;
+  ppgate::append_frame(replies.held, prefix, body);
+  replies.editing = 0;
+  if (!may_wait || !replies.may_hold || replies.timer_missed || replies.held.size() > max_held_bytes) {
+    write_held();
+    return;
+  }
+  if (!replies.timer_armed) {
+    replies.timer_armed = 1;
+    set_hold_timer(reply_hold_limit_ns);
+  }
+  if (replies.timer_missed) write_held();  // it fired as it was being armed
+}
+
+// A probe that came between jobs, answered as the loop takes job `id` up (0: none, it is about
+// to wait for frames): the link was read before, maybe before the node's notes arrived, so the
+// answer names this job, which may run; those after it are taken up after a read that finds them.
+void answer_missed_probe(std::uint64_t id) {
+  if (!replies.probe_missed) return;
+  replies.probe_missed = 0;
+  if (id != 0) replies.taken_up = id;
+  write_held();
+  replies.editing = 1;
+  write_probe_answer();
+  replies.editing = 0;
+}
+
+// flush_replies(): writes the replies held back (before the process ends: os._exit, exec).
+PyObject* flush_replies(PyObject*, PyObject*) {
+  if (!in_forked_child && !replies.editing) {
+    try {
+      write_held();
+    } catch (const os_error&) {
+      // The node is gone; nobody is left to tell.
+    }
+  }
+  Py_RETURN_NONE;
+}
+
 // Runs one job: handle(payload) must return bytes, the reply.
-void run_job(int fd, PyObject* handle, std::string_view frame, const link_state& link, std::string& out) {
+// `more_waiting`: other jobs are here already, so its reply may wait for theirs.
+void run_job(PyObject* handle, std::string_view frame, const link_state& link, bool more_waiting) {
   py_ref payload(PyBytes_FromStringAndSize(frame.data(), static_cast<Py_ssize_t>(frame.size())));  // new ref
   if (!payload) throw python_error{};
   py_ref args(PyTuple_Pack(1, payload.get()));  // new ref
   if (!args) throw python_error{};
   py_ref reply(PyObject_Call(handle, args.get(), nullptr));  // new ref
+  replies.phase = between_jobs;
   // A child the job forked (os.fork) that returned from the job must never answer for the worker
   // nor read its link: it ends here.
   if (in_forked_child) ::_exit(0);
@@ -126,14 +326,14 @@ void run_job(int fd, PyObject* handle, std::string_view frame, const link_state&
   Py_ssize_t size = 0;
   if (PyBytes_AsStringAndSize(reply.get(), &data, &size) != 0) throw python_error{};
   const std::string_view text(data, static_cast<std::size_t>(size));
-  ppgate::append_frame(out, link.prefix(), text);
-  write_all(fd, out);
   // "<id> <status> <seconds> retire": the job left behind what this process cannot undo (or
   // "retire-memory": it is over --max-worker-memory). No further job may run here (the node
   // requeues those waiting); leave at once, without waiting for the job's threads as a normal
   // interpreter exit would.
   const std::string_view header = text.substr(0, text.find('\n'));
-  if (header.ends_with(" retire") || header.ends_with(" retire-memory")) ::_exit(0);
+  const bool retire = header.ends_with(" retire") || header.ends_with(" retire-memory");
+  send_reply(link.prefix(), text, more_waiting && !retire);
+  if (retire) ::_exit(0);
 }
 
 // Reads "<seq> " off the front of a frame from the node; a seq out of order means job code read
@@ -144,6 +344,7 @@ std::string_view take_seq(std::string_view frame, link_state& link) {
   if (ec != std::errc() || p == frame.data() + frame.size() || *p != ' ' || seq != link.received + 1)
     throw frames_taken{};
   link.received = seq;
+  replies.received.store(seq, std::memory_order_relaxed);
   return frame.substr(static_cast<std::size_t>(p - frame.data()) + 1);
 }
 
@@ -164,19 +365,33 @@ void serve_frames(int fd, PyObject* handle, link_state& link) {
     bool skip = false;
   };
   std::deque<pending_frame> pending;
-  std::string out;
   std::string buf(64 * 1024, '\0');
+  // Job frames waiting (release notes are none): enough of them, and a reply may be held back.
+  const auto jobs_waiting = [&] {
+    return static_cast<std::size_t>(std::count_if(pending.begin(), pending.end(), [](const pending_frame& p) {
+      return !p.body.starts_with("release ");
+    }));
+  };
   for (;;) {
     bool wait = pending.empty();
+    if (wait) {  // nothing else to run: what is held goes before the wait
+      write_held();
+      answer_missed_probe(0);
+    }
+    // After a wait, the link is read once more: a probe answered during the wait promised that
+    // the next job is taken up after a read that starts after it.
+    bool woke = wait;
     ssize_t n;
     do {  // a full buffer means more may be waiting
+      if (wait) replies.phase = waiting_for_frames;
       n = read_some(fd, buf.data(), buf.size(), wait);
+      replies.phase = between_jobs;
       if (n == 0) return;  // the node closed the link: a normal stop
       if (n < 0 && errno != EAGAIN) throw os_error{errno};
       if (n < 0) break;
       wait = false;
       reader.feed(buf.data(), static_cast<std::size_t>(n));
-    } while (static_cast<std::size_t>(n) == buf.size());
+    } while (static_cast<std::size_t>(n) == buf.size() || std::exchange(woke, false));
     std::string_view frame;
     try {
       while (reader.next(frame)) {
@@ -190,9 +405,7 @@ void serve_frames(int fd, PyObject* handle, link_state& link) {
         } else if (body == "ping") {
           // A successor being readied (worker_slot::ready_successor): answered at once, which
           // tells the node this process has loaded and serves.
-          out.clear();
-          ppgate::append_frame(out, link.prefix(), "pong");
-          write_all(fd, out);
+          send_reply(link.prefix(), "pong", false);
         } else if (body != "sync") {
           pending.push_back({std::string(body)});
         }
@@ -216,30 +429,31 @@ void serve_frames(int fd, PyObject* handle, link_state& link) {
       continue;
     }
     const std::uint64_t id = job_id_of(frame_text);
-    out.clear();
     if (skipped) {
       // Not run; but the function's definition and the values it carries are kept, since the
       // node sends those once per process and later jobs name them alone.
       note("skipped " + frame_text);
-      ppgate::append_frame(out, link.prefix(), std::to_string(id) + " skipped 0\n");
-      write_all(fd, out);
+      send_reply(link.prefix(), std::to_string(id) + " skipped 0\n",
+                 jobs_waiting() >= ppgate::jobs_waiting_to_hold_a_reply);
       continue;
     }
     link.last_job = id;
-    run_job(fd, handle, frame_text, link, out);
+    replies.taken_up = id;
+    replies.phase = in_job;
+    answer_missed_probe(id);
+    run_job(handle, frame_text, link, jobs_waiting() >= ppgate::jobs_waiting_to_hold_a_reply);
   }
 }
 
-void serve_loop(int fd, PyObject* handle) {
+void serve_loop(int fd, PyObject* handle, bool hold_replies) {
+  start_replies(fd, hold_replies);
   link_state link;
   try {
     serve_frames(fd, handle, link);
   } catch (const frames_taken&) {
     // What this process holds cannot be trusted to be complete: the node requeues the jobs it
     // sent (none of them started) and replaces the worker.
-    std::string out;
-    ppgate::append_frame(out, link.prefix(), "lost " + std::to_string(link.last_job) + "\n");
-    write_all(fd, out);
+    send_reply(link.prefix(), "lost " + std::to_string(link.last_job) + "\n", false);
   }
 }
 
@@ -247,7 +461,8 @@ PyObject* serve(PyObject*, PyObject* args) {
   int fd = -1;
   PyObject* handle = nullptr;
   long node_pid = 0;
-  if (!PyArg_ParseTuple(args, "iOl:serve", &fd, &handle, &node_pid)) return nullptr;
+  int hold_replies = 1;
+  if (!PyArg_ParseTuple(args, "iOl|p:serve", &fd, &handle, &node_pid, &hold_replies)) return nullptr;
   if (!PyCallable_Check(handle)) {
     PyErr_SetString(PyExc_TypeError, "serve: handle must be callable");
     return nullptr;
@@ -260,8 +475,9 @@ PyObject* serve(PyObject*, PyObject* args) {
   // its socket for nobody.
   if (::getppid() != static_cast<pid_t>(node_pid)) Py_RETURN_NONE;
   try {
-    serve_loop(fd, handle);
+    serve_loop(fd, handle, hold_replies != 0);
   } catch (const python_error&) {
+    flush_replies(nullptr, nullptr);  // the jobs that ended before the loop broke are done
     return nullptr;
   } catch (const os_error& e) {
     errno = e.err;
@@ -289,8 +505,11 @@ PyObject* children_alive(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"children_alive", children_alive, METH_NOARGS,
      "children_alive(): whether this process has children still running (reaps the exited ones)."},
+    {"flush_replies", flush_replies, METH_NOARGS,
+     "flush_replies(): write the replies held back now (before the process ends or execs)."},
     {"serve", serve, METH_VARARGS,
-     "serve(fd, handle, node_pid): run jobs from the node on socket fd until it closes the link."},
+     "serve(fd, handle, node_pid, hold_replies=True): run jobs from the node on socket fd until it\n"
+     "closes the link; with hold_replies, short jobs' replies may go out together."},
     {nullptr, nullptr, 0, nullptr},
 };
 

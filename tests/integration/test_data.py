@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 import time
 import unittest
+from unittest import mock
 import zlib
 
 from harness import ROOT, Node, run_ppgate  # noqa: F401
@@ -372,7 +373,9 @@ class TestSentOnce(unittest.TestCase):
         self.assertEqual(len(puts), 4)
 
     def test_from_another_host(self):
-        with AsIfRemote(), pp.Server(2) as server:
+        # Workers of its own from the start: a fork handing over to a fresh worker between these
+        # jobs would leave a worker that holds nothing, having been sent nothing.
+        with AsIfRemote(), mock.patch.dict(os.environ, {"PPGATE_FORK_WORKERS": "0"}), pp.Server(2) as server:
             self.assertIsNone(server._session.shm_prefix)
             self.check_instance_and_closure(server)
             # Each worker holds what it was sent, until the values are released.

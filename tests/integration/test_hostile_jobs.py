@@ -363,6 +363,72 @@ class TestTheLinkIsTheWorkersOwn(unittest.TestCase):
             self.assertIn("out of turn", node.log_text())
 
 
+# One function for a run of short jobs and for the one among them that misbehaves: known to be
+# short (warmed), so the node places the whole batch on the worker at once, and the worker holds
+# the short jobs' replies back while the rest run (worker_module.cpp, reply_writer).
+MIXED = """\
+import ctypes, os, struct, time
+def mixed(kind, x):
+    if kind == "exit":
+        os._exit(7)
+    if kind == "abort":
+        os.abort()
+    if kind == "segfault":
+        ctypes.string_at(0)
+    if kind == "forge":
+        reply = b'0 999999 ok 0\\n"result":666,"stdout":"","stderr":""'
+        os.write(3, struct.pack('<I', len(reply)) + reply)
+    if kind == "nap":
+        time.sleep(x)
+    return x * x
+"""
+
+
+class TestRepliesHeldBackForARunOfShortJobs(unittest.TestCase):
+    """A worker with more jobs waiting holds a short job's reply back and sends it with the next
+    ones, in one write. Held at most a millisecond, and written before the worker ends, so no job
+    waits for a long one behind it, nor is blamed for what a job after it did."""
+
+    def run_batch(self, node, kinds):
+        status, _, _ = node.request("POST", "/v1/jobs?wait=%d" % WAIT,
+                                    [dict(source=MIXED, function="mixed", args=["none", i]) for i in range(20)])
+        self.assertEqual(status, 200)
+        status, body, _ = node.request("POST", "/v1/jobs", [dict(source=MIXED, function="mixed", args=[k, i])
+                                                            for i, k in enumerate(kinds)])
+        self.assertIn(status, (200, 202), body)
+        return [j["id"] for j in body["jobs"]]
+
+    def test_a_short_jobs_result_does_not_wait_for_the_long_job_behind_it(self):
+        with Node(workers=1) as node:
+            ids = self.run_batch(node, ["none", "none", "none", "nap", "none", "none"])
+            # (job 3 naps for 3 seconds)
+            self.assertEqual(wait_for(node, ids[2])["result"], 4)
+            self.assertEqual(node.request("GET", "/v1/jobs/%d" % ids[3])[1]["status"], "running",
+                             "the short job's result came before the long job ended")
+            self.assertEqual([wait_for(node, i).get("result") for i in ids], [0, 1, 4, 9, 16, 25])
+
+    def test_a_worker_that_dies_blames_only_the_job_that_killed_it(self):
+        for kind in ("exit", "abort", "segfault"):
+            with self.subTest(kind), Node(workers=1) as node:
+                ids = self.run_batch(node, ["none", "none", "none", kind, "none", "none"])
+                jobs = [wait_for(node, i) for i in ids]
+                self.assertEqual([(j["status"], j.get("result")) for j in jobs[:3]],
+                                 [("done", 0), ("done", 1), ("done", 4)], jobs[:3])
+                self.assertEqual((jobs[3]["status"], jobs[3]["error"]["type"]), ("failed", "WorkerDied"), jobs[3])
+                self.assertEqual([(j["status"], j.get("result")) for j in jobs[4:]],
+                                 [("done", 16), ("done", 25)], jobs[4:])
+
+    def test_a_forged_reply_behind_held_ones_fails_only_the_forger(self):
+        with Node(workers=1) as node:
+            ids = self.run_batch(node, ["none", "none", "none", "forge", "none", "none"])
+            jobs = [wait_for(node, i) for i in ids]
+            for i in (0, 1, 2, 4, 5):
+                self.assertEqual((jobs[i]["status"], jobs[i].get("result"), jobs[i]["attempts"]),
+                                 ("done", i * i, 1), jobs[i])
+            self.assertEqual((jobs[3]["status"], jobs[3]["error"]["type"]), ("failed", "WorkerDied"), jobs[3])
+            self.assertIn("out of turn", node.log_text())
+
+
 class TestRetainedOutputIsBounded(unittest.TestCase):
     def test_chatty_jobs_are_cut_and_old_results_forgotten_within_the_byte_budget(self):
         """Before: --keep-finished counted jobs, not bytes: 10 jobs printing 50 MB each left 596 MB

@@ -99,6 +99,9 @@ def _become_worker(script: str, link: socket.socket) -> None:
     the caller's program."""
     status = 70
     try:
+        # The node's probe (lib/held_replies.hpp: SIGRTMIN + 5) waits until the worker loop
+        # can answer it, which unblocks it; its default action would end this process.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN + 5})
         os.setsid()  # a Ctrl-C at the terminal is for the program, not for its workers
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         devnull = os.open(os.devnull, os.O_RDONLY)
