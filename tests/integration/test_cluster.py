@@ -197,8 +197,11 @@ class TestDrain(unittest.TestCase):
         with Node("--drain-timeout", "10", workers=1, env={"PPGATE_SECRET": SECRET}) as node:
             with pp.Server(url="http://127.0.0.1:%d" % node.port, token=SECRET) as server:
                 jobs = [server.submit(time.sleep, (0.5,)) for _ in range(4)]
-                node.wait_until(lambda: node.request("GET", "/v1/stats", headers={"Authorization": "Bearer " + SECRET})
-                                [1]["jobs"]["running"] == 1, what="the first job to run")
+                # All four on the node (the client sends the last three as one batch, maybe after
+                # the first has started), the first running.
+                node.wait_until(lambda: (lambda counts: (counts["running"], counts["queued"]) == (1, 3))(
+                                    node.request("GET", "/v1/stats", headers={"Authorization": "Bearer " + SECRET})
+                                    [1]["jobs"]), what="the first job to run, the others queued")
                 node.proc.send_signal(signal.SIGTERM)
                 node.wait_until(lambda: "draining" in node.log_text(), what="the drain")
                 late = server.submit(time.sleep, (0.1,))
