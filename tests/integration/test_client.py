@@ -3,6 +3,7 @@ travel, errors, callbacks, the Executor, node lifetime, and the examples."""
 
 import concurrent.futures
 import contextlib
+import gc
 import inspect
 import io
 import os
@@ -14,6 +15,7 @@ import textwrap
 import threading
 import time
 import unittest
+import weakref
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -512,6 +514,22 @@ class TestExecutorMap(ExecutorTest):
         point = Point(2, 5)
         self.assertEqual(list(self.executor.map(point.plus, [Point(1, 1), Point(0, 10)], chunksize=2, timeout=WAIT)),
                          [Point(3, 6), Point(2, 15)])
+
+    def test_results_are_freed_when_the_caller_lets_go_of_them(self):
+        # Without waiting for a gc collection: nothing in the executor keeps a finished call's
+        # result in a reference cycle (a 1M-item map's results would linger, and be copied into
+        # the workers a later Server() forks).
+        gc.disable()
+        try:
+            results = list(self.executor.map(Point, range(6), range(6), chunksize=2, timeout=WAIT))
+            future = self.executor.submit(Point, 7, 7)
+            results.append(future.result(WAIT))
+            self.assertEqual(results, [Point(i, i) for i in range(6)] + [Point(7, 7)])
+            watched = [weakref.ref(point) for point in results]
+            del results, future
+            self.assertEqual([ref() for ref in watched], [None] * 7)
+        finally:
+            gc.enable()
 
     def test_empty_input_and_bad_chunksizes(self):
         self.assertEqual(list(self.executor.map(add, [], timeout=WAIT)), [])

@@ -222,6 +222,36 @@ class TestForkedWorkers(unittest.TestCase):
         self.assertNotEqual(a, b)
         self.assertNotIn(out["client"], (a, b))
 
+    def test_a_fork_leaves_the_client_s_garbage_to_the_client(self):
+        # Garbage the client has not collected yet when it forks: a cycle whose finalizer records
+        # the process it runs in. A fork collecting it would run the client's finalizer a second
+        # time, in the wrong process (and copy the client's heap doing so).
+        out, _ = run_program("""
+            import gc
+            gc.disable()
+            record = os.path.join(os.path.dirname(os.path.abspath(__file__)), "finalized")
+            class Finalized:
+                def __del__(self):
+                    with open(record, "a") as f:
+                        f.write("%d\\n" % os.getpid())
+            cycle = Finalized()
+            cycle.me = cycle
+            del cycle
+            def collect():
+                import gc, os
+                gc.collect()
+                return os.getppid()
+            with ppgate.Server(1) as server:
+                parent = server.submit(collect)()
+            in_forks = open(record).read().split() if os.path.exists(record) else []
+            gc.collect()
+            print(json.dumps({"me": os.getpid(), "parent": parent, "in_forks": in_forks,
+                              "after": open(record).read().split()}))
+        """)
+        self.assertEqual(out["parent"], out["me"])  # the job ran in a fork
+        self.assertEqual(out["in_forks"], [])
+        self.assertEqual(out["after"], [str(out["me"])])  # the client's own collection finalizes it
+
 
 class TestForkBootstrap(unittest.TestCase):
     """A fork loads ppgate_worker.py from the bytecode the build made, unless that is stale."""

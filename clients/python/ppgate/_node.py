@@ -6,6 +6,7 @@ import _imp
 import _thread
 import array
 import base64
+import gc
 import importlib.util
 import json
 import marshal
@@ -99,6 +100,10 @@ def _become_worker(script: str, link: socket.socket) -> None:
     the caller's program."""
     status = 70
     try:
+        # What this process held when it forked stays as it is: a collection would walk (and,
+        # freeing the garbage among it, write) the caller's whole heap, copying its pages into
+        # this process - tens of milliseconds before the first job after a big map, in each fork.
+        gc.freeze()
         # The node's probe (lib/held_replies.hpp: SIGRTMIN + 5) waits until the worker loop
         # can answer it, which unblocks it; its default action would end this process.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGRTMIN + 5})

@@ -269,12 +269,15 @@ class Job:
         self._raw, self._result, self._error = raw, result, error
         self.stdout, self.stderr = stdout, stderr
         self._release_shared_files()
-        if self._future is not None:
-            if not self._future.done():
+        # The future's done callbacks hold this job (to cancel it) and outlive it: the job lets go
+        # of the future, or the pair would be a cycle keeping the result until a gc collection.
+        future, self._future = self._future, None
+        if future is not None:
+            if not future.done():
                 if error is None:
-                    self._future.set_result(result)
+                    future.set_result(result)
                 else:
-                    self._future.set_exception(error)
+                    future.set_exception(error)
             self._server._job_finished(self, notify)
         elif self._callback is not None and error is None:
             self._server._run_callback(self)
