@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
-#include <thread>
 
 int main(int argc, char** argv) {
   using namespace ppgate;
@@ -32,10 +31,6 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  // OpenSSL's first digest loads its configuration and providers (1-2 ms): the first job's
-  // function hash would pay that on the way to the first result. A thread pays it now, beside
-  // the rest of the start-up (joined when main returns).
-  std::jthread warm_up_digests([] { function_hash("", {}, ""); });
   forget_secret_variables(cmd.serve.secret_variables);  // before any child process starts
   std::signal(SIGPIPE, SIG_IGN);  // a closed peer is an error code on write, not a death
   log::parse_level(cmd.serve.log_level, log::threshold());

@@ -24,7 +24,9 @@ import signal
 import sys
 
 
-def _load(name, filename):
+def _load(name, filename, code=None):
+    """Module `name` from `filename` beside this file; a .py module runs `code` when given (its
+    bytecode, read already: see prepare_fork)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
     if filename.endswith(".so"):
         loader = importlib.machinery.ExtensionFileLoader(name, path)
@@ -33,7 +35,8 @@ def _load(name, filename):
         spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    code = _built_bytecode(path) if filename.endswith(".py") else None
+    if code is None and filename.endswith(".py"):
+        code = _built_bytecode(path)
     if code is not None:
         exec(code, module.__dict__)
     else:
@@ -97,19 +100,42 @@ def main(argv):
     return 0
 
 
-def _load_halves():
+def _load_halves(prepared=None):
+    """The loop and the runtime; `prepared` is what prepare_fork returned in the process this
+    one is a fork of."""
     # Under a batch system, SIGTERM (walltime, scancel) reaches every process of the job: the
     # node drains, and stops its workers itself (SIGKILL), so a worker lets the signal pass.
     # (Before the runtime loads: it watches jobs that change signal handlers.)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    if prepared is not None:
+        loop, runtime_code = prepared
+        sys.modules[loop.__name__] = loop
+        return loop, _load("ppgate_worker_runtime", "ppgate_worker_runtime.py", runtime_code)
     return _load("_ppgate_worker", "_ppgate_worker.abi3.so"), _load("ppgate_worker_runtime", "ppgate_worker_runtime.py")
 
 
-def serve(fd, node_pid, memory=None, rlimit=False):
+def prepare_fork():
+    """For a process that forks itself into workers (the Python client, which calls `serve` in
+    each fork): the loop, imported here, as it changes nothing in the process, and the
+    runtime's code, read and checked but not run, as its import watches the process's signal
+    functions. Done once before forking, it is not done again by every fork on its way to its
+    first job."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ppgate_worker_runtime.py")
+    code = _built_bytecode(path)
+    if code is None:
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec")
+    loop = _load("_ppgate_worker", "_ppgate_worker.abi3.so")
+    del sys.modules[loop.__name__]  # the forks' module, not the caller's
+    return loop, code
+
+
+def serve(fd, node_pid, memory=None, rlimit=False, prepared=None):
     """Runs jobs from the node on socket `fd` until it closes the link. `node_pid` is this
     process's parent, whose death ends it. Also the entry of a worker the Python client forks
-    from itself for its private node to adopt (`ppgate serve --adopt-from`)."""
-    loop, runtime = _load_halves()
+    from itself for its private node to adopt (`ppgate serve --adopt-from`), with `prepared`
+    from prepare_fork."""
+    loop, runtime = _load_halves(prepared)
     runtime.own_link(fd)
     if memory is not None:
         runtime.limit_memory(memory, rlimit)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import types
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 _START_TIMEOUT = 30.0
 
@@ -95,9 +95,9 @@ def _may_fork() -> bool:
         return False
 
 
-def _become_worker(script: str, link: socket.socket) -> None:
+def _become_worker(kit: Tuple[Any, Any], link: socket.socket, own: Sequence[str]) -> None:
     """In a forked child: serve the node on `link` as its worker, then exit. Never returns into
-    the caller's program."""
+    the caller's program. `kit`: _fork_kit's; `own`: the program's own modules."""
     status = 70
     try:
         # What this process held when it forked stays as it is: a collection would walk (and,
@@ -120,13 +120,13 @@ def _become_worker(script: str, link: socket.socket) -> None:
                 numpy.random.seed()
             except Exception:  # noqa: BLE001 - a numpy without it, or half imported
                 pass
-        # The program's own modules are imported here, and not in a fresh worker, where the
-        # classes a job ships by source take their modules' names (the runtime's aliases): so
-        # that the fork runs jobs as a fresh worker does, it forgets them (they import anew).
-        from ._functions import own_modules
-        for name in own_modules():
-            del sys.modules[name]
-        _load_worker_bootstrap(script).serve(link.detach(), os.getppid())
+        for name in own:  # (fork_workers says why)
+            sys.modules.pop(name, None)
+        bootstrap, prepared = kit
+        if prepared is None:
+            bootstrap.serve(link.detach(), os.getppid())
+        else:
+            bootstrap.serve(link.detach(), os.getppid(), prepared=prepared)
         status = 0
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not go on
         try:
@@ -167,6 +167,22 @@ def _load_worker_bootstrap(script: str) -> Any:
     return module
 
 
+# Per worker script, once per process: the bootstrap and what its prepare_fork made.
+_fork_kits: Dict[str, Tuple[Any, Any]] = {}
+
+
+def _fork_kit(script: str) -> Tuple[Any, Any]:
+    """What forks of this process serve with: ppgate_worker.py as a module, and the loop and
+    the runtime's code it prepares here once rather than in every fork (None from a bootstrap
+    that has no prepare_fork)."""
+    kit = _fork_kits.get(script)
+    if kit is None:
+        bootstrap = _load_worker_bootstrap(script)
+        prepare = getattr(bootstrap, "prepare_fork", None)
+        kit = _fork_kits[script] = (bootstrap, prepare() if prepare is not None else None)
+    return kit
+
+
 # The most sockets one message can carry (the kernel's SCM_MAX_FD): more slots than this get
 # fresh interpreters from the start.
 _MAX_FORKS = 253
@@ -181,8 +197,18 @@ def fork_workers(count: int, script: str, close_in_child: Sequence[int] = ()) ->
     process that the workers must not keep open. Returns the node's end of each worker's link and
     the worker's pid."""
     # What the worker's runtime imports and this program may not have: imported once here, not
-    # by each fork on its way to its first job.
+    # by each fork on its way to its first job; so are the worker's halves (_fork_kit). A kit
+    # that cannot load here would not serve in a fork either: no forks, fresh workers.
     import traceback  # noqa: F401
+    from ._functions import own_modules
+    try:
+        kit = _fork_kit(script)
+    except Exception:  # noqa: BLE001 - an interpreter the worker's extension does not load in
+        return []
+    # The program's own modules are imported here, and not in a fresh worker, where the
+    # classes a job ships by source take their modules' names (the runtime's aliases): so
+    # that a fork runs jobs as a fresh worker does, it forgets them (they import anew).
+    own = own_modules()
     for stream in (sys.stdout, sys.stderr):  # not written twice by the children
         try:
             stream.flush()
@@ -206,7 +232,7 @@ def fork_workers(count: int, script: str, close_in_child: Sequence[int] = ()) ->
                     os.close(fd)
                 except OSError:
                     pass
-            _become_worker(script, worker_end)
+            _become_worker(kit, worker_end, own)
         worker_end.close()
         forked.append((node_end, pid))
     return forked
