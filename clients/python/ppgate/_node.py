@@ -95,9 +95,10 @@ def _may_fork() -> bool:
         return False
 
 
-def _become_worker(kit: Tuple[Any, Any], link: socket.socket, own: Sequence[str]) -> None:
+def _become_worker(kit: Tuple[Any, Any], link: socket.socket, own: Sequence[str], first: bool) -> None:
     """In a forked child: serve the node on `link` as its worker, then exit. Never returns into
-    the caller's program. `kit`: _fork_kit's; `own`: the program's own modules."""
+    the caller's program. `kit`: _fork_kit's; `own`: the program's own modules; `first`: the
+    first slot's fork, which the node gives the first job."""
     status = 70
     try:
         # What this process held when it forked stays as it is: a collection would walk (and,
@@ -122,6 +123,13 @@ def _become_worker(kit: Tuple[Any, Any], link: socket.socket, own: Sequence[str]
                 pass
         for name in own:  # (fork_workers says why)
             sys.modules.pop(name, None)
+        if not first:
+            # Loading the runtime takes a fork about a millisecond of CPU: while Server() waits
+            # for its first result, that is wanted by the node starting and by the first fork,
+            # which loads at once. The others load when their first job comes (or the node ends:
+            # the link reads EOF). SIGTERM passes meanwhile, as it does once the worker serves.
+            signal.signal(signal.SIGTERM, lambda signum, frame: None)
+            select.select([link], [], [])
         bootstrap, prepared = kit
         if prepared is None:
             bootstrap.serve(link.detach(), os.getppid())
@@ -215,7 +223,9 @@ def fork_workers(count: int, script: str, close_in_child: Sequence[int] = ()) ->
         except (AttributeError, OSError, ValueError):
             pass
     forked: List[Tuple[socket.socket, int]] = []
-    for _ in range(min(count, _MAX_FORKS)):
+    # The first slot's fork last: it loads the runtime at once (_become_worker), and this
+    # process would compete with it for a CPU while making the others.
+    for index in reversed(range(min(count, _MAX_FORKS))):
         node_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             pid = os.fork()
@@ -232,9 +242,10 @@ def fork_workers(count: int, script: str, close_in_child: Sequence[int] = ()) ->
                     os.close(fd)
                 except OSError:
                     pass
-            _become_worker(kit, worker_end, own)
+            _become_worker(kit, worker_end, own, first=index == 0)
         worker_end.close()
         forked.append((node_end, pid))
+    forked.reverse()  # in the order of the slots
     return forked
 
 
