@@ -476,6 +476,14 @@ class TestExecutorMap(ExecutorTest):
             self.assertEqual(list(self.executor.map(add, range(100), range(100), chunksize=chunksize, timeout=WAIT)),
                              [2 * i for i in range(100)], chunksize)
 
+    def test_ranges_iterators_and_lists_mix(self):
+        # (a range travels as ranges, sliced per chunk; the others as lists)
+        self.assertEqual(list(self.executor.map(add, range(100, 0, -7), (i * i for i in range(15)),
+                                                chunksize=4, timeout=WAIT)),
+                         [a + b for a, b in zip(range(100, 0, -7), (i * i for i in range(15)))])
+        self.assertEqual(list(self.executor.map(add, range(5), [10] * 3, timeout=WAIT)), [10, 11, 12])
+        self.assertEqual(list(self.executor.map(add, range(0), timeout=WAIT)), [])
+
     def test_the_default_chunksize_sends_few_jobs_for_many_items(self):
         before = submitted_jobs(self.executor)
         self.assertEqual(sum(self.executor.map(add, range(20000), timeout=WAIT)), sum(range(20000)))
