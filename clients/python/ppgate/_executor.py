@@ -96,8 +96,9 @@ class Executor(concurrent.futures.Executor):
         # As concurrent.futures does: every call is submitted now, and `timeout` runs from now.
         deadline = None if timeout is None else time.monotonic() + timeout
         # The arguments travel as columns, one per iterable (cut to the shortest, as zip does).
-        # A range stays one: its slices are ranges, which pickle in a few bytes, not as lists.
-        columns: List[Any] = [it if isinstance(it, range) else list(it) for it in iterables]
+        # A range stays one: its slices are ranges, which pickle in a few bytes, not as lists;
+        # a list or a tuple is sliced as it is (the slices are copies, taken now).
+        columns: List[Any] = [it if type(it) in (range, list, tuple) else list(it) for it in iterables]
         count = min(map(len, columns), default=0)
         if chunksize is None:
             chunks, extra = divmod(count, max(1, self._server.get_ncpus()) * 4)
