@@ -28,7 +28,6 @@ import os
 import pickle
 import sys
 import sysconfig
-import textwrap
 import types
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -105,7 +104,7 @@ def _dedented_source(obj: Any) -> str:
             return cut
     import inspect
     try:
-        return textwrap.dedent(inspect.getsource(obj))
+        return _dedent(inspect.getsource(obj))
     except (OSError, TypeError) as exc:
         raise ValueError("cannot send %r: its source is not available (%s); define it in a file, "
                          "or make it importable on the node" % (obj, exc)) from None
@@ -136,12 +135,18 @@ def _def_cut_by_indentation(func: types.FunctionType) -> Optional[str]:
                 continue  # a comment out of the block does not end it (nor belong to it)
             break
         end = i + 1
-    source = textwrap.dedent("".join(lines[start:end]))
+    # (a module's function, the common case, has nothing to dedent)
+    source = "".join(lines[start:end]) if indent == 0 else _dedent("".join(lines[start:end]))
     try:
         compile(source, code.co_filename, "exec", dont_inherit=True)
     except (SyntaxError, ValueError):
         return None
     return source
+
+
+def _dedent(text: str) -> str:
+    import textwrap  # (here: most programs send only their modules' functions, not indented)
+    return textwrap.dedent(text)
 
 
 def _strip_decorators(source: str) -> str:
@@ -152,7 +157,7 @@ def _strip_decorators(source: str) -> str:
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.decorator_list:
         return source
     lines = source.splitlines(True)
-    return textwrap.dedent("".join(lines[node.lineno - 1:]))
+    return _dedent("".join(lines[node.lineno - 1:]))
 
 
 def _lambda_source(func: types.FunctionType) -> str:
@@ -163,7 +168,7 @@ def _lambda_source(func: types.FunctionType) -> str:
         lines, _ = inspect.getsourcelines(func)
     except (OSError, TypeError) as exc:
         raise ValueError("cannot send this lambda: its source is not available (%s)" % exc) from None
-    text = textwrap.dedent("".join(lines))
+    text = _dedent("".join(lines))
     candidates: List[Tuple[str, ast.Lambda]] = []
     for attempt in (text, "(\n" + text + "\n)", text.rstrip().rstrip(",").rstrip(")")):
         try:
