@@ -26,8 +26,8 @@ import io
 import linecache
 import os
 import pickle
+import select
 import sys
-import sysconfig
 import types
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -36,10 +36,27 @@ if TYPE_CHECKING:  # (imported where used: the common case, a plain def, needs n
 
 from ._refs import Ref
 
+
+
+def _installed_paths() -> List[str]:
+    """sysconfig.get_paths()'s stdlib, platstdlib, purelib and platlib, found without importing
+    sysconfig where site has run (its import and get_paths took ~2 ms of `import ppgate`): the
+    folder of os.py, the one above the extension modules' lib-dynload, and site's packages."""
+    site = sys.modules.get("site")
+    getsitepackages = getattr(site, "getsitepackages", None)  # (not in old virtualenvs' site.py)
+    if getsitepackages is None:
+        import sysconfig
+        return [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    paths = [os.path.dirname(os.__file__)] + list(getsitepackages())
+    dynload = os.path.dirname(getattr(select, "__file__", "") or "")
+    if os.path.basename(dynload) == "lib-dynload":
+        paths.append(os.path.dirname(dynload))
+    return paths
+
+
 _INSTALLED_PREFIXES = tuple(
     os.path.join(os.path.realpath(p), "")
-    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    | {p for p in sys.path if "site-packages" in p or "dist-packages" in p}
+    for p in set(_installed_paths()) | {p for p in sys.path if "site-packages" in p or "dist-packages" in p}
     if p)
 _MAX_DEPENDENCIES = 200
 
