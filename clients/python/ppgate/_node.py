@@ -12,7 +12,6 @@ import json
 import marshal
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,9 +41,10 @@ def find_ppgate() -> str:
         if not os.access(env, os.X_OK):
             raise FileNotFoundError("PPGATE_BINARY=%s is not an executable" % env)
         return env
-    on_path = shutil.which("ppgate")
-    if on_path:
-        return on_path
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):  # shutil.which's search
+        on_path = os.path.join(folder or os.curdir, "ppgate")
+        if os.access(on_path, os.X_OK) and not os.path.isdir(on_path):
+            return on_path
     here = os.path.dirname(os.path.abspath(__file__))
     checkout = os.path.dirname(os.path.dirname(os.path.dirname(here)))  # clients/python/ppgate -> root
     for build in ("build", "builddir"):

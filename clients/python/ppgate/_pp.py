@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import types
-import urllib.parse
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
@@ -603,7 +602,7 @@ class Server:
         jobs: List[Job] = []
         after = 0
         while True:
-            page = self._request("GET", "/v1/jobs?group=%s&limit=1000&after=%d" % (urllib.parse.quote(name, safe=""), after))
+            page = self._request("GET", "/v1/jobs?group=%s&limit=1000&after=%d" % (_quote(name), after))
             for summary in page["jobs"]:
                 job = Job(self, name)
                 job.id = summary["id"]
@@ -923,6 +922,7 @@ class Server:
         """GET /v1/jobs/{id}?wait=S on a connection of its own (a long poll must not hold up the
         other requests). JobLostError when the node does not know the job."""
         import http.client
+        import urllib.parse  # (http.client imports it anyway)
         parts = urllib.parse.urlsplit(self.url)
         headers = {"Accept": "application/json"}
         if self._token:
@@ -962,6 +962,7 @@ class Server:
         if self._destroyed:
             raise DestroyedServerError("server instance has been destroyed")
         import http.client
+        import urllib.parse  # (http.client imports it anyway)
         parts = urllib.parse.urlsplit(self.url)
         headers = {"Accept": accept}
         if self._token:
@@ -1022,3 +1023,8 @@ class Template:
     def submit(self, *args: Any) -> Job:
         return self.job_server.submit(self.func, args, self.depfuncs, self.modules, self.callback,
                                       self.callbackargs, self.group, self.globals)
+
+
+def _quote(text: str) -> str:
+    import urllib.parse  # (only here: listing a group is rare, and the import takes ~2 ms)
+    return urllib.parse.quote(text, safe="")
