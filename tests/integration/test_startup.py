@@ -433,6 +433,37 @@ def worker_sockets(node_pid):
     raise AssertionError("the node started no worker within %d s" % WAIT)
 
 
+class TestPrivateNodeProcess(unittest.TestCase):
+    """The client spawns its node itself (os.posix_spawn, not subprocess)."""
+
+    def test_the_node_inherits_no_descriptor_of_the_program_s_own(self):
+        out, _ = run_program("""
+            read_end, write_end = os.pipe()
+            os.set_inheritable(write_end, True)  # one a program made inheritable, for its own children
+            with ppgate.Server(1) as server:
+                node = server._node.proc.pid
+                held = sorted(os.readlink("/proc/%d/fd/%s" % (node, fd)) for fd in os.listdir("/proc/%d/fd" % node))
+                result = server.submit(who)()
+                ours = os.readlink("/proc/self/fd/%d" % write_end)
+            code = server._node.proc.returncode
+            print(json.dumps({"held": held, "ours": ours, "ran": result[0] > 0, "code": code}))
+        """)
+        self.assertTrue(out["ran"])
+        self.assertNotIn(out["ours"], out["held"])
+        self.assertEqual(out["code"], 0, "destroy() waits for the node, which exits cleanly")
+
+    def test_a_node_that_cannot_start_says_why(self):
+        out, _ = run_program("""
+            try:
+                ppgate.Server(1)
+                outcome = "started"
+            except Exception as e:
+                outcome = "%s: %s" % (type(e).__name__, e)
+            print(json.dumps({"outcome": outcome}))
+        """, env={"PPGATE_BINARY": "/bin/false"})
+        self.assertIn("did not start", out["outcome"])
+
+
 class TestListenFdFlag(unittest.TestCase):
     def test_sockets_that_are_not_listening_tcp_ones_are_refused_at_start(self):
         unix_a, unix_b = socket.socketpair()
