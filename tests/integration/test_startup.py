@@ -377,7 +377,7 @@ class TestImportCost(unittest.TestCase):
     # What only some programs need is imported on first use, not by `import ppgate`: together
     # these took ~60 ms of every program's start (docs/python-client.md, "Start-up").
     LATER = ["concurrent.futures", "dataclasses", "hashlib", "http.client", "inspect", "platform", "queue",
-             "random", "secrets", "shutil", "subprocess", "sysconfig", "textwrap", "traceback",
+             "random", "secrets", "shutil", "subprocess", "sysconfig", "textwrap", "traceback", "typing",
              "urllib.parse"]
 
     def test_import_ppgate_leaves_out_what_only_some_programs_use(self):

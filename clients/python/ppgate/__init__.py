@@ -16,7 +16,11 @@ Programs written for ppft, pathos's ParallelPool among them, run on ppgate once 
     sys.modules["ppft"] = ppgate
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms of a program's start)
+if TYPE_CHECKING:
+    from typing import Any
 
 from ._errors import (DestroyedServerError, JobCancelledError, JobError, JobLostError,
                       JobTimeoutError, SubmitError, WorkerDiedError)

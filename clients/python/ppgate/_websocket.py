@@ -12,7 +12,10 @@ import os
 import socket
 import struct
 import threading
-from typing import Mapping, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms of a program's start)
+if TYPE_CHECKING:
+    from typing import Mapping, Union
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TEXT, _BINARY, _CLOSE, _PING, _PONG, _CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
