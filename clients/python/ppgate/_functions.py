@@ -210,11 +210,13 @@ def _lambda_source(func: types.FunctionType) -> str:
     raise ValueError("cannot find the source of lambda %r; define it with def instead" % func)
 
 
-def _source_keeping_module(obj: Any) -> str:
-    """The source of a top-level function or class, plus a line that gives it back its module's
-    name when that is not __main__: pickles then name it as the client does (the worker makes
-    that module name resolve to the job's namespace)."""
-    source = _dedented_source(obj)
+def _source_keeping_module(obj: Any, source: Optional[str] = None) -> str:
+    """The source of a top-level function or class (`source`, when the caller has it already),
+    plus a line that gives it back its module's name when that is not __main__: pickles then
+    name it as the client does (the worker makes that module name resolve to the job's
+    namespace)."""
+    if source is None:
+        source = _dedented_source(obj)
     module = getattr(obj, "__module__", "__main__")
     if module != "__main__" and "<locals>" not in obj.__qualname__ and "." not in obj.__qualname__:
         source += "\n%s.__module__ = %r\n" % (obj.__name__, module)
@@ -359,7 +361,7 @@ def describe(func: Callable[..., Any], depfuncs: Tuple[Any, ...] = (), modules: 
             if main_source.lstrip().startswith("@"):
                 main_source = _strip_decorators(main_source)
             elif "." not in func_obj.__qualname__ and "<locals>" not in func_obj.__qualname__:
-                main_source = _source_keeping_module(func_obj)
+                main_source = _source_keeping_module(func_obj, main_source)
             definition["function"] = func_obj.__name__
         # pp's globals= is looked at before the function's own module, not instead of it (pathos
         # passes its own module's globals).
