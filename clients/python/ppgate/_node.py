@@ -36,8 +36,22 @@ def random_token(size: int) -> str:
     return base64.urlsafe_b64encode(os.urandom(size)).rstrip(b"=").decode("ascii")
 
 
+# What find_ppgate and find_worker_script found, by what they looked at: a program's later
+# Server()s do not search PATH again on their way to their first result.
+_found_executables: Dict[Tuple[Optional[str], Optional[str]], str] = {}
+_found_scripts: Dict[Tuple[str, Optional[str]], str] = {}
+
+
 def find_ppgate() -> str:
     """The ppgate executable: $PPGATE_BINARY, then PATH, then the build tree of this checkout."""
+    key = (os.environ.get("PPGATE_BINARY"), os.environ.get("PATH"))
+    found = _found_executables.get(key)
+    if found is None or not os.access(found, os.X_OK):
+        found = _found_executables[key] = _search_ppgate()
+    return found
+
+
+def _search_ppgate() -> str:
     env = os.environ.get("PPGATE_BINARY")
     if env:
         if not os.access(env, os.X_OK):
@@ -63,13 +77,17 @@ def find_worker_script(ppgate: str) -> Optional[str]:
     gateway/options.cpp): $PPGATE_WORKER_DIR, else beside the executable, in its build tree, or in
     ../libexec/ppgate. None when it is not there (the node then says why it cannot start)."""
     given = os.environ.get("PPGATE_WORKER_DIR")
+    found = _found_scripts.get((ppgate, given))
+    if found is not None and os.path.isfile(found):
+        return found
     binary = os.path.realpath(ppgate)
     bin_dir = os.path.dirname(binary)
     parent = os.path.dirname(bin_dir)
     for folder in ([given] if given else [bin_dir, os.path.join(parent, "worker"), os.path.join(parent, "libexec", "ppgate")]):
         if all(os.path.isfile(os.path.join(folder, name))
                for name in ("ppgate_worker.py", "_ppgate_worker.abi3.so", "ppgate_worker_runtime.py")):
-            return os.path.join(folder, "ppgate_worker.py")
+            found = _found_scripts[(ppgate, given)] = os.path.join(folder, "ppgate_worker.py")
+            return found
     return None
 
 
@@ -78,13 +96,17 @@ def find_worker_script(ppgate: str) -> Optional[str]:
 _FORK_MAX_RESIDENT_BYTES = 1 << 30
 
 
+def _fork_possible() -> bool:
+    """The part of _may_fork that holds for the whole process: Linux, and not turned off."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") \
+        and os.environ.get("PPGATE_FORK_WORKERS", "1") != "0"
+
+
 def _may_fork() -> bool:
     """Whether this process can fork itself into workers safely and cheaply: Linux, no thread but
     this one (a fork copies only the calling thread; a lock another thread holds would stay held),
     under _FORK_MAX_RESIDENT_BYTES, and not turned off with PPGATE_FORK_WORKERS=0."""
-    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
-        return False
-    if os.environ.get("PPGATE_FORK_WORKERS", "1") == "0":
+    if not _fork_possible():
         return False
     # (_thread._count: every thread but the main one, however started; sessions start theirs raw)
     if _thread._count() != 0 or threading.current_thread() is not threading.main_thread():
@@ -422,15 +444,13 @@ class PrivateNode:
                 env["PPGATE_PEER_SECRET"] = secret or ""
         self._forked: List[int] = []  # the pids of the forks the node adopted, until reaped
         self._next_reap = 0.0
-        script = find_worker_script(binary)
         # The node starts first, and forks of this process become its first workers while it
-        # does (docs/architecture.md, "Start-up"). _may_fork: Linux, where sched_getaffinity is.
-        count = 0
-        if script is not None and _may_fork():
-            count = len(os.sched_getaffinity(0)) if ncpus == "autodetect" else int(ncpus)
+        # does (docs/architecture.md, "Start-up"). Whether this process forks is settled after
+        # the spawn, off the way to the node's start: the node gets a channel to adopt from
+        # whenever it might, and one closed with nothing sent adopts nothing.
         channel: Optional[socket.socket] = None  # this end of --adopt-from
         node_channel: Optional[socket.socket] = None
-        if count > 0:
+        if ncpus != 0 and _fork_possible():
             node_channel, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             args += ["--adopt-from", str(node_channel.fileno())]
         # A session of its own: a Ctrl-C meant for this program does not stop the node under it.
@@ -451,15 +471,18 @@ class PrivateNode:
             except OSError:
                 pass  # (the node has ended already: the line read below says why)
         if channel is not None:
-            assert script is not None and self.proc.stdout is not None
+            assert self.proc.stdout is not None
             links: List[Tuple[socket.socket, int]] = []
-            keep_out = [channel.fileno(), self.proc.stdout.fileno()]
-            if self.connection is not None:
-                keep_out.append(self.connection.fileno())
             try:
-                links = fork_workers(count, script, close_in_child=keep_out)
-                self._forked = [pid for _, pid in links]
-                send_workers(channel, links)
+                script = find_worker_script(binary)
+                if script is not None and _may_fork():  # (Linux: sched_getaffinity is there)
+                    count = len(os.sched_getaffinity(0)) if ncpus == "autodetect" else int(ncpus)
+                    keep_out = [channel.fileno(), self.proc.stdout.fileno()]
+                    if self.connection is not None:
+                        keep_out.append(self.connection.fileno())
+                    links = fork_workers(count, script, close_in_child=keep_out)
+                    self._forked = [pid for _, pid in links]
+                    send_workers(channel, links)
             finally:
                 channel.close()
                 for link, _ in links:
