@@ -18,7 +18,6 @@ from ._refs import Ref
 from ._pp import Call, Job, Server, check_job_options
 
 
-
 def _cancel_job_of(future: concurrent.futures.Future[Any], job: Job) -> None:
     """A future cancelled by its owner cancels its job on the node. The notify step is what
     executors owe a cancelled future, so that concurrent.futures.wait() counts it as done."""

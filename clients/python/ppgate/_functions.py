@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 from ._refs import Ref
 
 
-
 def _installed_paths() -> List[str]:
     """sysconfig.get_paths()'s stdlib, platstdlib, purelib and platlib, found without importing
     sysconfig where site has run (its import and get_paths took ~2 ms of `import ppgate`): the

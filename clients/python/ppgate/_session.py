@@ -79,7 +79,6 @@ class _Thread:
             self._running.release()
 
 
-
 def open_session(url: str, token: Optional[str] = None, timeout: float = 30.0) -> WebSocket:
     """Connects to a node's /v1/session and sends the upgrade request, without waiting for the
     answer (Session reads it): a private node's client connects before the node runs."""

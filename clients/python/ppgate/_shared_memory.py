@@ -29,7 +29,6 @@ _ALIGN = 64            # each part starts on a cache line, as numpy likes its da
 _names = itertools.count(1)
 
 
-
 def host_identity() -> Optional[str]:
     """Who shares this /dev/shm: the node answers with a prefix only if its view is the same."""
     try:
