@@ -26,7 +26,7 @@ from ._functions import (PLAIN_TYPES, FunctionSpec, closure_values, describe, du
                          name_unpicklable, with_sources)
 from ._node import PrivateNode, python_version, random_token
 from ._refs import Ref
-from ._session import Session, open_session
+from ._session import Session, host_and_port, open_session
 
 if TYPE_CHECKING:  # imported where used: `import ppgate` stays quick (docs/python-client.md)
     from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -602,9 +602,11 @@ class Server:
         """Every job of the node in group `name` (the node's listing: those it still keeps), in the
         order they were submitted, re-attached as by ``job(id)``."""
         jobs: List[Job] = []
+        import urllib.parse  # (http.client, which _request uses, imports it anyway)
         after = 0
         while True:
-            page = self._request("GET", "/v1/jobs?group=%s&limit=1000&after=%d" % (_quote(name), after))
+            page = self._request("GET", "/v1/jobs?group=%s&limit=1000&after=%d"
+                                 % (urllib.parse.quote(name, safe=""), after))
             for summary in page["jobs"]:
                 job = Job(self, name)
                 job.id = summary["id"]
@@ -924,12 +926,11 @@ class Server:
         """GET /v1/jobs/{id}?wait=S on a connection of its own (a long poll must not hold up the
         other requests). JobLostError when the node does not know the job."""
         import http.client
-        import urllib.parse  # (http.client imports it anyway)
-        parts = urllib.parse.urlsplit(self.url)
+        host, port = host_and_port(self.url)
         headers = {"Accept": "application/json"}
         if self._token:
             headers["Authorization"] = "Bearer " + self._token
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=wait + 30)
+        conn = http.client.HTTPConnection(host, port, timeout=wait + 30)
         try:
             conn.request("GET", "/v1/jobs/%d?wait=%s" % (job_id, wait), headers=headers)
             res = conn.getresponse()
@@ -964,8 +965,7 @@ class Server:
         if self._destroyed:
             raise DestroyedServerError("server instance has been destroyed")
         import http.client
-        import urllib.parse  # (http.client imports it anyway)
-        parts = urllib.parse.urlsplit(self.url)
+        host, port = host_and_port(self.url)
         headers = {"Accept": accept}
         if self._token:
             headers["Authorization"] = "Bearer " + self._token
@@ -973,7 +973,7 @@ class Server:
         with self._rest_lock:
             for attempt in (1, 2):  # once more on a fresh connection if keep-alive went stale
                 if self._rest is None:
-                    self._rest = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+                    self._rest = http.client.HTTPConnection(host, port, timeout=60)
                 try:
                     self._rest.request(method, path, body=payload, headers=headers)
                     res = self._rest.getresponse()
@@ -1025,8 +1025,3 @@ class Template:
     def submit(self, *args: Any) -> Job:
         return self.job_server.submit(self.func, args, self.depfuncs, self.modules, self.callback,
                                       self.callbackargs, self.group, self.globals)
-
-
-def _quote(text: str) -> str:
-    import urllib.parse  # (only here: listing a group is rare, and the import takes ~2 ms)
-    return urllib.parse.quote(text, safe="")

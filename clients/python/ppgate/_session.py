@@ -82,7 +82,7 @@ class _Thread:
 def open_session(url: str, token: Optional[str] = None, timeout: float = 30.0) -> WebSocket:
     """Connects to a node's /v1/session and sends the upgrade request, without waiting for the
     answer (Session reads it): a private node's client connects before the node runs."""
-    host, port = _host_and_port(url)
+    host, port = host_and_port(url)
     headers = {"Authorization": "Bearer " + token} if token else {}
     headers["PPGate-Binary"] = "1"  # big results as attachments of binary messages, please
     identity = shared_memory.host_identity()
@@ -91,9 +91,9 @@ def open_session(url: str, token: Optional[str] = None, timeout: float = 30.0) -
     return WebSocket(host, port, "/v1/session", headers, timeout, answer=False)
 
 
-def _host_and_port(url: str) -> Tuple[str, int]:
-    """HOST and PORT of http://HOST:PORT; a private node's URL without urllib.parse, whose
-    import (with ipaddress) took ~2 ms of a program's start."""
+def host_and_port(url: str) -> Tuple[str, int]:
+    """HOST and PORT of http://HOST:PORT (ValueError for another URL); a private node's URL
+    without urllib.parse, whose import (with ipaddress) took ~2 ms of a program's start."""
     head, _, port = url.rpartition(":")
     if head == "http://127.0.0.1" and port.isdigit() and port.isascii():
         return "127.0.0.1", int(port)
