@@ -48,7 +48,7 @@ _crc32 = binascii.crc32
 _starmap, _partial = itertools.starmap, functools.partial
 _pickle_loads, _pickle_dumps, _PICKLE_PROTOCOL = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
 _Unpickler, _BytesIO = pickle.Unpickler, io.BytesIO
-_b64encode = base64.b64encode
+_b64encode, _b2a_base64 = base64.b64encode, binascii.b2a_base64
 if sys.version_info >= (3, 11):
     # b64decode(validate=True) first checks the text with a regular expression, in Python.
     def _b64decode(text, _a2b=binascii.a2b_base64):
@@ -300,13 +300,13 @@ def _release(payload):
 
 
 def _dumps_result(result, shm_name):
-    """The pickled result as the reply's JSON: base64, or, when it is big and the session shares
-    this host's memory, the parts of a file named `shm_name`."""
+    """The pickled result as the reply's JSON (bytes): base64, or, when it is big and the session
+    shares this host's memory, the parts of a file named `shm_name`."""
     if shm_name is None or type(result) in _PLAIN_RESULTS:  # (the common case: no buffers)
         stream = _pickle_dumps(result, _PICKLE_PROTOCOL)
         if shm_name is not None and len(stream) >= _SHM_RESULT_MIN:
-            return _dumps(_write_shared(shm_name, [_memoryview(stream)]))
-        return '"' + _b64encode(stream).decode("ascii") + '"'
+            return _dumps(_write_shared(shm_name, [_memoryview(stream)])).encode("ascii")
+        return b'"%s"' % _b2a_base64(stream, newline=False)
     buffers = []
     stream = _pickle_dumps(result, 5, buffer_callback=buffers.append)
     try:
@@ -314,10 +314,10 @@ def _dumps_result(result, shm_name):
     except BufferError:  # not contiguous: in-band it goes
         raws = None
     if raws is not None and len(stream) + sum(r.nbytes for r in raws) >= _SHM_RESULT_MIN:
-        return _dumps(_write_shared(shm_name, [_memoryview(stream)] + raws))
+        return _dumps(_write_shared(shm_name, [_memoryview(stream)] + raws)).encode("ascii")
     if buffers:
         stream = _pickle_dumps(result, _PICKLE_PROTOCOL)
-    return '"' + _b64encode(stream).decode("ascii") + '"'
+    return b'"%s"' % _b2a_base64(stream, newline=False)
 
 
 _PLAIN_RESULTS = frozenset((int, float, bool, type(None), str, bytes, complex))
@@ -409,7 +409,7 @@ def _run(msg):
                 prefix = msg.get("shm")
                 encoded = _dumps_result(result, None if prefix is None else "%sr%d" % (prefix, msg["tag"]))
             else:
-                encoded = _dumps(result)
+                encoded = _dumps(result).encode("ascii")  # (ensure_ascii: \u escapes only)
         except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything
             raise ResultEncodingError(
                 "the job's result (a %s) cannot be encoded as %s: %s"
@@ -640,12 +640,15 @@ def _capped(text):
 
 
 def _reply(job_id, status, elapsed, body, stdout, stderr, retire):
-    suffix = " retire-memory" if retire is _OVER_MEMORY else " retire" if retire else ""
+    """The reply frame (bytes); `body` is bytes of JSON members ("result": or "error":)."""
     # Seconds to the nanosecond: "%.9f" costs a third of repr's shortest round trip.
-    return ("%d %s %.9f%s\n%s,\"stdout\":%s,\"stderr\":%s" % (
-        job_id, status, elapsed, suffix, body, _quote(stdout) if stdout else '""',
-        _quote(stderr) if stderr else '""')
-    ).encode("utf-8", "surrogatepass")
+    if not (stdout or stderr or retire):  # (the common case: bytes formatting, no encoding)
+        return b'%d %s %.9f\n%s,"stdout":"","stderr":""' % (job_id, status, elapsed, body)
+    suffix = b" retire-memory" if retire is _OVER_MEMORY else b" retire" if retire else b""
+    return b'%d %s %.9f%s\n%s,"stdout":%s,"stderr":%s' % (
+        job_id, status, elapsed, suffix, body,
+        _quote(stdout).encode("utf-8", "surrogatepass") if stdout else b'""',
+        _quote(stderr).encode("utf-8", "surrogatepass") if stderr else b'""')
 
 
 def _parse_run_message(payload):
@@ -696,7 +699,7 @@ def handle(payload):
             _memory.before_job()
         run_started = _perf_counter()
         elapsed, encoded = _run(msg)
-        status, body = "ok", '"result":' + encoded
+        status, body = b"ok", b'"result":' + encoded
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are job errors too
         elapsed = _perf_counter() - started
         if job_id == 0:
@@ -704,9 +707,9 @@ def handle(payload):
             found = _JOB_ID.match(payload)
             job_id = int(found.group(1)) if found else 0
         try:
-            status, body = "error", _format_error(exc)
+            status, body = b"error", _format_error(exc).encode("utf-8", "surrogatepass")
         except BaseException:  # noqa: BLE001 - out of memory, and worse
-            status, body = "error", '"error":{"type":"Error","message":"the job failed","traceback":""}'
+            status, body = b"error", b'"error":{"type":"Error","message":"the job failed","traceback":""}'
     finally:
         sys.stdout, sys.stderr = saved
     try:
@@ -726,6 +729,6 @@ def handle(payload):
     except BaseException:  # noqa: BLE001 - a result or output too large to send, or to encode
         message = ("the job's result and output take more than the %d MiB a reply may hold"
                    % (_MAX_REPLY >> 20))
-        reply = _reply(job_id, "error", elapsed, '"error":{"type":"ResultTooLarge","message":%s,"traceback":""}'
-                       % _quote(message), "", "", retire)
+        reply = _reply(job_id, b"error", elapsed, b'"error":{"type":"ResultTooLarge","message":%s,"traceback":""}'
+                       % _quote(message).encode("ascii"), "", "", retire)
     return reply
