@@ -65,7 +65,7 @@ _PYTHON_VERSION = sys.version.split()[0]  # platform.python_version(), without p
 _open, _close, _fstat, _pwrite, _unlink = os.open, os.close, os.fstat, os.pwrite, os.unlink
 _mmap, _ACCESS_COPY = mmap.mmap, mmap.ACCESS_COPY
 _O_READ, _O_WRITE = os.O_RDONLY | os.O_CLOEXEC, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-_memoryview = memoryview
+_memoryview, _len, _type, _sum = memoryview, len, type, sum
 
 _functions = {}  # fn_id -> _Function (compiled once per process)
 _dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
@@ -299,13 +299,14 @@ def _release(payload):
         _fields.pop(int(key), None)
 
 
-def _dumps_result(result, shm_name):
+def _dumps_result(result, shm_prefix, job_id):
     """The pickled result as the reply's JSON (bytes): base64, or, when it is big and the session
-    shares this host's memory, the parts of a file named `shm_name`."""
-    if shm_name is None or type(result) in _PLAIN_RESULTS:  # (the common case: no buffers)
+    shares this host's memory, the parts of a file named by the session's `shm_prefix` and the
+    job. Runs before restore(): it calls no builtin by name, which the job may have rebound."""
+    if shm_prefix is None or _type(result) in _PLAIN_RESULTS:  # (the common case: no buffers)
         stream = _pickle_dumps(result, _PICKLE_PROTOCOL)
-        if shm_name is not None and len(stream) >= _SHM_RESULT_MIN:
-            return _dumps(_write_shared(shm_name, [_memoryview(stream)])).encode("ascii")
+        if shm_prefix is not None and _len(stream) >= _SHM_RESULT_MIN:
+            return _dumps(_write_shared("%sr%d" % (shm_prefix, job_id), [_memoryview(stream)])).encode("ascii")
         return b'"%s"' % _b2a_base64(stream, newline=False)
     buffers = []
     stream = _pickle_dumps(result, 5, buffer_callback=buffers.append)
@@ -313,8 +314,8 @@ def _dumps_result(result, shm_name):
         raws = [b.raw() for b in buffers]
     except BufferError:  # not contiguous: in-band it goes
         raws = None
-    if raws is not None and len(stream) + sum(r.nbytes for r in raws) >= _SHM_RESULT_MIN:
-        return _dumps(_write_shared(shm_name, [_memoryview(stream)] + raws)).encode("ascii")
+    if raws is not None and _len(stream) + _sum([r.nbytes for r in raws]) >= _SHM_RESULT_MIN:
+        return _dumps(_write_shared("%sr%d" % (shm_prefix, job_id), [_memoryview(stream)] + raws)).encode("ascii")
     if buffers:
         stream = _pickle_dumps(result, _PICKLE_PROTOCOL)
     return b'"%s"' % _b2a_base64(stream, newline=False)
@@ -406,8 +407,7 @@ def _run(msg):
             elapsed = _perf_counter() - started
         try:
             if pickled:
-                prefix = msg.get("shm")
-                encoded = _dumps_result(result, None if prefix is None else "%sr%d" % (prefix, msg["tag"]))
+                encoded = _dumps_result(result, msg.get("shm"), msg["tag"])
             else:
                 encoded = _dumps(result).encode("ascii")  # (ensure_ascii: \u escapes only)
         except BaseException as exc:  # noqa: BLE001 - a result's __reduce__ may raise anything
@@ -511,6 +511,9 @@ class _Baseline:
         self.umask = _umask(0o022)
         _umask(self.umask)
         self.builtins = dict(builtins.__dict__)
+        # Unchanged versions (_dict_version) spare comparing the dicts with their copies.
+        self.environ_version = _dict_version(_environ_data)
+        self.builtins_version = _dict_version(builtins.__dict__)
         self.signals_touched = False  # a job called signal.signal, alarm or setitimer
         self.process_touched = False  # a job called os.chdir, fchdir or umask
 
@@ -525,18 +528,24 @@ class _Baseline:
             if _getcwd_safe() != self.cwd:
                 _chdir(self.cwd)
             _umask(self.umask)
-        if _environ_data != self.environ:
-            os.environ.clear()
-            os.environ.update((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                              if isinstance(k, bytes) else (k, v) for k, v in self.environ.items())
+        version = _dict_version(_environ_data)
+        if version is None or version != self.environ_version:
+            if _environ_data != self.environ:
+                os.environ.clear()
+                os.environ.update((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                                  if isinstance(k, bytes) else (k, v) for k, v in self.environ.items())
+            self.environ_version = _dict_version(_environ_data)
         if sys.path != self.path:
             sys.path[:] = self.path
         if sys.getrecursionlimit() != self.recursion_limit:
             sys.setrecursionlimit(self.recursion_limit)
         current = builtins.__dict__
-        if not _same_dict(current, self.builtins):
-            current.clear()
-            current.update(self.builtins)
+        version = _dict_version(current)
+        if version is None or version != self.builtins_version:
+            if not _same_dict(current, self.builtins):
+                current.clear()
+                current.update(self.builtins)
+            self.builtins_version = _dict_version(current)
         if _thread_count() > 0:
             return "the job left threads running"
         if self.signals_touched:
@@ -554,6 +563,36 @@ def _getcwd_safe():
         return _getcwd()
     except OSError:  # the job removed the directory it was in
         return None
+
+
+def _dict_version_reader():
+    """The worker loop's dict_version, when it tells this interpreter's dicts apart as PEP 509's
+    version tag does (CPython 3.8-3.13: a new number after every change); else a function that
+    says None, and restore() compares the dicts. Checked here, on each kind of change, since it
+    reads a field the stable ABI does not promise."""
+    read = getattr(sys.modules.get("_ppgate_worker"), "dict_version", None)
+    if read is not None:
+        try:
+            d = {"a": 1, "b": 2}
+            seen = [read(d), read(d)]
+            d["a"] = 3  # (the same keys: a field counting them would not change)
+            seen.append(read(d))
+            d["c"] = 4
+            seen.append(read(d))
+            del d["c"]
+            seen.append(read(d))
+            d.update(a=5)
+            seen.append(read(d))
+            d.clear()
+            seen.append(read(d))
+            if seen[0] == seen[1] and len(set(seen[1:])) == len(seen) - 1:
+                return read
+        except BaseException:  # noqa: BLE001 - anything odd: compare the dicts instead
+            pass
+    return lambda d: None
+
+
+_dict_version = _dict_version_reader()
 
 
 def _same_dict(a, b):
@@ -594,8 +633,8 @@ def _watch(module, names, flag):
 
 
 _QUICKER_THAN_ANY_PROCESS_START = 20e-6  # seconds
-_baseline = _Baseline()
 _environ_data = os.environ._data  # noqa: SLF001 - the dict os.environ keeps (and changes in place)
+_baseline = _Baseline()
 # What these set outlives the job: that worker is replaced after it.
 _watch(signal, ("signal", "alarm", "setitimer", "pthread_kill", "pthread_sigmask", "set_wakeup_fd"), "signals_touched")
 # What these change is put back after the job.

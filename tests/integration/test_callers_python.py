@@ -114,6 +114,51 @@ class TestCallersInterpreter(TempDirTest):
                 self.assertEqual(out["job"][0], out["here"][0])
                 self.assertEqual(os.path.realpath(out["job"][1]), os.path.realpath(out["here"][1]))
 
+    def test_builtins_and_environ_a_job_changes_are_put_back_on_every_cpython(self):
+        """The worker tells that builtins and os.environ are unchanged by CPython's private dict
+        version tag where it has seen that the tag works (3.8 to 3.13), and compares them
+        otherwise: on each interpreter, the next job on the same worker sees them as they were."""
+        pythons = [p for p in (pyenv_python(8), pyenv_python(12), pyenv_python(13), DEBIAN_PYTHON) if p]
+        self.assertGreaterEqual(len(pythons), 2, "this machine should have several CPythons")
+        for python in pythons:
+            with self.subTest(python=python):
+                out = run_program(python, """\
+                    import json
+                    import ppgate as pp
+
+                    def meddle():
+                        import builtins, os
+                        builtins.len = None
+                        builtins.ppgate_extra = 1
+                        del builtins.abs
+                        os.environ["PPGATE_TEST_LEAK"] = "leaked"
+                        os.environ.pop("HOME", None)
+                        return os.getpid()
+
+                    def probe():
+                        import builtins, os, sys
+                        runtime = sys.modules["ppgate_worker_runtime"]
+                        return [os.getpid(), builtins.len is not None, hasattr(builtins, "ppgate_extra"),
+                                hasattr(builtins, "abs"), os.environ.get("PPGATE_TEST_LEAK"),
+                                "HOME" in os.environ, runtime._dict_version.__name__]
+
+                    server = pp.Server(1)
+                    # Submitted together, so that each probe mostly runs on the worker that ran
+                    # the meddling job before it (no hand-over while jobs wait).
+                    jobs = [server.submit(meddle if i % 2 == 0 else probe) for i in range(8)]
+                    print(json.dumps([job(timeout=60) for job in jobs]))
+                    server.destroy()
+                """, self.dir, env={"HOME": "/root-for-the-test"})
+                pairs = [(out[i], out[i + 1]) for i in range(0, len(out), 2)]
+                same_worker = [probe for pid, probe in pairs if probe[0] == pid]
+                self.assertTrue(same_worker, "no probe ran after a meddling job on its worker: %s" % out)
+                for probe in same_worker:
+                    self.assertEqual(probe[1:6], [True, False, True, None, True], probe)
+                version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2] <= (3, 13))"],
+                                         capture_output=True, text=True, timeout=60, check=True)
+                if version.stdout.strip() == "True":  # where the tag is known to work: it is used
+                    self.assertEqual(same_worker[0][6], "dict_version")
+
     def test_a_helper_module_beside_the_script_is_importable(self):
         out = run_program(sys.executable, """\
             import json

@@ -397,7 +397,9 @@ class TestSentOnce(unittest.TestCase):
                 self.check_instance_and_closure(server)
 
     def test_only_the_most_recent_are_kept(self):
-        with AsIfRemote(), pp.Server(1) as server:
+        # One process serves every job: a fork's hand-over to a fresh interpreter between them
+        # would leave the values sent before it behind (seen under load).
+        with AsIfRemote(), mock.patch.dict(os.environ, {"PPGATE_FORK_WORKERS": "0"}), pp.Server(1) as server:
             server._sent_once.MAX_COUNT = 2
             puts = counting_puts(server)
             refs = []

@@ -22,8 +22,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms of
 from . import _shared_memory as shared_memory
 from ._errors import DestroyedServerError, JobError, JobLostError, SubmitError
 from ._errors import error_from_job
-from ._functions import (PLAIN_TYPES, FunctionSpec, closure_values, describe, dumps_noting_sources,
-                         name_unpicklable, with_sources)
+from ._functions import (PLAIN_TYPES, FunctionSpec, all_plain, closure_values, describe,
+                         dumps_noting_sources, name_unpicklable, with_sources)
 from ._node import PrivateNode, python_version, random_token
 from ._refs import Ref
 from ._session import Session, host_and_port, open_session
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # imported where used: `import ppgate` stays quick (docs/pyth
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _a2b_base64 = binascii.a2b_base64  # base64.b64decode without its Python wrapper
+_b2a_base64 = binascii.b2a_base64  # (newline=False) base64.b64encode without its wrapper
 _EMPTY_ARGS = base64.b64encode(pickle.dumps((), _PICKLE)).decode()
 
 
@@ -305,11 +306,11 @@ class _Pickles:
         self._takes_refs = takes_refs
 
     def field(self, value: Any) -> Any:
-        if type(value) is tuple and all(type(v) in PLAIN_TYPES for v in value):
+        if type(value) is tuple and all_plain(value):
             # The common case: small, and nothing to look for.
             stream = pickle.dumps(value, _PICKLE)
             if (self.shm_prefix is None and not self.binary) or len(stream) < shared_memory.THRESHOLD:
-                text = base64.b64encode(stream).decode()
+                text = _b2a_base64(stream, newline=False).decode("ascii")
                 self.size += len(text) + 16
                 return text
             return self._shared(stream, [])
@@ -336,7 +337,7 @@ class _Pickles:
         return self._shared(stream, raws)
 
     def _inline(self, stream: bytes) -> str:
-        text = base64.b64encode(stream).decode()
+        text = _b2a_base64(stream, newline=False).decode("ascii")
         self.size += len(text) + 16
         return text
 
