@@ -270,7 +270,8 @@ class Job:
             self._ending = True
         self._raw, self._result, self._error = raw, result, error
         self.stdout, self.stderr = stdout, stderr
-        self._release_shared_files()
+        if self._shared_files is not None or self._refs is not None:
+            self._release_shared_files()
         # The future's done callbacks hold this job (to cancel it) and outlive it: the job lets go
         # of the future, or the pair would be a cycle keeping the result until a gc collection.
         future, self._future = self._future, None
@@ -493,8 +494,10 @@ class Server:
         self._destroyed = False
         self._creation_time = time.time()
         # One condition for every wait of this server (job(), wait(group)); `_waiters` counts
-        # threads inside it, so ending a job costs a notify only when someone waits.
-        self._cv = threading.Condition()
+        # threads inside it, so ending a job costs a notify only when someone waits. Its lock is
+        # taken directly where nothing waits or notifies: Condition's `with` is Python code.
+        self._cv_lock = threading.RLock()
+        self._cv = threading.Condition(self._cv_lock)
         self._waiters = 0
         self._unfinished: Dict[str, int] = {}  # group -> number of unfinished jobs
         self._ending_lock = threading.Lock()
@@ -750,36 +753,50 @@ class Server:
                 args = ([instance] * min(map(len, args), default=0),) + args
             else:
                 args = (instance,) + args
-        pickles = _Pickles(session)
-        if call.detach:
-            pickles.shm_prefix = None  # the session's files go with it; a detached job may outlive it
-        try:
-            fields: Dict[str, Any] = {"codec": "pickle", "args": pickles.field(args) if args else _EMPTY_ARGS}
-            if kwargs:
-                fields["kwargs"] = pickles.field(kwargs)
-            if function.closure or function.value_names:
-                values = closure_values(function, user_globals)
-                for name, value in values.items():
-                    values[name] = self._sent_once.stand_in(self, session, value)
-                if values:
-                    try:
-                        fields["globals"] = pickles.field(values)
-                    except Exception as exc:  # noqa: BLE001 - say which variable
-                        raise name_unpicklable(values, exc) from None
-            travelling = pickles.travelling
-            if pickles.refs:
-                fields["refs"] = [ref.id for ref in pickles.refs]
-                for ref in pickles.refs:
-                    travelling.extend(ref._travelling)
-            if travelling:
-                function = self._with_sources(function, tuple(travelling))
-            # The other fields (function name, group, options) take less than the allowance.
-            size = pickles.size + 16 * len(pickles.refs) + 1024
+        stream = None
+        if not kwargs and type(args) is tuple and all_plain(args) and not (function.closure or function.value_names):
+            # The common case, as _Pickles.field takes it, without the bookkeeping no plain
+            # value needs (files, Refs, classes that travel as source).
+            stream = pickle.dumps(args, _PICKLE)
+        if stream is not None and len(stream) < shared_memory.THRESHOLD:
+            text = _b2a_base64(stream, newline=False).decode("ascii")
+            fields: Dict[str, Any] = {"codec": "pickle", "args": text}
+            size = len(text) + 16 + 1024
             self._check_size(size, function)
-        except BaseException:
-            pickles.abandon()
-            raise
-        job._shared_files, job._refs = pickles.files or None, pickles.refs or None
+        else:
+            pickles = _Pickles(session)
+            if call.detach:
+                pickles.shm_prefix = None  # the session's files go with it; a detached job may outlive it
+            try:
+                if stream is not None:  # pickled above already, and too big to go inline
+                    fields = {"codec": "pickle", "args": pickles.pickled(stream, [])}
+                else:
+                    fields = {"codec": "pickle", "args": pickles.field(args) if args else _EMPTY_ARGS}
+                if kwargs:
+                    fields["kwargs"] = pickles.field(kwargs)
+                if function.closure or function.value_names:
+                    values = closure_values(function, user_globals)
+                    for name, value in values.items():
+                        values[name] = self._sent_once.stand_in(self, session, value)
+                    if values:
+                        try:
+                            fields["globals"] = pickles.field(values)
+                        except Exception as exc:  # noqa: BLE001 - say which variable
+                            raise name_unpicklable(values, exc) from None
+                travelling = pickles.travelling
+                if pickles.refs:
+                    fields["refs"] = [ref.id for ref in pickles.refs]
+                    for ref in pickles.refs:
+                        travelling.extend(ref._travelling)
+                if travelling:
+                    function = self._with_sources(function, tuple(travelling))
+                # The other fields (function name, group, options) take less than the allowance.
+                size = pickles.size + 16 * len(pickles.refs) + 1024
+                self._check_size(size, function)
+            except BaseException:
+                pickles.abandon()
+                raise
+            job._shared_files, job._refs = pickles.files or None, pickles.refs or None
         if call.map:
             fields["map"] = True
         if group != "default":
@@ -797,7 +814,7 @@ class Server:
         if call.detach:
             fields["detach"] = True
             self._last_detached = job
-        with self._cv:
+        with self._cv_lock:
             self._unfinished[group] = self._unfinished.get(group, 0) + 1
         try:
             if self._session is None:
@@ -852,7 +869,7 @@ class Server:
 
     def _job_finished(self, job: Job, notify: bool = True) -> None:
         # As in pp, a job counts as finished only after its callback ran: wait() covers callbacks.
-        with self._cv:
+        with self._cv_lock:
             job.finished = True
             if not job._attached:  # (a re-attached job was never counted: it was not sent from here)
                 self._unfinished[job.group] -= 1
