@@ -409,3 +409,22 @@ TEST_CASE("finished jobs older than keep_finished_for are forgotten, a restored 
   CHECK(sched.find(fresh) != nullptr);
   CHECK(fresh == 8);  // the node's own ids go on after the restored ones
 }
+
+TEST_CASE("an id chosen by the submitter is refused when in use or chosen twice in one batch") {
+  scheduler sched({});
+  auto chosen = [](std::uint64_t id) {
+    job_spec s = make_spec();
+    s.requested_id = id;
+    return s;
+  };
+  const std::uint64_t first = (1ull << 40) + 1;
+  CHECK(sched.submit(chosen(first)).id == first);
+  std::vector<job_spec> batch;
+  for (std::uint64_t i = 0; i < 3000; ++i) batch.push_back(chosen(first + 1 + i));
+  CHECK(sched.ids_taken(batch).empty());
+  batch.push_back(chosen(first + 2000));  // twice, far apart
+  CHECK(sched.ids_taken(batch) == "job id " + std::to_string(first + 2000) + " is already in use");
+  batch.pop_back();
+  batch.push_back(chosen(first));  // the job submitted before
+  CHECK(sched.ids_taken(batch) == "job id " + std::to_string(first) + " is already in use");
+}
