@@ -284,13 +284,11 @@ class Session:
         def encode_batch() -> Union[bytes, bytearray]:
             if not formatted:
                 return encode(batch, attached)
-            if not attached:
-                texts = [item if type(item) is str else json.dumps(item, separators=(",", ":")) for item in batch]
-                return ("[" + ",".join(texts) + "]").encode()
-            attachments = shared_memory.Attachments()  # (numbered in the order of the jobs)
+            attachments = shared_memory.Attachments() if attached else None  # (numbered in job order)
             texts = [item if type(item) is str else json.dumps(item, separators=(",", ":"), default=attachments)
                      for item in batch]
-            return attachments.message(("[" + ",".join(texts) + "]").encode())
+            text = ("[" + ",".join(texts) + "]").encode()
+            return text if attachments is None else attachments.message(text)
 
         def flush() -> None:
             nonlocal batch_size, attached, formatted
